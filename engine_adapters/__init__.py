@@ -1,0 +1,1 @@
+"""Everything that touches a model: the engine Protocol and its implementations."""

@@ -1,0 +1,249 @@
+"""Engine Protocols, neutral request/response types and typed engine errors.
+
+Every API surface translates its wire schema into a `GenerationRequest`; every engine
+(vLLM, the scripted test engine) consumes one and yields `GenerationOutput`s. Nothing in
+this module knows about HTTP or any surface (design rule 3, after TEI's backend trait).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+# --------------------------------------------------------------------------- errors
+
+
+class EngineError(Exception):
+    """Base class of errors raised by engine adapters."""
+
+
+class PromptTooLongError(EngineError):
+    """The prompt does not fit in the model's context with the requested output."""
+
+    def __init__(self, message: str, param: str = "text") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class InvalidParameterError(EngineError):
+    """A parameter the engine cannot honour (out of its range, unknown id, ...)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class EngineNotReadyError(EngineError):
+    """The engine is still loading or has been stopped."""
+
+
+class EngineDeadError(EngineError):
+    """The engine died; nothing more can be served by it."""
+
+
+class EngineOverloadedError(EngineError):
+    """The engine refused the request because its queue is full."""
+
+
+# --------------------------------------------------------------------------- request
+
+
+@dataclass(slots=True)
+class SamplingOptions:
+    """Decoding parameters common to every surface.
+
+    `temperature == 0` means greedy decoding; `top_k == 0` means no top-k cut.
+    """
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    skip_special_tokens: bool = True
+
+
+ConstraintKind = Literal["regex", "json", "choice", "json_object", "grammar"]
+
+
+@dataclass(slots=True)
+class Constraint:
+    """Constrained decoding: the output must match `value` of the given kind."""
+
+    kind: ConstraintKind
+    value: Any
+    backend: str | None = None
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    """One generation, whatever surface it came from.
+
+    Exactly one of `prompt`, `messages` or `prompt_token_ids` is set. With
+    `use_chat_template`, a plain `prompt` is rendered as one user message.
+    """
+
+    request_id: str
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    prompt_token_ids: list[int] | None = None
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    constraint: Constraint | None = None
+    use_chat_template: bool = False
+    add_generation_prompt: bool = True
+    prompt_max_tokens: int | None = None
+    lora_id: str | None = None
+    priority: int = 0
+    stream: bool = False
+
+
+# --------------------------------------------------------------------------- output
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    """Log probability of one sampled token and its top alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: list[tuple[int, str, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SequenceDelta:
+    """New output of one sequence (choice `index`) since the previous step."""
+
+    index: int
+    text: str
+    token_ids: Sequence[int]
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(slots=True)
+class GenerationOutput:
+    """One step of a generation: the deltas of the sequences that moved.
+
+    `prompt_token_ids` is the exact prompt the engine saw (after chat template and
+    truncation); it is set on every step so consumers need not track the first one.
+    """
+
+    prompt_token_ids: Sequence[int]
+    deltas: list[SequenceDelta]
+    finished: bool
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    """What a loaded generative model is."""
+
+    name: str
+    path: str
+    max_model_len: int
+    engine: str
+    device: str
+    dtype: str
+    has_chat_template: bool
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Instantaneous load of an engine."""
+
+    running: int
+    waiting: int
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+@runtime_checkable
+class GenerativeEngine(Protocol):
+    """What the gateway needs from a text-generation engine."""
+
+    @property
+    def info(self) -> ModelInfo:
+        """The loaded model (valid after `start`)."""
+        ...
+
+    async def start(self) -> None:
+        """Load the model; returns when the engine can serve."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Abort everything and free the engine's resources."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+        """Run one generation. Closing or cancelling the iterator aborts it in the engine.
+
+        Invalid input raises on the first `__anext__`; the first item (no deltas) is
+        yielded as soon as the engine has accepted the request.
+        """
+        ...
+
+    async def tokenize(self, text: str, use_chat_template: bool = False) -> list[int]:
+        """Token ids of `text` (rendered as one user message with the chat template)."""
+        ...
+
+    async def detokenize(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of `token_ids`."""
+        ...
+
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The prompt text the chat template makes of `messages`."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise `EngineDeadError` if the engine cannot serve any more."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """Requests running and waiting inside the engine."""
+        ...
+
+
+def validate_sampling(s: SamplingOptions) -> None:
+    """Range checks every engine shares; raises `InvalidParameterError` naming the field."""
+    if s.max_new_tokens < 1:
+        raise InvalidParameterError("max_new_tokens must be at least 1", "max_new_tokens")
+    if s.min_new_tokens < 0:
+        raise InvalidParameterError("min_new_tokens must be non-negative", "min_new_tokens")
+    if s.min_new_tokens > s.max_new_tokens:
+        raise InvalidParameterError("min_new_tokens must not exceed max_new_tokens", "min_new_tokens")
+
+
+def fit_prompt(ids: list[int], request: GenerationRequest, max_model_len: int, param: str) -> tuple[list[int], int]:
+    """Apply `prompt_max_tokens` (keep the last N tokens) and fit the output in the context.
+
+    Returns the prompt ids and the number of new tokens that fit: a prompt that leaves
+    less room than `max_new_tokens` is generated up to the context limit (finish reason
+    "length"), as vLLM's own server does when no limit is given; a prompt that leaves no
+    room at all is an error naming the field.
+    """
+    if request.prompt_max_tokens is not None and len(ids) > request.prompt_max_tokens:
+        ids = ids[len(ids) - request.prompt_max_tokens :]
+    if not ids:
+        raise InvalidParameterError("the prompt is empty after tokenization", param)
+    room = max_model_len - len(ids)
+    if room < max(1, request.sampling.min_new_tokens):
+        raise PromptTooLongError(
+            f"the prompt has {len(ids)} tokens, which leaves no room for new tokens in the "
+            f"model's context of {max_model_len}; shorten it or set prompt_max_tokens",
+            param,
+        )
+    return ids, min(room, request.sampling.max_new_tokens)

@@ -1,0 +1,211 @@
+"""A deterministic engine for fast unit tests of the HTTP side.
+
+It implements the same `GenerativeEngine` Protocol as the vLLM adapter. Tokens are
+UTF-8 bytes (id 256 is end-of-sequence), so token counts are easy to reason about in
+tests. It never stands in for vLLM in e2e tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engine_adapters.base import (
+    EngineDeadError,
+    EngineError,
+    EngineNotReadyError,
+    EngineStats,
+    GenerationOutput,
+    GenerationRequest,
+    InvalidParameterError,
+    ModelInfo,
+    SequenceDelta,
+    TokenLogprob,
+    fit_prompt,
+    validate_sampling,
+)
+
+EOS = 256
+_WORDS = "the quick brown fox jumps over the lazy dog while a calm river runs past old stone walls".split()
+
+
+@dataclass
+class ScriptedConfig:
+    """Knobs of the scripted engine."""
+
+    name: str = "scripted"
+    max_model_len: int = 2048
+    token_delay: float = 0.0
+    eos_after: int = 48
+    start_delay: float = 0.0
+    fail_after_tokens: int | None = None
+    reply: str | None = None
+
+
+class ScriptedEngine:
+    """`GenerativeEngine` that produces text from a fixed recipe, one byte per token."""
+
+    def __init__(self, config: ScriptedConfig | None = None) -> None:
+        self.config = config or ScriptedConfig()
+        self._started = False
+        self._dead = False
+        self.running: set[str] = set()
+        self.aborted: list[str] = []
+        self.finished: list[str] = []
+
+    @property
+    def info(self) -> ModelInfo:
+        """The scripted 'model'."""
+        return ModelInfo(
+            name=self.config.name,
+            path="scripted",
+            max_model_len=self.config.max_model_len,
+            engine="scripted",
+            device="cpu",
+            dtype="none",
+            has_chat_template=True,
+        )
+
+    async def start(self) -> None:
+        """Become ready after `start_delay` seconds."""
+        await asyncio.sleep(self.config.start_delay)
+        self._started = True
+
+    async def shutdown(self) -> None:
+        """Stop serving."""
+        self._started = False
+
+    def kill(self) -> None:
+        """Simulate engine death (tests)."""
+        self._dead = True
+
+    async def check_health(self) -> None:
+        """Raise once killed."""
+        if self._dead:
+            raise EngineDeadError("the scripted engine was killed")
+        if not self._started:
+            raise EngineNotReadyError("not started")
+
+    def stats(self) -> EngineStats:
+        """Requests in progress."""
+        return EngineStats(running=len(self.running), waiting=0)
+
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """A minimal chat template: `<|role|>content` lines."""
+        parts = []
+        for m in messages:
+            content = m.get("content")
+            if not isinstance(content, str):
+                raise InvalidParameterError("message content must be text", "messages")
+            parts.append(f"<|{m.get('role', 'user')}|>{content}\n")
+        if add_generation_prompt:
+            parts.append("<|assistant|>")
+        return "".join(parts)
+
+    async def tokenize(self, text: str, use_chat_template: bool = False) -> list[int]:
+        """UTF-8 bytes of the (rendered) text."""
+        if use_chat_template:
+            text = self.render_chat([{"role": "user", "content": text}])
+        return list(text.encode())
+
+    async def detokenize(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Bytes back to text; EOS is dropped or shown as `</s>`."""
+        for t in token_ids:
+            if not 0 <= t <= EOS:
+                raise InvalidParameterError(f"token id {t} is outside the vocabulary (0..{EOS})", "tokens")
+        data = bytes(t for t in token_ids if t != EOS)
+        text = data.decode(errors="replace")
+        if not skip_special_tokens and EOS in token_ids:
+            text += "</s>"
+        return text
+
+    def _reply(self, request: GenerationRequest, prompt_ids: list[int], index: int) -> str:
+        s = request.sampling
+        c = request.constraint
+        if c is not None:
+            if c.kind == "choice":
+                return str(c.value[0])
+            if c.kind in ("json", "json_object"):
+                return "{}"
+            raise InvalidParameterError(f"the scripted engine cannot follow a {c.kind} constraint")
+        if self.config.reply is not None:
+            return self.config.reply
+        if s.temperature == 0.0 or s.top_k == 1:
+            start = sum(prompt_ids) % len(_WORDS)
+            words = [_WORDS[(start + i) % len(_WORDS)] for i in range(64)]
+        else:
+            rng = random.Random(s.seed) if s.seed is not None else random.Random()
+            rng.seed(rng.random() + index)
+            words = [rng.choice(_WORDS) for _ in range(64)]
+        return " " + " ".join(words)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+        """Emit the reply one byte per step, honouring the neutral sampling options."""
+        if self._dead:
+            raise EngineDeadError("the scripted engine was killed")
+        if not self._started:
+            raise EngineNotReadyError("the model is still loading")
+        validate_sampling(request.sampling)
+        if request.lora_id is not None:
+            raise InvalidParameterError(f"unknown lora_id {request.lora_id!r}", "lora_id")
+        s = request.sampling
+        if request.prompt_token_ids is not None:
+            raw = list(request.prompt_token_ids)
+        elif request.messages is not None:
+            raw = list(self.render_chat(request.messages, request.add_generation_prompt).encode())
+        else:
+            raw = await self.tokenize(request.prompt or "", request.use_chat_template)
+        param = "messages" if request.messages is not None else "prompt"
+        ids, max_tokens = fit_prompt(raw, request, self.config.max_model_len, param)
+        replies = [self._reply(request, ids, i).encode() for i in range(s.n)]
+        rid = request.request_id
+        self.running.add(rid)
+        produced = [0] * s.n
+        done = [False] * s.n
+        try:
+            yield GenerationOutput(prompt_token_ids=ids, deltas=[], finished=False)
+            step = 0
+            while not all(done):
+                await asyncio.sleep(self.config.token_delay)
+                if self._dead:
+                    raise EngineDeadError("the scripted engine was killed")
+                if self.config.fail_after_tokens is not None and step >= self.config.fail_after_tokens:
+                    raise EngineError("injected engine failure")
+                deltas = []
+                for i in range(s.n):
+                    if done[i]:
+                        continue
+                    delta = self._step(replies[i], produced[i], max_tokens, s)
+                    produced[i] += 1
+                    done[i] = delta.finish_reason is not None
+                    delta.index = i
+                    deltas.append(delta)
+                step += 1
+                yield GenerationOutput(prompt_token_ids=ids, deltas=deltas, finished=all(done))
+            self.finished.append(rid)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted.append(rid)
+            raise
+        finally:
+            self.running.discard(rid)
+
+    def _step(self, reply: bytes, k: int, max_tokens: int, s: Any) -> SequenceDelta:
+        """Token number `k` of `reply`: a byte, or EOS once the reply is used up."""
+        at_eos = k >= min(self.config.eos_after, len(reply))
+        if at_eos and k >= s.min_new_tokens and not s.ignore_eos:
+            return SequenceDelta(index=0, text="", token_ids=[EOS], finish_reason="stop")
+        tok = reply[k % len(reply)]
+        text = bytes([tok]).decode(errors="replace")
+        finish = "length" if k + 1 >= max_tokens else None
+        # Stop strings end the sequence as soon as the text so far ends with one; the
+        # stop string itself is not returned, as in vLLM.
+        so_far = bytes(reply[j % len(reply)] for j in range(k + 1)).decode(errors="replace")
+        if any(so_far.endswith(st) for st in s.stop):
+            text, finish = "", "stop"
+        lps = None
+        if s.logprobs is not None:
+            lps = [TokenLogprob(token_id=tok, token=text, logprob=-0.5, top=[(tok, text, -0.5)])]
+        return SequenceDelta(index=0, text=text, token_ids=[tok], finish_reason=finish, logprobs=lps)

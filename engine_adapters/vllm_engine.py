@@ -1,0 +1,327 @@
+"""The vLLM adapter: one `AsyncLLM` (vLLM's V1 `AsyncLLMEngine`) in this process.
+
+vLLM does the paged-attention continuous batching; this adapter only turns the neutral
+request into token ids and `SamplingParams`, streams `RequestOutputKind.DELTA` outputs
+back, and makes sure an abandoned request is aborted inside the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine_adapters.base import (
+    EngineDeadError,
+    EngineError,
+    EngineNotReadyError,
+    EngineOverloadedError,
+    EngineStats,
+    GenerationOutput,
+    GenerationRequest,
+    InvalidParameterError,
+    ModelInfo,
+    SequenceDelta,
+    TokenLogprob,
+    fit_prompt,
+    validate_sampling,
+)
+from engine_adapters.logits_processors import NO_REPEAT_NGRAM_KEY
+
+log = logging.getLogger(__name__)
+
+# Prompts shorter than this are tokenized on the event loop (tens of microseconds);
+# longer ones go to a thread so one big prompt cannot stall every stream.
+_INLINE_TOKENIZE_CHARS = 4096
+
+
+@dataclass
+class VLLMEngineConfig:
+    """Engine settings of one vLLM reader (a subset of vLLM's `AsyncEngineArgs`)."""
+
+    model: str
+    served_name: str
+    device: str = "auto"
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    max_batch_size: int | None = None
+    enforce_eager: bool = False
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_gib: int | None = None
+    structured_outputs_backend: str = "auto"
+    enable_prefix_caching: bool = True
+    scheduling_policy: str = "fcfs"
+    seed: int = 0
+    engine_args: dict[str, Any] = field(default_factory=dict)
+
+
+class VLLMEngine:
+    """`GenerativeEngine` backed by vLLM's AsyncLLM."""
+
+    def __init__(self, config: VLLMEngineConfig) -> None:
+        self.config = config
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._info: ModelInfo | None = None
+        self._priority_enabled = config.scheduling_policy == "priority"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def info(self) -> ModelInfo:
+        """The loaded model."""
+        if self._info is None:
+            raise EngineNotReadyError("the model is still loading")
+        return self._info
+
+    async def start(self) -> None:
+        """Build the AsyncLLM (about 40 s for the embedded model on 2 CPU cores)."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        cfg = self.config
+        platform = "cpu" if current_platform.is_cpu() else current_platform.device_type
+        if cfg.device not in ("auto", platform):
+            raise EngineError(
+                f"device {cfg.device!r} was asked for but the installed vLLM build runs on "
+                f"{platform!r}; install the matching extra (.[cpu] or .[cuda])"
+            )
+        if platform == "cpu":
+            # Without an explicit KV cache size vLLM asks for most of NUMA node 0 and fails
+            # to start on small machines; without the reservation override it keeps one of
+            # two cores idle (see vllm-on-cpu.md).
+            if cfg.cpu_kv_cache_gib is not None:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gib)
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        args: dict[str, Any] = {
+            "model": cfg.model,
+            "served_model_name": [cfg.served_name],
+            "dtype": cfg.dtype,
+            "max_model_len": cfg.max_model_len,
+            "enforce_eager": cfg.enforce_eager,
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+            "pipeline_parallel_size": cfg.pipeline_parallel_size,
+            "gpu_memory_utilization": cfg.gpu_memory_utilization,
+            "enable_prefix_caching": cfg.enable_prefix_caching,
+            "scheduling_policy": cfg.scheduling_policy,
+            "seed": cfg.seed,
+            "disable_log_stats": False,
+            "logits_processors": ["engine_adapters.logits_processors:NoRepeatNGramLogitsProcessor"],
+            "structured_outputs_config": {"backend": cfg.structured_outputs_backend},
+        }
+        if cfg.max_batch_size:
+            args["max_num_seqs"] = cfg.max_batch_size
+        args.update(cfg.engine_args)
+        engine_args = AsyncEngineArgs(**args)
+        # from_engine_args blocks while the EngineCore process loads the model; a thread
+        # keeps the HTTP listeners answering /healthz and /readyz meanwhile.
+        self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
+        self._tokenizer = self._engine.get_tokenizer()
+        mc = self._engine.model_config
+        self._info = ModelInfo(
+            name=cfg.served_name,
+            path=cfg.model,
+            max_model_len=int(mc.max_model_len),
+            engine="vllm",
+            device=platform,
+            dtype=str(mc.dtype).removeprefix("torch."),
+            has_chat_template=bool(getattr(self._tokenizer, "chat_template", None)),
+        )
+
+    async def shutdown(self) -> None:
+        """Stop the engine core process and its workers."""
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await asyncio.to_thread(engine.shutdown)
+
+    async def check_health(self) -> None:
+        """Raise `EngineDeadError` once the engine core has died."""
+        if self._engine is None:
+            raise EngineNotReadyError("the engine is not running")
+        if self._engine.errored:
+            raise EngineDeadError("the vLLM engine core has died")
+
+    def stats(self) -> EngineStats:
+        """Unfinished requests as the front end counts them (aborts drop out at once)."""
+        if self._engine is None:
+            return EngineStats(running=0, waiting=0)
+        return EngineStats(running=self._engine.get_num_unfinished_requests(), waiting=0)
+
+    # ------------------------------------------------------------------ tokenizer
+
+    async def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        tok = self._tokenizer
+        if len(text) <= _INLINE_TOKENIZE_CHARS:
+            return list(tok.encode(text, add_special_tokens=add_special_tokens))
+        return list(await asyncio.to_thread(tok.encode, text, add_special_tokens=add_special_tokens))
+
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """Render `messages` with the model's chat template."""
+        tok = self._tokenizer
+        if tok is None:
+            raise EngineNotReadyError("the model is still loading")
+        if not getattr(tok, "chat_template", None):
+            raise InvalidParameterError("this model has no chat template; send a plain prompt instead", "messages")
+        try:
+            return str(tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False))
+        except Exception as exc:  # jinja errors: bad roles, template raise_exception()
+            raise InvalidParameterError(f"the chat template rejected the messages: {exc}", "messages") from exc
+
+    async def tokenize(self, text: str, use_chat_template: bool = False) -> list[int]:
+        """Token ids of `text`, optionally as one user message in the chat template."""
+        if self._tokenizer is None:
+            raise EngineNotReadyError("the model is still loading")
+        if use_chat_template:
+            rendered = self.render_chat([{"role": "user", "content": text}])
+            return await self._encode(rendered, add_special_tokens=False)
+        return await self._encode(text, add_special_tokens=True)
+
+    async def detokenize(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of `token_ids`."""
+        if self._tokenizer is None:
+            raise EngineNotReadyError("the model is still loading")
+        vocab = len(self._tokenizer)
+        for t in token_ids:
+            if not 0 <= t < vocab:
+                raise InvalidParameterError(f"token id {t} is outside the vocabulary (0..{vocab - 1})", "tokens")
+        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens))
+
+    async def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if request.prompt_token_ids is not None:
+            vocab = len(self._tokenizer)
+            if any(not 0 <= t < vocab for t in request.prompt_token_ids):
+                raise InvalidParameterError("a prompt token id is outside the vocabulary", "prompt")
+            return list(request.prompt_token_ids)
+        if request.messages is not None:
+            rendered = self.render_chat(request.messages, request.add_generation_prompt)
+            return await self._encode(rendered, add_special_tokens=False)
+        assert request.prompt is not None
+        return await self.tokenize(request.prompt, request.use_chat_template)
+
+    # ------------------------------------------------------------------ generation
+
+    def _sampling_params(self, request: GenerationRequest, max_tokens: int) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        s = request.sampling
+        structured = None
+        if request.constraint is not None:
+            c = request.constraint
+            structured = StructuredOutputsParams(**{c.kind: c.value})
+        extra = {NO_REPEAT_NGRAM_KEY: s.no_repeat_ngram_size} if s.no_repeat_ngram_size else None
+        greedy = s.temperature == 0.0 or s.top_k == 1
+        try:
+            return SamplingParams(
+                n=s.n,
+                temperature=0.0 if greedy else s.temperature,
+                top_p=1.0 if greedy else s.top_p,
+                top_k=0 if greedy else s.top_k,
+                min_p=s.min_p,
+                repetition_penalty=s.repetition_penalty,
+                presence_penalty=s.presence_penalty,
+                frequency_penalty=s.frequency_penalty,
+                seed=s.seed,
+                stop=list(s.stop) or None,
+                ignore_eos=s.ignore_eos,
+                max_tokens=max_tokens,
+                min_tokens=s.min_new_tokens,
+                logprobs=s.logprobs,
+                skip_special_tokens=s.skip_special_tokens,
+                output_kind=RequestOutputKind.DELTA,
+                structured_outputs=structured,
+                extra_args=extra,
+            )
+        except ValueError as exc:  # VLLMValidationError is a ValueError
+            raise InvalidParameterError(str(exc), getattr(exc, "parameter", None)) from exc
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+        """Stream the generation; closing or cancelling the iterator aborts it in the engine.
+
+        The first item (no deltas) comes as soon as the engine has accepted the request,
+        so callers learn about invalid input before they commit to a streaming answer.
+        """
+        from vllm.exceptions import VLLMClientError, VLLMValidationError
+        from vllm.inputs.engine import tokens_input
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
+
+        engine = self._engine
+        if engine is None:
+            raise EngineNotReadyError("the model is still loading")
+        if engine.errored:
+            raise EngineDeadError("the vLLM engine core has died")
+        validate_sampling(request.sampling)
+        if request.lora_id is not None:
+            raise InvalidParameterError(f"unknown lora_id {request.lora_id!r}", "lora_id")
+        param = "messages" if request.messages is not None else "prompt"
+        ids, max_tokens = fit_prompt(await self._prompt_ids(request), request, self.info.max_model_len, param)
+        params = self._sampling_params(request, max_tokens)
+        kwargs: dict[str, Any] = {}
+        if request.priority and self._priority_enabled:
+            kwargs["priority"] = request.priority
+        try:
+            # add_request + the collector is what AsyncLLM.generate does inside; doing it
+            # here separates "rejected" (raised now, a clean 4xx) from "failed later".
+            queue = await engine.add_request(request.request_id, tokens_input(ids), params, **kwargs)
+        except VLLMEngineDeadError as exc:
+            raise EngineDeadError("the vLLM engine core has died") from exc
+        except VLLMValidationError as exc:
+            raise InvalidParameterError(str(exc), exc.parameter) from exc
+        except VLLMClientError as exc:
+            if type(exc).__name__ in ("QueueOverflowError", "MaxQueuedTokensError"):
+                raise EngineOverloadedError(str(exc)) from exc
+            raise InvalidParameterError(str(exc)) from exc
+        want_logprobs = request.sampling.logprobs is not None
+        finished = False
+        try:
+            yield GenerationOutput(prompt_token_ids=ids, deltas=[], finished=False)
+            while not finished:
+                # Drain without awaiting when possible: fewer task switches under load.
+                out = queue.get_nowait() or await queue.get()
+                finished = out.finished
+                deltas = [
+                    SequenceDelta(
+                        index=c.index,
+                        text=c.text,
+                        token_ids=c.token_ids,
+                        finish_reason=c.finish_reason,
+                        logprobs=_logprobs(c) if want_logprobs else None,
+                    )
+                    for c in out.outputs
+                ]
+                yield GenerationOutput(prompt_token_ids=ids, deltas=deltas, finished=finished)
+        except VLLMEngineDeadError as exc:
+            finished = True
+            raise EngineDeadError("the vLLM engine core has died") from exc
+        finally:
+            if not finished:
+                # Client gone, deadline passed, a sibling prompt failed: stop the work.
+                await engine.abort(queue.request_id, internal=True)
+            queue.close()
+
+
+def _logprobs(c: Any) -> list[TokenLogprob] | None:
+    """Neutral logprobs of the new tokens of one vLLM `CompletionOutput`."""
+    if c.logprobs is None:
+        return None
+    result = []
+    for tid, entry in zip(c.token_ids, c.logprobs, strict=False):
+        chosen = entry.get(tid)
+        top = sorted(
+            ((t, lp.decoded_token or "", lp.logprob) for t, lp in entry.items()),
+            key=lambda x: -x[2],
+        )
+        result.append(
+            TokenLogprob(
+                token_id=tid,
+                token=(chosen.decoded_token or "") if chosen else "",
+                logprob=chosen.logprob if chosen else float("-inf"),
+                top=top,
+            )
+        )
+    return result

@@ -1,0 +1,107 @@
+"""Build the FastAPI apps (one per listener) and their error handlers.
+
+One process serves several listeners that share one `Runtime` (and so one engine per
+reader): the main API on `port`, the management API on `port + 1` and the OpenAI API
+on `openai_port`. `create_app` builds a self-contained main app for tests and ASGI
+servers; `gateway.server.serve` runs all listeners.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine_adapters.base import EngineError
+from gateway import __version__
+from gateway.errors import ErrorInfo, GatewayError, classify, openai_body, takeoff_body, validation_message
+from gateway.registry import EngineFactory, build_engine
+from gateway.routes import health, takeoff
+from gateway.runtime import Runtime
+from gateway.settings import Settings, load_settings
+
+Surface = Literal["main", "management", "openai"]
+
+# Paths of the main port that speak OpenAI's error shape (seed 003's service included).
+_OPENAI_PREFIXES = ("/v1/", "/chat/completions", "/embeddings")
+
+
+def _is_openai(request: Request) -> bool:
+    return request.app.state.surface == "openai" or request.url.path.startswith(_OPENAI_PREFIXES)
+
+
+def _render(request: Request, info: ErrorInfo) -> JSONResponse:
+    body = openai_body(info) if _is_openai(request) else takeoff_body(info)
+    return JSONResponse(body, status_code=info.status, headers=info.headers or None)
+
+
+async def _on_error(request: Request, exc: Exception) -> JSONResponse:
+    return _render(request, classify(exc))
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    message, field = validation_message(exc.errors())
+    return _render(request, ErrorInfo(400, "invalid_request_error", message, field, {}))
+
+
+_HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    info = ErrorInfo(
+        exc.status_code,
+        _HTTP_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "internal_error"),
+        str(exc.detail),
+        None,
+        dict(exc.headers or {}),
+    )
+    return _render(request, info)
+
+
+def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = None) -> FastAPI:
+    app = FastAPI(title=title, version=__version__, lifespan=lifespan)  # type: ignore[arg-type]
+    app.state.runtime = runtime
+    app.state.surface = surface
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(GatewayError, _on_error)
+    app.add_exception_handler(EngineError, _on_error)
+    app.add_exception_handler(Exception, _on_error)
+    return app
+
+
+def build_main_app(runtime: Runtime, lifespan: object = None) -> FastAPI:
+    """The main API (port 3000): Takeoff inference, health and status."""
+    app = _new_app(runtime, "main", "LLM gateway", lifespan)
+    app.include_router(health.router)
+    app.include_router(takeoff.router)
+    return app
+
+
+def build_management_app(runtime: Runtime) -> FastAPI:
+    """The management API (port 3001): status for operators and the Takeoff client."""
+    app = _new_app(runtime, "management", "LLM gateway management")
+    app.include_router(health.router)
+    return app
+
+
+def create_app(settings: Settings | None = None, factory: EngineFactory = build_engine) -> FastAPI:
+    """A self-contained main app whose lifespan loads and stops the readers."""
+    runtime = Runtime.create(settings or load_settings(), factory)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.registry.start_all()
+        try:
+            yield
+        finally:
+            await runtime.registry.shutdown()
+
+    return build_main_app(runtime, lifespan)

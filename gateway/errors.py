@@ -1,0 +1,200 @@
+"""Typed errors and the ONE table that maps them to HTTP status codes and bodies.
+
+Handlers never parse error messages: they look the exception's class up in
+`ERROR_TABLE` (after TGI's single `From<InferError>`). Each surface has one error
+shape; bodies are short, name the offending field, and never echo the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engine_adapters.base import (
+    EngineDeadError,
+    EngineError,
+    EngineNotReadyError,
+    EngineOverloadedError,
+    InvalidParameterError,
+    PromptTooLongError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    """Base of the gateway's own typed errors."""
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class BadRequest(GatewayError):
+    """The request is malformed or a value is out of range."""
+
+
+class Unauthorized(GatewayError):
+    """No valid API key."""
+
+
+class NotFound(GatewayError):
+    """An unknown consumer group, reader, model or route."""
+
+
+class PayloadTooLarge(GatewayError):
+    """The body exceeds the configured limit."""
+
+
+class Unprocessable(GatewayError):
+    """Well-formed, but the gateway cannot honour it (e.g. a feature it lacks)."""
+
+
+class Overloaded(GatewayError):
+    """Admission control refused the request; retry later."""
+
+
+class NotReady(GatewayError):
+    """The model is loading, or the gateway is draining."""
+
+
+class ClientGone(GatewayError):
+    """The client disconnected before the answer was ready (nobody reads the body)."""
+
+
+class DeadlineExceeded(GatewayError):
+    """The request's deadline passed before it finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    """Status code and machine-readable type of one class of errors."""
+
+    status: int
+    type: str
+
+
+# The one mapping from typed errors to HTTP. Lookup walks the exception's MRO, so a
+# subclass inherits its parent's row unless it has its own.
+ERROR_TABLE: dict[type[BaseException], ErrorKind] = {
+    BadRequest: ErrorKind(400, "invalid_request_error"),
+    InvalidParameterError: ErrorKind(400, "invalid_request_error"),
+    PromptTooLongError: ErrorKind(400, "context_length_exceeded"),
+    Unauthorized: ErrorKind(401, "authentication_error"),
+    NotFound: ErrorKind(404, "not_found_error"),
+    PayloadTooLarge: ErrorKind(413, "request_too_large"),
+    Unprocessable: ErrorKind(422, "unprocessable_entity"),
+    Overloaded: ErrorKind(429, "rate_limit_error"),
+    EngineOverloadedError: ErrorKind(429, "rate_limit_error"),
+    NotReady: ErrorKind(503, "service_unavailable"),
+    EngineNotReadyError: ErrorKind(503, "service_unavailable"),
+    EngineDeadError: ErrorKind(503, "engine_dead"),
+    DeadlineExceeded: ErrorKind(504, "timeout"),
+    # nginx's non-standard code for "client closed request": shows up in access logs.
+    ClientGone: ErrorKind(499, "client_closed_request"),
+    EngineError: ErrorKind(500, "engine_error"),
+}
+_INTERNAL = ErrorKind(500, "internal_error")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Everything a surface needs to render an error."""
+
+    status: int
+    type: str
+    message: str
+    param: str | None
+    headers: dict[str, str]
+
+
+def classify(exc: BaseException) -> ErrorInfo:
+    """Map an exception to its status, type and public message via `ERROR_TABLE`."""
+    for cls in type(exc).__mro__:
+        kind = ERROR_TABLE.get(cls)
+        if kind is not None:
+            break
+    else:
+        kind = _INTERNAL
+    if kind is _INTERNAL:
+        # Unknown failures keep their details in the log, never in the response.
+        log.error("unhandled error", exc_info=exc)
+        message = "internal error; the server log has the details"
+    else:
+        message = str(exc)
+    return ErrorInfo(
+        status=kind.status,
+        type=kind.type,
+        message=message,
+        param=getattr(exc, "param", None),
+        headers=dict(getattr(exc, "headers", None) or {}),
+    )
+
+
+def openai_body(info: ErrorInfo) -> dict[str, Any]:
+    """OpenAI's error shape, which the openai SDK parses into its exception classes."""
+    return {"error": {"message": info.message, "type": info.type, "param": info.param, "code": info.status}}
+
+
+def takeoff_body(info: ErrorInfo) -> dict[str, Any]:
+    """The shape of every non-OpenAI surface: FastAPI's `detail` plus type and field."""
+    return {"detail": info.message, "type": info.type, "field": info.param}
+
+
+# Location parts that are union-branch tags ("list[constrained-str]", "str"), not fields.
+_TAG = re.compile(r"[^A-Za-z0-9_]")
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"})
+_VALID = re.compile(r"^Input should be a valid (.+)$")
+
+
+def _field_name(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("body", "query", "path") and not out:
+            continue
+        elif isinstance(part, str) and not _TAG.search(part) and part not in _TYPE_TAGS:
+            out += f".{part}" if out else part
+    return out or "body"
+
+
+def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """A short message naming the offending fields of a pydantic validation failure.
+
+    Only pydantic's own messages are used, never the `input` it carries, so the
+    request body is not echoed back. Errors of the branches of a union field are
+    merged into one line ("text: Input should be a valid string or list").
+    """
+    by_field: dict[str, list[Any]] = {}
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            return "invalid request: the body is not valid JSON", "body"
+        by_field.setdefault(_field_name(err.get("loc", ())), []).append(err)
+    # A union whose list branch failed deeper ("text[1]") explains itself; drop the
+    # other branch's bare type mismatch on the parent ("text: should be a string").
+    for parent in [f for f in by_field if any(o.startswith((f + "[", f + ".")) for o in by_field)]:
+        if all(str(e.get("type", "")).endswith("_type") for e in by_field[parent]):
+            del by_field[parent]
+    parts = []
+    for field, errs in list(by_field.items())[:3]:
+        specific = [e for e in errs if not str(e.get("type", "")).endswith("_type")]
+        if specific:
+            msg = str(specific[0].get("msg", "invalid value"))
+        else:
+            kinds = []
+            for e in errs:
+                m = _VALID.match(str(e.get("msg", "")))
+                kind = m.group(1) if m else str(e.get("msg", "invalid value"))
+                if kind not in kinds:
+                    kinds.append(kind)
+            msg = "Input should be a valid " + " or ".join(kinds)
+        parts.append(f"{field}: {msg}")
+    if len(by_field) > 3:
+        parts.append(f"and {len(by_field) - 3} more")
+    return "invalid request: " + "; ".join(parts), next(iter(by_field), None)

@@ -1,0 +1,63 @@
+"""Wire models of the Takeoff inference API (`/generate`, `/generate_stream`).
+
+Fields and defaults follow Takeoff's documentation (seed 000) and what the official
+`takeoff-client` 0.7.0 sends: every optional parameter may arrive as JSON null, which
+means "use the default". No engine imports here (design rule 1).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+NonEmptyText = Annotated[StrictStr, Field(min_length=1)]
+
+
+class GenerateRequest(BaseModel):
+    """Body of `POST /generate` and `POST /generate_stream`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)]
+    sampling_temperature: float | None = Field(None, ge=0.0, le=100.0)
+    sampling_topp: float | None = Field(None, gt=0.0, le=1.0)
+    sampling_topk: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)
+    no_repeat_ngram_size: int | None = Field(None, ge=0, le=64)
+    max_new_tokens: int | None = Field(None, ge=1)
+    min_new_tokens: int | None = Field(None, ge=0)
+    prompt_max_tokens: int | None = Field(None, ge=1)
+    regex_str: str | None = None
+    regex_string: str | None = None
+    json_schema: dict[str, Any] | StrictStr | None = None
+    constrained_decoding_backend: str | None = None
+    return_metadata: bool | None = None
+    use_chat_template: bool | None = None
+    consumer_group: str | None = Field(None, min_length=1, max_length=64)
+    lora_id: str | None = Field(None, min_length=1, max_length=128)
+    seed: int | None = None
+    stop: list[StrictStr] | None = None
+    priority: int | None = None
+
+    @field_validator("regex_string", "regex_str")
+    @classmethod
+    def _non_empty_regex(cls, v: str | None) -> str | None:
+        if v is not None and not v:
+            raise ValueError("must not be empty")
+        return v
+
+
+class GenerationMetadata(BaseModel):
+    """Per-prompt metadata returned when `return_metadata` is true."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: Literal["stop", "length", "abort"] | str | None
+
+
+class GenerateResponse(BaseModel):
+    """Body of a `/generate` answer: one text per prompt, in request order."""
+
+    text: str | list[str]
+    metadata: GenerationMetadata | list[GenerationMetadata] | None = None

@@ -1,0 +1,32 @@
+"""The state one gateway process shares between its listeners: settings and readers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+from gateway.registry import EngineFactory, Registry, build_engine
+from gateway.settings import Settings
+
+
+@dataclass(eq=False)
+class Runtime:
+    """Settings, the reader registry and the process's lifecycle flags."""
+
+    settings: Settings
+    registry: Registry
+    draining: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls, settings: Settings, factory: EngineFactory = build_engine) -> Runtime:
+        """A runtime whose readers are not loaded yet (see `Registry.start_all`)."""
+        return cls(settings=settings, registry=Registry(settings, factory))
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The runtime of the app serving `request`."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime

@@ -1,0 +1,142 @@
+"""Run every listener of one gateway process on one event loop, sharing one runtime.
+
+Order of events: the listeners bind first (so `/healthz` answers and `/readyz` says
+503 while models load), then the readers load in the background, then one line with
+the URL is printed when the gateway is ready. On SIGTERM or SIGINT readiness turns
+503 at once, new requests get 503, in-flight requests get `drain_timeout_seconds`
+to finish, and the process exits 0. If an engine dies the process exits 1 so that a
+supervisor (Kubernetes) restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from gateway.app import build_main_app, build_management_app
+from gateway.registry import Reader
+from gateway.runtime import Runtime
+from gateway.settings import Settings, non_default
+
+log = logging.getLogger("gateway")
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the gateway (several run at once)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listeners(runtime: Runtime) -> list[tuple[str, FastAPI, int]]:
+    s = runtime.settings
+    out = [
+        ("main", build_main_app(runtime), s.port),
+        ("management", build_management_app(runtime), s.effective_management_port),
+    ]
+    return out
+
+
+def _server(app: FastAPI, host: str, port: int, settings: Settings) -> _Server:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        ws="none",
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_seconds)),
+    )
+    return _Server(config)
+
+
+async def _drain(runtime: Runtime) -> None:
+    """Let in-flight requests finish, up to the drain timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + runtime.settings.drain_timeout_seconds
+    while loop.time() < deadline:
+        busy = sum(r.in_flight for r in runtime.registry.readers.values())
+        if busy == 0:
+            return
+        await asyncio.sleep(0.05)
+    busy = sum(r.in_flight for r in runtime.registry.readers.values())
+    if busy:
+        log.warning("drain timeout: aborting %d request(s) still in flight", busy)
+
+
+async def serve(settings: Settings) -> int:
+    """Serve until a signal or an engine death; return the process exit code."""
+    runtime = Runtime.create(settings)
+    changed = non_default(settings)
+    if changed:
+        log.info("settings that differ from the defaults: %s", changed)
+    stop = asyncio.Event()
+    exit_code = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("received %s: draining", sig.name)
+        runtime.draining = True
+        stop.set()
+
+    def on_engine_death(reader: Reader) -> None:
+        nonlocal exit_code
+        log.error("engine of reader %s died; exiting so the supervisor restarts us", reader.id)
+        exit_code = 1
+        stop.set()
+
+    runtime.registry.on_engine_death = on_engine_death
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    servers = [(name, _server(app, settings.host, port, settings)) for name, app, port in _listeners(runtime)]
+    tasks = [asyncio.create_task(srv.serve(), name=f"listener-{name}") for name, srv in servers]
+    # uvicorn exits (SystemExit) when it cannot bind; notice that instead of hanging.
+    while not all(srv.started for _, srv in servers):
+        if any(t.done() for t in tasks):
+            log.error("a listener failed to start (is the port in use?)")
+            for _, srv in servers:
+                srv.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return 2
+        await asyncio.sleep(0.02)
+    ports = ", ".join(f"{name} {settings.host}:{srv.config.port}" for name, srv in servers)
+    log.info("listening: %s; loading models", ports)
+
+    runtime.registry.start_all()
+
+    async def announce() -> None:
+        await runtime.registry.wait_loaded()
+        readers = list(runtime.registry.readers.values())
+        for r in readers:
+            if r.state == "failed":
+                print(f"Reader {r.id} failed to load: {r.error}", file=sys.stderr, flush=True)
+        if all(r.state == "failed" for r in readers):
+            nonlocal exit_code
+            exit_code = 1
+            stop.set()
+            return
+        print(f"Gateway ready: http://{settings.host}:{settings.port}", flush=True)
+
+    announcer = asyncio.create_task(announce())
+    await stop.wait()
+    announcer.cancel()
+    runtime.draining = True
+    if exit_code == 0:
+        await _drain(runtime)
+    for _, srv in servers:
+        srv.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await runtime.registry.shutdown()
+    log.info("stopped")
+    return exit_code

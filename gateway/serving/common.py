@@ -1,0 +1,154 @@
+"""Surface-independent serving helpers: run, collect and merge generations.
+
+Every surface turns its wire request into neutral `GenerationRequest`s, asks for a
+reader of its consumer group, and uses these helpers to run them. Nothing here knows
+a wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+
+from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine, TokenLogprob
+from gateway.errors import ClientGone, NotReady
+from gateway.registry import Reader
+
+T = TypeVar("T")
+
+
+def new_request_id(prefix: str) -> str:
+    """A unique engine request id (vLLM needs them unique across in-flight requests)."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def engine_of(reader: Reader) -> GenerativeEngine:
+    """The reader's engine, or a 503 if it is not serving."""
+    if reader.engine is None or reader.state != "ready":
+        raise NotReady(f"reader {reader.id} is {reader.state}", headers={"Retry-After": "5"})
+    return reader.engine
+
+
+@dataclass(slots=True)
+class Completion:
+    """The collected result of one `GenerationRequest` (all `n` sequences)."""
+
+    prompt_token_ids: Sequence[int] = ()
+    texts: list[str] = field(default_factory=list)
+    token_ids: list[list[int]] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)
+    logprobs: list[list[TokenLogprob]] = field(default_factory=list)
+
+    def add(self, out: GenerationOutput) -> None:
+        """Fold one engine step into the result."""
+        self.prompt_token_ids = out.prompt_token_ids
+        for d in out.deltas:
+            while len(self.texts) <= d.index:
+                self.texts.append("")
+                self.token_ids.append([])
+                self.finish_reasons.append(None)
+                self.logprobs.append([])
+            self.texts[d.index] += d.text
+            self.token_ids[d.index].extend(d.token_ids)
+            if d.finish_reason is not None:
+                self.finish_reasons[d.index] = d.finish_reason
+            if d.logprobs:
+                self.logprobs[d.index].extend(d.logprobs)
+
+    @property
+    def completion_tokens(self) -> int:
+        """Generated tokens over all sequences."""
+        return sum(len(t) for t in self.token_ids)
+
+
+async def collect(engine: GenerativeEngine, request: GenerationRequest) -> Completion:
+    """Run a generation to the end and return everything it produced."""
+    result = Completion()
+    async for out in engine.generate(request):
+        result.add(out)
+    return result
+
+
+async def collect_many(engine: GenerativeEngine, requests: Sequence[GenerationRequest]) -> list[Completion]:
+    """Run a user batch: every prompt enters the engine at once; answers keep their order."""
+    if len(requests) == 1:
+        return [await collect(engine, requests[0])]
+    tasks = [asyncio.ensure_future(collect(engine, r)) for r in requests]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        # One failure (or our own cancellation) must not leave the others generating.
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Interleave several async iterators as items arrive, tagging each with its index.
+
+    The first error ends the merge; leaving the merge early cancels every stream,
+    which aborts their engine requests.
+    """
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, it: AsyncIterator[T]) -> None:
+        try:
+            async for item in it:
+                queue.put_nowait((i, item))
+        except Exception as exc:  # handed to the consumer, which re-raises it
+            queue.put_nowait((i, exc))
+        finally:
+            queue.put_nowait((i, done))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def cancel_on_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
+    """Await `awaitable`, cancelling it if the client disconnects first.
+
+    For buffered (non-streaming) answers: without this, a client that gives up keeps
+    its generation running to the end for nobody (the same watch vLLM's server does).
+    """
+    task = asyncio.ensure_future(awaitable)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling() == 0:
+            raise ClientGone("the client disconnected; the request was aborted") from None
+        raise
+    finally:
+        watcher.cancel()

@@ -1,0 +1,175 @@
+"""Takeoff surface: `/generate` and `/generate_stream` onto neutral requests and back.
+
+Stream framing (documented in the README):
+  * each piece of new text is one event whose `data` is the text itself (multi-line text
+    becomes several `data:` lines, which SSE clients join with newlines);
+  * for a list of prompts the event name is the prompt's index ("0", "1", ...);
+    for a single prompt the event name is the default ("message");
+  * with `return_metadata`, an event `metadata` carries the JSON metadata;
+  * the last event is `end` with data `[DONE]`; a failure after the stream started is
+    an `error` event carrying the error body, and nothing follows it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from engine_adapters.base import Constraint, GenerationOutput, GenerationRequest, SamplingOptions
+from gateway.errors import BadRequest, classify, takeoff_body
+from gateway.protocols.takeoff import GenerateRequest, GenerationMetadata
+from gateway.serving.common import Completion, collect_many, merge, new_request_id
+from gateway.settings import Settings
+
+# Takeoff's backend names (and vLLM's own) -> vLLM structured-output backends.
+BACKENDS = {
+    "auto": "auto",
+    "outlines": "outlines",
+    "lmfe": "lm-format-enforcer",
+    "lm-format-enforcer": "lm-format-enforcer",
+    "xgrammar": "xgrammar",
+    "guidance": "guidance",
+}
+
+
+def constraint_of(body: GenerateRequest) -> Constraint | None:
+    """The decoding constraint: a regex wins over a JSON schema, as seed 000 says."""
+    backend = None
+    if body.constrained_decoding_backend is not None:
+        backend = BACKENDS.get(body.constrained_decoding_backend.lower())
+        if backend is None:
+            raise BadRequest(
+                f"unknown constrained_decoding_backend; use one of: {', '.join(BACKENDS)}",
+                param="constrained_decoding_backend",
+            )
+    if body.regex_string is not None and body.regex_str is not None and body.regex_string != body.regex_str:
+        raise BadRequest("regex_str and regex_string differ; send one of them", param="regex_string")
+    regex = body.regex_string or body.regex_str
+    if regex is not None:
+        return Constraint(kind="regex", value=regex, backend=backend)
+    if body.json_schema is not None:
+        schema: Any = body.json_schema
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except ValueError:
+                raise BadRequest("json_schema is a string but not valid JSON", param="json_schema") from None
+        if not isinstance(schema, dict):
+            raise BadRequest("json_schema must be a JSON object", param="json_schema")
+        return Constraint(kind="json", value=schema, backend=backend)
+    return None
+
+
+def to_neutral(body: GenerateRequest, settings: Settings) -> list[GenerationRequest]:
+    """One neutral request per prompt, with Takeoff's defaults for missing parameters."""
+    prompts = [body.text] if isinstance(body.text, str) else body.text
+    if len(prompts) > settings.max_user_batch_size:
+        raise BadRequest(
+            f"text has {len(prompts)} prompts; at most {settings.max_user_batch_size} are allowed per request",
+            param="text",
+        )
+    max_new = body.max_new_tokens if body.max_new_tokens is not None else settings.default_max_new_tokens
+    if settings.max_new_tokens_limit is not None and max_new > settings.max_new_tokens_limit:
+        raise BadRequest(f"max_new_tokens must be at most {settings.max_new_tokens_limit}", param="max_new_tokens")
+    min_new = body.min_new_tokens if body.min_new_tokens is not None else 1
+    if min_new > max_new:
+        raise BadRequest("min_new_tokens must not exceed max_new_tokens", param="min_new_tokens")
+    stop = tuple(body.stop or ())
+    if len(stop) > settings.max_stop_sequences:
+        raise BadRequest(f"at most {settings.max_stop_sequences} stop strings are allowed", param="stop")
+    constraint = constraint_of(body)
+    requests = []
+    for prompt in prompts:
+        requests.append(
+            GenerationRequest(
+                request_id=new_request_id("takeoff"),
+                prompt=prompt,
+                sampling=SamplingOptions(
+                    max_new_tokens=max_new,
+                    min_new_tokens=min_new,
+                    # Takeoff's default top-k is 1: greedy unless the client widens it.
+                    top_k=body.sampling_topk if body.sampling_topk is not None else 1,
+                    temperature=body.sampling_temperature if body.sampling_temperature is not None else 1.0,
+                    top_p=body.sampling_topp if body.sampling_topp is not None else 1.0,
+                    repetition_penalty=body.repetition_penalty if body.repetition_penalty is not None else 1.0,
+                    no_repeat_ngram_size=body.no_repeat_ngram_size or 0,
+                    seed=body.seed,
+                    stop=stop,
+                ),
+                constraint=constraint,
+                use_chat_template=bool(body.use_chat_template),
+                prompt_max_tokens=body.prompt_max_tokens,
+                lora_id=body.lora_id,
+                priority=body.priority or 0,
+            )
+        )
+    return requests
+
+
+def metadata_of(c: Completion) -> GenerationMetadata:
+    """Token counts and finish reason of one prompt's completion."""
+    return GenerationMetadata(
+        prompt_tokens=len(c.prompt_token_ids),
+        generated_tokens=c.completion_tokens,
+        finish_reason=c.finish_reasons[0] if c.finish_reasons else None,
+    )
+
+
+def response_of(body: GenerateRequest, completions: list[Completion]) -> dict[str, Any]:
+    """The `/generate` answer: text (and metadata) per prompt, in request order."""
+    single = isinstance(body.text, str)
+    texts = [c.texts[0] if c.texts else "" for c in completions]
+    out: dict[str, Any] = {"text": texts[0] if single else texts}
+    if body.return_metadata:
+        metas = [metadata_of(c).model_dump() for c in completions]
+        out["metadata"] = metas[0] if single else metas
+    return out
+
+
+async def generate(engine: Any, body: GenerateRequest, requests: list[GenerationRequest]) -> dict[str, Any]:
+    """Buffered generation of every prompt of the request."""
+    return response_of(body, await collect_many(engine, requests))
+
+
+async def open_streams(engine: Any, requests: list[GenerationRequest]) -> list[AsyncIterator[GenerationOutput]]:
+    """Start every prompt's generation and wait until the engine has accepted each.
+
+    Bad input therefore fails here, before the 200 and the first event are sent.
+    """
+    streams: list[AsyncIterator[GenerationOutput]] = []
+    try:
+        for r in requests:
+            stream = engine.generate(r)
+            await stream.__anext__()  # the "accepted" step
+            streams.append(stream)
+    except BaseException:
+        for s in streams:
+            await s.aclose()  # type: ignore[attr-defined]
+        raise
+    return streams
+
+
+async def stream_events(
+    body: GenerateRequest, streams: list[AsyncIterator[GenerationOutput]]
+) -> AsyncIterator[dict[str, Any]]:
+    """SSE events for the accepted streams, in the framing of the module docstring."""
+    single = isinstance(body.text, str)
+    completions = [Completion() for _ in streams] if body.return_metadata else None
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for s in streams:
+                stack.push_async_callback(s.aclose)  # type: ignore[attr-defined]
+            async for i, out in merge(streams):
+                if completions is not None:
+                    completions[i].add(out)
+                for d in out.deltas:
+                    if d.text:
+                        yield {"data": d.text} if single else {"data": d.text, "event": str(i)}
+        if completions is not None:
+            metas = [metadata_of(c).model_dump() for c in completions]
+            yield {"event": "metadata", "data": json.dumps(metas[0] if single else metas)}
+        yield {"event": "end", "data": "[DONE]"}
+    except Exception as exc:  # after the 200 the only way to report is an error event
+        yield {"event": "error", "data": json.dumps(takeoff_body(classify(exc)))}

@@ -1,0 +1,168 @@
+"""Settings: YAML presets in `configs/`, overridden by environment variables.
+
+Precedence, highest first: `GATEWAY_*` environment variables, the Takeoff environment
+variables (for the primary reader), the YAML file given with `--config`, the defaults
+below. Every field is documented in the README's settings table.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+EngineKind = Literal["vllm", "scripted"]
+
+
+class ReaderSettings(BaseModel):
+    """One loaded model (a Takeoff "reader") and the consumer group it serves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field("primary-0", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    consumer_group: str = Field("primary", min_length=1, max_length=64)
+    kind: EngineKind = "vllm"
+    model: str = "embedded:smollm2-135m-instruct"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: str = "auto"
+    max_model_len: int | None = Field(None, gt=0)
+    max_batch_size: int | None = Field(None, gt=0, description="max sequences per engine batch")
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    cpu_kv_cache_gib: int | None = Field(None, ge=1)
+    cuda_visible_devices: str | None = None
+    structured_outputs_backend: str = "auto"
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    enable_prefix_caching: bool = True
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    scripted: dict[str, Any] = Field(default_factory=dict)
+
+
+# Takeoff's environment variables, kept so existing deployments keep their settings.
+# They set fields of the primary reader (the first reader of the "primary" group).
+TAKEOFF_ENV = {
+    "TAKEOFF_MODEL_NAME": "model",
+    "TAKEOFF_DEVICE": "device",
+    "TAKEOFF_MAX_BATCH_SIZE": "max_batch_size",
+    "TAKEOFF_MAX_SEQUENCE_LENGTH": "max_model_len",
+    "TAKEOFF_TENSOR_PARALLEL": "tensor_parallel_size",
+    "TAKEOFF_CUDA_VISIBLE_DEVICES": "cuda_visible_devices",
+}
+# Our own shortcuts for the same fields, which win over the Takeoff names.
+PRIMARY_ENV = {
+    "GATEWAY_MODEL": "model",
+    "GATEWAY_DEVICE": "device",
+    "GATEWAY_MAX_BATCH_SIZE": "max_batch_size",
+    "GATEWAY_MAX_MODEL_LEN": "max_model_len",
+    "GATEWAY_TENSOR_PARALLEL_SIZE": "tensor_parallel_size",
+    "GATEWAY_DTYPE": "dtype",
+}
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. Environment variables are `GATEWAY_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid", validate_default=True)
+
+    # listeners
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=0, le=65535)
+    management_port: int | None = Field(None, ge=0, le=65535, description="default: port + 1")
+    openai_port: int | None = Field(3003, ge=0, le=65535, description="null turns it off")
+
+    # models
+    readers: list[ReaderSettings] = Field(default_factory=lambda: [ReaderSettings()])
+    cache_dir: Path = Path("~/.cache/llm-gateway")
+    offline: bool = True
+
+    # generation defaults and limits
+    default_max_new_tokens: int = Field(128, ge=1)
+    max_new_tokens_limit: int | None = Field(None, ge=1)
+    max_user_batch_size: int = Field(64, ge=1)
+    max_stop_sequences: int = Field(16, ge=0)
+    max_n: int = Field(16, ge=1)
+
+    # streams and lifecycle
+    sse_keepalive_seconds: float = Field(15.0, gt=0)
+    drain_timeout_seconds: float = Field(30.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # placeholders for secrets (API keys arrive with authentication)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(os.path.expandvars(str(v))).expanduser()
+
+    @model_validator(mode="after")
+    def _check_readers(self) -> Settings:
+        ids = [r.id for r in self.readers]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"reader ids must be unique; repeated: {sorted(dup)}")
+        return self
+
+    @property
+    def effective_management_port(self) -> int:
+        """The management port: `management_port`, or `port + 1` as in Takeoff."""
+        return self.management_port if self.management_port is not None else self.port + 1
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, then the YAML values passed as init arguments."""
+        return env_settings, init_settings
+
+
+def _apply_primary_env(data: dict[str, Any], env: dict[str, str]) -> None:
+    """Set fields of the primary reader from TAKEOFF_* and GATEWAY_* shortcuts."""
+    pairs = [(k, f) for k, f in TAKEOFF_ENV.items() if k in env]
+    pairs += [(k, f) for k, f in PRIMARY_ENV.items() if k in env]
+    if not pairs or "GATEWAY_READERS" in env:
+        return
+    readers = data.setdefault("readers", [ReaderSettings().model_dump()])
+    if not readers:
+        readers.append(ReaderSettings().model_dump())
+    primary = next((r for r in readers if r.get("consumer_group", "primary") == "primary"), readers[0])
+    for key, field in pairs:
+        primary[field] = env[key]
+
+
+def load_settings(config: str | Path | None = None) -> Settings:
+    """Effective settings from an optional YAML file and the environment."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        loaded = yaml.safe_load(Path(config).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config}: the top level must be a mapping of settings")
+        data = loaded
+    _apply_primary_env(data, dict(os.environ))
+    return Settings(**data)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """Settings as plain data with secrets hidden (for `gateway config` and logs)."""
+    data = settings.model_dump(mode="json")
+    data["api_keys"] = ["**********" for _ in settings.api_keys]
+    return data
+
+
+def non_default(settings: Settings) -> dict[str, Any]:
+    """The top-level settings that differ from the built-in defaults, secrets hidden."""
+    defaults = redacted(Settings.model_construct())
+    defaults["cache_dir"] = str(Settings._expand(Path(defaults["cache_dir"])))
+    current = redacted(settings)
+    return {k: v for k, v in current.items() if defaults.get(k) != v}

@@ -1,0 +1,52 @@
+"""Unit tests of the HTTP side: the real app, in process, on the scripted engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.settings import ReaderSettings, Settings
+
+
+def make_settings(scripted: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+    """Settings with one scripted reader in the "primary" group."""
+    readers = overrides.pop(
+        "readers", [ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted=scripted or {})]
+    )
+    return Settings(readers=readers, **overrides)
+
+
+@contextmanager
+def running(settings: Settings, wait_ready: bool = True) -> Iterator[TestClient]:
+    """A TestClient whose app has loaded its readers (lifespan run)."""
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        if wait_ready:
+            deadline = time.monotonic() + 10
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "scripted reader never became ready"
+                time.sleep(0.01)
+        yield client
+
+
+@pytest.fixture
+def client_factory() -> Callable[..., Any]:
+    """`client_factory(scripted={...}, **settings)` -> context manager of a ready client."""
+
+    def factory(scripted: dict[str, Any] | None = None, wait_ready: bool = True, **overrides: Any) -> Any:
+        return running(make_settings(scripted, **overrides), wait_ready=wait_ready)
+
+    return factory
+
+
+@pytest.fixture
+def client(client_factory: Callable[..., Any]) -> Iterator[TestClient]:
+    """A ready client on the default scripted engine."""
+    with client_factory() as c:
+        yield c

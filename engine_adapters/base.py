@@ -34,6 +34,14 @@ class InvalidParameterError(EngineError):
         self.param = param
 
 
+class UnsupportedFeatureError(EngineError):
+    """The request is valid, but this model or engine cannot do what it asks."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class EngineNotReadyError(EngineError):
     """The engine is still loading or has been stopped."""
 
@@ -74,6 +82,7 @@ class SamplingOptions:
     num_beams: int = 1
     length_penalty: float = 1.0
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = None
 
 
 ConstraintKind = Literal["regex", "json", "choice", "json_object", "grammar"]

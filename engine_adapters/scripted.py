@@ -24,6 +24,7 @@ from engine_adapters.base import (
     ModelInfo,
     SequenceDelta,
     TokenLogprob,
+    UnsupportedFeatureError,
     fit_prompt,
     validate_sampling,
 )
@@ -43,6 +44,7 @@ class ScriptedConfig:
     start_delay: float = 0.0
     fail_after_tokens: int | None = None
     reply: str | None = None
+    has_chat_template: bool = True
 
 
 class ScriptedEngine:
@@ -66,7 +68,7 @@ class ScriptedEngine:
             engine="scripted",
             device="cpu",
             dtype="none",
-            has_chat_template=True,
+            has_chat_template=self.config.has_chat_template,
         )
 
     async def start(self) -> None:
@@ -95,6 +97,8 @@ class ScriptedEngine:
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """A minimal chat template: `<|role|>content` lines."""
+        if not self.config.has_chat_template:
+            raise UnsupportedFeatureError("this model has no chat template; send a plain prompt instead", "messages")
         parts = []
         for m in messages:
             content = m.get("content")

@@ -235,6 +235,7 @@ class VLLMEngine:
                 skip_special_tokens=s.skip_special_tokens,
                 output_kind=RequestOutputKind.DELTA,
                 structured_outputs=structured,
+                logit_bias=s.logit_bias,
                 extra_args=extra,
             )
         except ValueError as exc:  # VLLMValidationError is a ValueError

@@ -21,7 +21,7 @@ from engine_adapters.base import EngineError
 from gateway import __version__
 from gateway.errors import ErrorInfo, GatewayError, classify, openai_body, takeoff_body, validation_message
 from gateway.registry import EngineFactory, build_engine
-from gateway.routes import health, takeoff
+from gateway.routes import health, openai, takeoff
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 
@@ -82,6 +82,7 @@ def build_main_app(runtime: Runtime, lifespan: object = None) -> FastAPI:
     app = _new_app(runtime, "main", "LLM gateway", lifespan)
     app.include_router(health.router)
     app.include_router(takeoff.router)
+    app.include_router(openai.router)
     return app
 
 
@@ -89,6 +90,14 @@ def build_management_app(runtime: Runtime) -> FastAPI:
     """The management API (port 3001): status for operators and the Takeoff client."""
     app = _new_app(runtime, "management", "LLM gateway management")
     app.include_router(health.router)
+    return app
+
+
+def build_openai_app(runtime: Runtime) -> FastAPI:
+    """The OpenAI-compatible API on its own port (3003, as Takeoff's compatibility layer)."""
+    app = _new_app(runtime, "openai", "LLM gateway OpenAI-compatible API")
+    app.include_router(health.router)
+    app.include_router(openai.router)
     return app
 
 

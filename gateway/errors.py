@@ -20,6 +20,7 @@ from engine_adapters.base import (
     EngineOverloadedError,
     InvalidParameterError,
     PromptTooLongError,
+    UnsupportedFeatureError,
 )
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ ERROR_TABLE: dict[type[BaseException], ErrorKind] = {
     NotFound: ErrorKind(404, "not_found_error"),
     PayloadTooLarge: ErrorKind(413, "request_too_large"),
     Unprocessable: ErrorKind(422, "unprocessable_entity"),
+    UnsupportedFeatureError: ErrorKind(422, "unprocessable_entity"),
     Overloaded: ErrorKind(429, "rate_limit_error"),
     EngineOverloadedError: ErrorKind(429, "rate_limit_error"),
     NotReady: ErrorKind(503, "service_unavailable"),

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from gateway.app import build_main_app, build_management_app
+from gateway.app import build_main_app, build_management_app, build_openai_app
 from gateway.registry import Reader
 from gateway.runtime import Runtime
 from gateway.settings import Settings, non_default
@@ -42,6 +42,8 @@ def _listeners(runtime: Runtime) -> list[tuple[str, FastAPI, int]]:
         ("main", build_main_app(runtime), s.port),
         ("management", build_management_app(runtime), s.effective_management_port),
     ]
+    if s.openai_port is not None:
+        out.append(("openai", build_openai_app(runtime), s.openai_port))
     return out
 
 

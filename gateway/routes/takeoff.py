@@ -10,7 +10,7 @@ from gateway.protocols.takeoff import GenerateRequest, GenerateResponse
 from gateway.runtime import get_runtime
 from gateway.serving import takeoff
 from gateway.serving.common import cancel_on_disconnect, engine_of
-from gateway.serving.streaming import ManagedEventSource
+from gateway.serving.streaming import ManagedEventSource, stream_response
 
 router = APIRouter(tags=["takeoff"])
 
@@ -31,20 +31,9 @@ async def generate_stream(body: GenerateRequest, request: Request) -> ManagedEve
     rt = get_runtime(request)
     requests = takeoff.to_neutral(body, rt.settings)
     reader = rt.registry.pick(body.consumer_group or "primary")
-    release = reader.acquire()
-    try:
-        streams = await takeoff.open_streams(engine_of(reader), requests)
-    except BaseException:
-        release()
-        raise
-
-    async def close() -> None:
-        release()
-        for s in streams:
-            await s.aclose()  # type: ignore[attr-defined]
-
-    return ManagedEventSource(
-        takeoff.stream_events(body, streams),
-        on_close=close,
-        keepalive_seconds=rt.settings.sse_keepalive_seconds,
+    return await stream_response(
+        reader,
+        requests,
+        lambda streams: takeoff.stream_events(body, streams),
+        rt.settings.sse_keepalive_seconds,
     )

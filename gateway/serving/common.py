@@ -88,6 +88,26 @@ async def collect_many(engine: GenerativeEngine, requests: Sequence[GenerationRe
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def open_streams(
+    engine: GenerativeEngine, requests: list[GenerationRequest]
+) -> list[AsyncIterator[GenerationOutput]]:
+    """Start every prompt's generation and wait until the engine has accepted each.
+
+    Bad input therefore fails here, before the 200 and the first event are sent.
+    """
+    streams: list[AsyncIterator[GenerationOutput]] = []
+    try:
+        for r in requests:
+            stream = engine.generate(r)
+            await stream.__anext__()  # the "accepted" step
+            streams.append(stream)
+    except BaseException:
+        for s in streams:
+            await s.aclose()  # type: ignore[attr-defined]
+        raise
+    return streams
+
+
 async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
     """Interleave several async iterators as items arrive, tagging each with its index.
 

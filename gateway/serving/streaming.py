@@ -16,6 +16,12 @@ from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
+from engine_adapters.base import GenerationOutput, GenerationRequest
+from gateway.registry import Reader
+from gateway.serving.common import engine_of, open_streams
+
+EventFactory = Callable[[list[AsyncIterator[GenerationOutput]]], AsyncIterator[Any]]
+
 
 def _keepalive() -> ServerSentEvent:
     return ServerSentEvent(comment="keep-alive")
@@ -46,3 +52,26 @@ class ManagedEventSource(EventSourceResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._on_close()
+
+
+async def stream_response(
+    reader: Reader, requests: list[GenerationRequest], events: EventFactory, keepalive_seconds: float
+) -> ManagedEventSource:
+    """Start `requests` on `reader` and answer with the SSE events `events` makes of them.
+
+    The requests are accepted by the engine before this returns, so invalid input is a
+    normal error answer; the reader counts them in flight until the response ends.
+    """
+    release = reader.acquire()
+    try:
+        streams = await open_streams(engine_of(reader), requests)
+    except BaseException:
+        release()
+        raise
+
+    async def close() -> None:
+        release()
+        for s in streams:
+            await s.aclose()  # type: ignore[attr-defined]
+
+    return ManagedEventSource(events(streams), on_close=close, keepalive_seconds=keepalive_seconds)

@@ -133,24 +133,6 @@ async def generate(engine: Any, body: GenerateRequest, requests: list[Generation
     return response_of(body, await collect_many(engine, requests))
 
 
-async def open_streams(engine: Any, requests: list[GenerationRequest]) -> list[AsyncIterator[GenerationOutput]]:
-    """Start every prompt's generation and wait until the engine has accepted each.
-
-    Bad input therefore fails here, before the 200 and the first event are sent.
-    """
-    streams: list[AsyncIterator[GenerationOutput]] = []
-    try:
-        for r in requests:
-            stream = engine.generate(r)
-            await stream.__anext__()  # the "accepted" step
-            streams.append(stream)
-    except BaseException:
-        for s in streams:
-            await s.aclose()  # type: ignore[attr-defined]
-        raise
-    return streams
-
-
 async def stream_events(
     body: GenerateRequest, streams: list[AsyncIterator[GenerationOutput]]
 ) -> AsyncIterator[dict[str, Any]]:

@@ -1,0 +1,479 @@
+"""OpenAI surface: chat and text completions onto neutral requests, and back.
+
+Streaming chunks are assembled from pre-rendered JSON prefixes with only the text
+`json.dumps`-ed per token: the per-token path is the hot path of the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from engine_adapters.base import (
+    Constraint,
+    GenerationOutput,
+    GenerationRequest,
+    GenerativeEngine,
+    SamplingOptions,
+    TokenLogprob,
+)
+from gateway.errors import BadRequest, NotFound, classify, openai_body
+from gateway.protocols.openai import (
+    UNSUPPORTED_CHAT,
+    UNSUPPORTED_COMPLETION,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    ResponseFormat,
+    StructuredOutputs,
+    _SamplingFields,
+)
+from gateway.registry import Reader, Registry
+from gateway.serving.common import Completion, collect_many, merge, new_request_id
+from gateway.settings import Settings
+
+# "As many as fit": fit_prompt clamps this to the room left in the model's context,
+# which is what OpenAI and vLLM do when max_tokens is not given.
+UNLIMITED = 1 << 30
+
+BACKENDS = {
+    "auto": "auto",
+    "xgrammar": "xgrammar",
+    "guidance": "guidance",
+    "outlines": "outlines",
+    "lm-format-enforcer": "lm-format-enforcer",
+    "lmfe": "lm-format-enforcer",
+}
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def resolve_reader(registry: Registry, model: str) -> Reader:
+    """The reader for OpenAI's `model`: a consumer group name or a loaded model's name."""
+    groups = registry.groups()
+    if model in groups:
+        return registry.pick(model)
+    for r in registry.readers.values():
+        if r.state == "ready" and r.engine is not None and r.engine.info.name == model:
+            return registry.pick(r.group)
+    names = sorted(
+        set(groups) | {r.engine.info.name for r in registry.readers.values() if r.state == "ready" and r.engine}
+    )
+    raise NotFound(f"the model {model!r} does not exist; available: {', '.join(names) or 'none'}", param="model")
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _refuse_unsupported(req: _SamplingFields, names: Sequence[str]) -> None:
+    extra = req.model_extra or {}
+    for name in names:
+        if extra.get(name) not in (None, [], "none", False):
+            raise BadRequest(f"{name} is not supported by this server", param=name)
+
+
+def _constraint(fmt: ResponseFormat | None, so: StructuredOutputs | None) -> Constraint | None:
+    if fmt is not None and fmt.type != "text" and so is not None:
+        raise BadRequest("send either response_format or structured_outputs, not both", param="structured_outputs")
+    if fmt is not None and fmt.type == "json_object":
+        return Constraint(kind="json_object", value=True)
+    if fmt is not None and fmt.type == "json_schema":
+        if fmt.json_schema is None:
+            raise BadRequest("response_format.json_schema is required for type json_schema", param="response_format")
+        return Constraint(kind="json", value=fmt.json_schema.json_schema)
+    if so is None:
+        return None
+    backend = None
+    if so.backend is not None:
+        backend = BACKENDS.get(so.backend.lower())
+        if backend is None:
+            raise BadRequest(
+                f"unknown structured_outputs.backend; use one of: {', '.join(BACKENDS)}",
+                param="structured_outputs.backend",
+            )
+    kinds = [
+        (k, v)
+        for k, v in (("regex", so.regex), ("json", so.json_), ("choice", so.choice), ("grammar", so.grammar))
+        if v is not None
+    ]
+    if len(kinds) != 1:
+        raise BadRequest(
+            "structured_outputs needs exactly one of regex, json, choice, grammar", param="structured_outputs"
+        )
+    kind, value = kinds[0]
+    if kind == "json" and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise BadRequest("structured_outputs.json is not valid JSON", param="structured_outputs.json") from None
+    return Constraint(kind=kind, value=value, backend=backend)  # type: ignore[arg-type]
+
+
+def _sampling(
+    req: _SamplingFields, settings: Settings, max_tokens: int | None, logprobs: int | None
+) -> SamplingOptions:
+    if req.n > settings.max_n:
+        raise BadRequest(f"n must be at most {settings.max_n}", param="n")
+    limit = settings.max_new_tokens_limit
+    if max_tokens is not None and limit is not None and max_tokens > limit:
+        raise BadRequest(f"max_tokens must be at most {limit}", param="max_tokens")
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    if len(stop) > settings.max_stop_sequences:
+        raise BadRequest(f"at most {settings.max_stop_sequences} stop strings are allowed", param="stop")
+    if any(not s for s in stop):
+        raise BadRequest("stop strings must not be empty", param="stop")
+    bias = None
+    if req.logit_bias:
+        try:
+            bias = {int(k): float(v) for k, v in req.logit_bias.items()}
+        except ValueError:
+            raise BadRequest("logit_bias keys must be token ids", param="logit_bias") from None
+        if any(not -100 <= v <= 100 for v in bias.values()):
+            raise BadRequest("logit_bias values must be between -100 and 100", param="logit_bias")
+    max_new = max_tokens if max_tokens is not None else (limit or UNLIMITED)
+    min_new = req.min_tokens or 0
+    if min_new > max_new:
+        raise BadRequest("min_tokens must not exceed max_tokens", param="min_tokens")
+    return SamplingOptions(
+        max_new_tokens=max_new,
+        min_new_tokens=min_new,
+        temperature=req.temperature if req.temperature is not None else 1.0,
+        top_p=req.top_p if req.top_p is not None else 1.0,
+        top_k=max(req.top_k or 0, 0),
+        min_p=req.min_p or 0.0,
+        repetition_penalty=req.repetition_penalty or 1.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        seed=req.seed,
+        stop=stop,
+        n=req.n,
+        ignore_eos=bool(req.ignore_eos),
+        logprobs=logprobs,
+        logit_bias=bias,
+    )
+
+
+def _message_dict(i: int, m: ChatMessage) -> dict[str, Any]:
+    if m.content is None:
+        if m.role != "assistant":
+            raise BadRequest(f"messages[{i}].content is required for role {m.role}", param=f"messages[{i}].content")
+        content = ""
+    elif isinstance(m.content, str):
+        content = m.content
+    else:
+        content = "\n".join(p.text for p in m.content)
+    # "developer" is OpenAI's newer name for the system role; chat templates know "system".
+    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": content}
+    if m.name:
+        out["name"] = m.name
+    return out
+
+
+def chat_to_neutral(req: ChatCompletionRequest, settings: Settings) -> GenerationRequest:
+    """The neutral request of a chat completion."""
+    _refuse_unsupported(req, UNSUPPORTED_CHAT)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise BadRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    return GenerationRequest(
+        request_id=new_request_id("chatcmpl"),
+        messages=[_message_dict(i, m) for i, m in enumerate(req.messages)],
+        add_generation_prompt=req.add_generation_prompt,
+        sampling=_sampling(req, settings, max_tokens, logprobs),
+        constraint=_constraint(req.response_format, req.structured_outputs),
+        priority=req.priority or 0,
+        stream=req.stream,
+    )
+
+
+def completion_to_neutral(req: CompletionRequest, settings: Settings) -> list[GenerationRequest]:
+    """One neutral request per prompt of a text completion."""
+    _refuse_unsupported(req, UNSUPPORTED_COMPLETION)
+    if req.best_of is not None and req.best_of != req.n:
+        raise BadRequest("best_of is not supported (only best_of equal to n)", param="best_of")
+    if req.echo and req.logprobs is not None:
+        raise BadRequest("echo together with logprobs is not supported", param="echo")
+    p = req.prompt
+    prompts: list[str | list[int]]
+    if isinstance(p, str):
+        prompts = [p]
+    elif p and isinstance(p[0], int):
+        prompts = [p]  # type: ignore[list-item]
+    else:
+        prompts = list(p)  # type: ignore[arg-type]
+    if len(prompts) > settings.max_user_batch_size:
+        raise BadRequest(f"at most {settings.max_user_batch_size} prompts are allowed per request", param="prompt")
+    sampling = _sampling(req, settings, req.max_tokens, req.logprobs)
+    constraint = _constraint(req.response_format, req.structured_outputs)
+    out = []
+    for prompt in prompts:
+        out.append(
+            GenerationRequest(
+                request_id=new_request_id("cmpl"),
+                prompt=prompt if isinstance(prompt, str) else None,
+                prompt_token_ids=prompt if isinstance(prompt, list) else None,
+                sampling=sampling,
+                constraint=constraint,
+                priority=req.priority or 0,
+                stream=req.stream,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def _usage(completions: Sequence[Completion]) -> dict[str, int]:
+    prompt = sum(len(c.prompt_token_ids) for c in completions)
+    gen = sum(c.completion_tokens for c in completions)
+    return {"prompt_tokens": prompt, "completion_tokens": gen, "total_tokens": prompt + gen}
+
+
+def _finish(reason: str | None) -> str | None:
+    # vLLM's "abort" only reaches a client when the server aborted (deadline, drain).
+    return reason
+
+
+def _token_bytes(token: str) -> list[int]:
+    return list(token.encode())
+
+
+def chat_logprobs(lps: list[TokenLogprob], k: int) -> dict[str, Any]:
+    """OpenAI's chat `logprobs` object for the given tokens, with `k` alternatives each."""
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": _token_bytes(lp.token),
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": _token_bytes(t)} for _, t, v in lp.top[:k]],
+            }
+            for lp in lps
+        ]
+    }
+
+
+def completion_logprobs(lps: list[TokenLogprob], k: int, offset: int) -> dict[str, Any]:
+    """OpenAI's legacy completions `logprobs` object; `offset` is where the text starts."""
+    tokens, token_lps, tops, offsets = [], [], [], []
+    pos = offset
+    for lp in lps:
+        tokens.append(lp.token)
+        token_lps.append(lp.logprob)
+        tops.append({t: v for _, t, v in lp.top[:k]} if k else None)
+        offsets.append(pos)
+        pos += len(lp.token)
+    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def chat_response(req: ChatCompletionRequest, c: Completion) -> dict[str, Any]:
+    """A whole `chat.completion` object."""
+    k = req.top_logprobs or 0
+    choices = []
+    for i, text in enumerate(c.texts):
+        choices.append(
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": chat_logprobs(c.logprobs[i], k) if req.logprobs else None,
+                "finish_reason": _finish(c.finish_reasons[i]),
+            }
+        )
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": req.model,
+        "choices": choices,
+        "usage": _usage([c]),
+    }
+
+
+async def completion_response(
+    engine: GenerativeEngine, req: CompletionRequest, requests: list[GenerationRequest]
+) -> dict[str, Any]:
+    """A whole `text_completion` object for every prompt (choices prompt-major, then n)."""
+    completions = await collect_many(engine, requests)
+    choices = []
+    for p, c in enumerate(completions):
+        prefix = await _echo_text(engine, requests[p], c.prompt_token_ids) if req.echo else ""
+        for i, text in enumerate(c.texts):
+            choices.append(
+                {
+                    "index": p * req.n + i,
+                    "text": prefix + text,
+                    "logprobs": completion_logprobs(c.logprobs[i], req.logprobs, len(prefix))
+                    if req.logprobs is not None
+                    else None,
+                    "finish_reason": _finish(c.finish_reasons[i]),
+                }
+            )
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": req.model,
+        "choices": choices,
+        "usage": _usage(completions),
+    }
+
+
+async def _echo_text(engine: GenerativeEngine, request: GenerationRequest, prompt_ids: Sequence[int]) -> str:
+    if request.prompt is not None:
+        return request.prompt
+    return await engine.detokenize(list(prompt_ids), skip_special_tokens=False)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _sse(payload: str) -> bytes:
+    return f"data: {payload}\n\n".encode()
+
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def _error_event(exc: Exception) -> bytes:
+    return f"event: error\ndata: {json.dumps(openai_body(classify(exc)))}\n\n".encode()
+
+
+async def chat_stream(
+    req: ChatCompletionRequest, streams: list[AsyncIterator[GenerationOutput]]
+) -> AsyncIterator[bytes]:
+    """`chat.completion.chunk` events, then usage (if asked for) and `[DONE]`."""
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    usage_tail = ',"usage":null' if include_usage else ""
+    head = json.dumps(
+        {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": req.model,
+        }
+    )[:-1]
+    k = req.top_logprobs or 0
+    tokens = 0
+    prompt_tokens = 0
+    try:
+        for i in range(req.n):
+            yield _sse(
+                f'{head},"choices":[{{"index":{i},"delta":{{"role":"assistant","content":""}},'
+                f'"logprobs":null,"finish_reason":null}}]{usage_tail}}}'
+            )
+        async for _, out in merge(streams):
+            prompt_tokens = len(out.prompt_token_ids)
+            for d in out.deltas:
+                tokens += len(d.token_ids)
+                if not d.text and d.finish_reason is None:
+                    continue
+                lp = json.dumps(chat_logprobs(d.logprobs or [], k)) if req.logprobs else "null"
+                fin = json.dumps(d.finish_reason) if d.finish_reason is not None else "null"
+                delta = f'{{"content":{json.dumps(d.text)}}}' if d.text else "{}"
+                yield _sse(
+                    f'{head},"choices":[{{"index":{d.index},"delta":{delta},"logprobs":{lp},"finish_reason":{fin}}}]{usage_tail}}}'
+                )
+        if include_usage:
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": tokens,
+                "total_tokens": prompt_tokens + tokens,
+            }
+            yield _sse(f'{head},"choices":[],"usage":{json.dumps(usage)}}}')
+    except Exception as exc:  # after the 200 the only way to report is an error event
+        yield _error_event(exc)
+    yield _DONE
+
+
+async def completion_stream(
+    engine: GenerativeEngine,
+    req: CompletionRequest,
+    requests: list[GenerationRequest],
+    streams: list[AsyncIterator[GenerationOutput]],
+) -> AsyncIterator[bytes]:
+    """`text_completion` chunks for every prompt, then usage (if asked for) and `[DONE]`."""
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    usage_tail = ',"usage":null' if include_usage else ""
+    head = json.dumps(
+        {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": req.model}
+    )[:-1]
+    n = req.n
+    k = req.logprobs
+    prompt_tokens = [0] * len(streams)
+    tokens = 0
+    offsets: dict[int, int] = {}
+    try:
+        async for p, out in merge(streams):
+            if not prompt_tokens[p]:
+                prompt_tokens[p] = len(out.prompt_token_ids)
+                if req.echo:
+                    text = await _echo_text(engine, requests[p], out.prompt_token_ids)
+                    for i in range(n):
+                        offsets[p * n + i] = len(text)
+                        yield _sse(
+                            f'{head},"choices":[{{"index":{p * n + i},"text":{json.dumps(text)},'
+                            f'"logprobs":null,"finish_reason":null}}]{usage_tail}}}'
+                        )
+            for d in out.deltas:
+                tokens += len(d.token_ids)
+                if not d.text and d.finish_reason is None:
+                    continue
+                index = p * n + d.index
+                lp = "null"
+                if k is not None:
+                    start = offsets.get(index, 0)
+                    lp = json.dumps(completion_logprobs(d.logprobs or [], k, start))
+                    offsets[index] = start + len(d.text)
+                fin = json.dumps(d.finish_reason) if d.finish_reason is not None else "null"
+                yield _sse(
+                    f'{head},"choices":[{{"index":{index},"text":{json.dumps(d.text)},"logprobs":{lp},"finish_reason":{fin}}}]{usage_tail}}}'
+                )
+        if include_usage:
+            total_prompt = sum(prompt_tokens)
+            usage = {"prompt_tokens": total_prompt, "completion_tokens": tokens, "total_tokens": total_prompt + tokens}
+            yield _sse(f'{head},"choices":[],"usage":{json.dumps(usage)}}}')
+    except Exception as exc:  # after the 200 the only way to report is an error event
+        yield _error_event(exc)
+    yield _DONE
+
+
+# --------------------------------------------------------------------------- models
+
+
+def model_cards(registry: Registry) -> list[dict[str, Any]]:
+    """`/v1/models` entries: every consumer group, and every ready reader's model name."""
+    cards: dict[str, dict[str, Any]] = {}
+    for group, readers in registry.groups().items():
+        ready = [r for r in readers if r.state == "ready" and r.engine is not None]
+        root = ready[0].engine.info.name if ready and ready[0].engine else None
+        created = int(ready[0].loaded_at or ready[0].started_at) if ready else int(readers[0].started_at)
+        max_len = ready[0].engine.info.max_model_len if ready and ready[0].engine else None
+        cards[group] = {
+            "id": group,
+            "object": "model",
+            "created": created,
+            "owned_by": "llm-gateway",
+            "root": root,
+            "max_model_len": max_len,
+        }
+        for r in ready:
+            assert r.engine is not None
+            name = r.engine.info.name
+            cards.setdefault(
+                name,
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "llm-gateway",
+                    "root": name,
+                    "max_model_len": r.engine.info.max_model_len,
+                },
+            )
+    return list(cards.values())

@@ -167,6 +167,7 @@ class ModelInfo:
     device: str
     dtype: str
     has_chat_template: bool
+    eos_token_id: int | None = None
 
 
 @dataclass(slots=True)

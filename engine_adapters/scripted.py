@@ -69,6 +69,7 @@ class ScriptedEngine:
             device="cpu",
             dtype="none",
             has_chat_template=self.config.has_chat_template,
+            eos_token_id=EOS,
         )
 
     async def start(self) -> None:

@@ -26,6 +26,7 @@ from engine_adapters.base import (
     ModelInfo,
     SequenceDelta,
     TokenLogprob,
+    UnsupportedFeatureError,
     fit_prompt,
     validate_sampling,
 )
@@ -132,6 +133,7 @@ class VLLMEngine:
             device=platform,
             dtype=str(mc.dtype).removeprefix("torch."),
             has_chat_template=bool(getattr(self._tokenizer, "chat_template", None)),
+            eos_token_id=getattr(self._tokenizer, "eos_token_id", None),
         )
 
     async def shutdown(self) -> None:
@@ -167,7 +169,7 @@ class VLLMEngine:
         if tok is None:
             raise EngineNotReadyError("the model is still loading")
         if not getattr(tok, "chat_template", None):
-            raise InvalidParameterError("this model has no chat template; send a plain prompt instead", "messages")
+            raise UnsupportedFeatureError("this model has no chat template; send a plain prompt instead", "messages")
         try:
             return str(tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False))
         except Exception as exc:  # jinja errors: bad roles, template raise_exception()
@@ -261,6 +263,10 @@ class VLLMEngine:
             raise InvalidParameterError(f"unknown lora_id {request.lora_id!r}", "lora_id")
         param = "messages" if request.messages is not None else "prompt"
         ids, max_tokens = fit_prompt(await self._prompt_ids(request), request, self.info.max_model_len, param)
+        if request.sampling.num_beams > 1:
+            async for out in self._beam_search(request, ids, max_tokens):
+                yield out
+            return
         params = self._sampling_params(request, max_tokens)
         kwargs: dict[str, Any] = {}
         if request.priority and self._priority_enabled:
@@ -304,6 +310,47 @@ class VLLMEngine:
                 # Client gone, deadline passed, a sibling prompt failed: stop the work.
                 await engine.abort(queue.request_id, internal=True)
             queue.close()
+
+    async def _beam_search(
+        self, request: GenerationRequest, ids: list[int], max_tokens: int
+    ) -> AsyncIterator[GenerationOutput]:
+        """Beam search with vLLM's own online helper (AsyncLLM has no beam_search method).
+
+        The helper runs one single-token request per beam and step through the engine;
+        the answer is the best beam, in one piece, when the search ends.
+        """
+        from vllm.entrypoints.generate.beam_search.online import BeamSearchOnlineMixin
+        from vllm.inputs.engine import tokens_input
+        from vllm.sampling_params import BeamSearchParams
+
+        s = request.sampling
+        if request.constraint is not None:
+            raise UnsupportedFeatureError("constrained decoding cannot be combined with beam search", "num_beams")
+        if s.n > 1 or s.logprobs is not None:
+            raise UnsupportedFeatureError("beam search returns one sequence, without logprobs", "num_beams")
+        engine = self._engine
+
+        class Searcher(BeamSearchOnlineMixin):
+            engine_client = engine
+            renderer = engine.renderer
+
+        params = BeamSearchParams(
+            beam_width=s.num_beams,
+            max_tokens=max_tokens,
+            ignore_eos=s.ignore_eos,
+            temperature=s.temperature,
+            length_penalty=s.length_penalty,
+            skip_special_tokens=s.skip_special_tokens,
+        )
+        yield GenerationOutput(prompt_token_ids=ids, deltas=[], finished=False)
+        async for out in Searcher().beam_search(tokens_input(ids), request.request_id, params):
+            best = out.outputs[0]
+            if best.finish_reason == "error":
+                raise EngineError("beam search failed inside the engine")
+            delta = SequenceDelta(
+                index=0, text=best.text, token_ids=list(best.token_ids), finish_reason=best.finish_reason
+            )
+            yield GenerationOutput(prompt_token_ids=ids, deltas=[delta], finished=True)
 
 
 def _logprobs(c: Any) -> list[TokenLogprob] | None:

@@ -9,7 +9,10 @@ CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed-$(ACCEL)
 
-.PHONY: install serve test lint bench image clean
+# Debian packages of servers the tests start themselves on 127.0.0.1.
+DEB_PACKAGES ?= redis-server
+
+.PHONY: install system-deps serve test lint bench image clean
 
 install: $(STAMP)
 
@@ -37,7 +40,17 @@ lint: install
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
-test: install lint
+system-deps:
+	@for pkg in $(DEB_PACKAGES); do \
+	  dpkg -s $$pkg >/dev/null 2>&1 && continue; \
+	  echo "installing the Debian package $$pkg"; \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get install -y -q $$pkg >/dev/null \
+	    || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$pkg >/dev/null; } \
+	    || exit 1; \
+	done
+
+test: install system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

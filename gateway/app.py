@@ -21,7 +21,7 @@ from engine_adapters.base import EngineError
 from gateway import __version__
 from gateway.errors import ErrorInfo, GatewayError, classify, openai_body, takeoff_body, validation_message
 from gateway.registry import EngineFactory, build_engine
-from gateway.routes import health, openai, takeoff
+from gateway.routes import chat_service, generate_api, health, openai, takeoff
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 
@@ -83,6 +83,8 @@ def build_main_app(runtime: Runtime, lifespan: object = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(takeoff.router)
     app.include_router(openai.router)
+    app.include_router(generate_api.router)
+    app.include_router(chat_service.router)
     return app
 
 
@@ -111,6 +113,6 @@ def create_app(settings: Settings | None = None, factory: EngineFactory = build_
         try:
             yield
         finally:
-            await runtime.registry.shutdown()
+            await runtime.close()
 
     return build_main_app(runtime, lifespan)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from gateway.continuation import ContinuationStore, make_store
 from gateway.registry import EngineFactory, Registry, build_engine
 from gateway.settings import Settings
 
@@ -17,13 +18,21 @@ class Runtime:
 
     settings: Settings
     registry: Registry
+    continuation: ContinuationStore
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
     @classmethod
     def create(cls, settings: Settings, factory: EngineFactory = build_engine) -> Runtime:
         """A runtime whose readers are not loaded yet (see `Registry.start_all`)."""
-        return cls(settings=settings, registry=Registry(settings, factory))
+        return cls(
+            settings=settings, registry=Registry(settings, factory), continuation=make_store(settings.continuation)
+        )
+
+    async def close(self) -> None:
+        """Stop the engines and release the stores."""
+        await self.registry.shutdown()
+        await self.continuation.close()
 
 
 def get_runtime(request: Request) -> Runtime:

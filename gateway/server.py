@@ -139,6 +139,6 @@ async def serve(settings: Settings) -> int:
     for _, srv in servers:
         srv.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
-    await runtime.registry.shutdown()
+    await runtime.close()
     log.info("stopped")
     return exit_code

@@ -65,10 +65,41 @@ PRIMARY_ENV = {
 }
 
 
+class GenerateApiDefaults(BaseModel):
+    """Defaults of `generation_config` on `/api/generate-one` and `/api/generate-batch`
+    (the ".env" defaults of seed 004)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_beams: int = Field(1, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=0)
+    max_new_tokens: int = Field(256, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    length_penalty: float = 1.0
+
+
+class ContinuationSettings(BaseModel):
+    """The request_id continuation store of the generate-one/batch API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    key_prefix: str = "llmgw:cont:"
+    max_entries: int = Field(10_000, ge=1)
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    ttl_seconds: float = Field(3600.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Every knob of the gateway. Environment variables are `GATEWAY_<FIELD>`."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
 
     # listeners
     host: str = "127.0.0.1"
@@ -87,6 +118,13 @@ class Settings(BaseSettings):
     max_user_batch_size: int = Field(64, ge=1)
     max_stop_sequences: int = Field(16, ge=0)
     max_n: int = Field(16, ge=1)
+
+    # generate-one / generate-batch and the /chat service
+    generate_api_defaults: GenerateApiDefaults = Field(default_factory=GenerateApiDefaults)
+    max_beams: int = Field(8, ge=1)
+    max_request_id_length: int = Field(256, ge=1)
+    continuation: ContinuationSettings = Field(default_factory=ContinuationSettings)
+    chat_system_prompt: str | None = None
 
     # streams and lifecycle
     sse_keepalive_seconds: float = Field(15.0, gt=0)
@@ -157,7 +195,19 @@ def redacted(settings: Settings) -> dict[str, Any]:
     """Settings as plain data with secrets hidden (for `gateway config` and logs)."""
     data = settings.model_dump(mode="json")
     data["api_keys"] = ["**********" for _ in settings.api_keys]
+    data["continuation"]["redis_url"] = _redact_url(settings.continuation.redis_url.get_secret_value())
     return data
+
+
+def _redact_url(url: str) -> str:
+    """A URL with any password replaced by stars."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":**********@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
 
 
 def non_default(settings: Settings) -> dict[str, Any]:

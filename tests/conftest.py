@@ -55,3 +55,43 @@ def tokenizer(gateway: GatewayProcess) -> Any:
 
     path = ensure_smollm2(load_settings(ROOT / "configs" / "default.yaml").cache_dir)
     return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def redis_server(artifacts: Path) -> Iterator[str]:
+    """A throw-away redis-server on 127.0.0.1 (Debian package, installed by `make test`)."""
+    import shutil
+    import subprocess
+    import time
+
+    from tests.servers import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed; `make test` installs it (Debian package redis-server)")
+    port = free_port()
+    log = open(artifacts / "redis.log", "wb")  # noqa: SIM115 - the child writes to it until stopped
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    client.close()
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

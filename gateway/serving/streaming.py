@@ -14,6 +14,7 @@ from typing import Any
 
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
+from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from engine_adapters.base import GenerationOutput, GenerationRequest
@@ -54,13 +55,28 @@ class ManagedEventSource(EventSourceResponse):
             await self._on_close()
 
 
-async def stream_response(
-    reader: Reader, requests: list[GenerationRequest], events: EventFactory, keepalive_seconds: float
-) -> ManagedEventSource:
-    """Start `requests` on `reader` and answer with the SSE events `events` makes of them.
+class ManagedStreamingResponse(StreamingResponse):
+    """A plain streaming response (no SSE framing) with the same once-only cleanup."""
+
+    def __init__(self, content: AsyncIterator[Any], on_close: Callable[[], Awaitable[None]], media_type: str) -> None:
+        super().__init__(content, media_type=media_type, headers={"X-Accel-Buffering": "no"})
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream, then clean up whatever happened."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
+
+
+async def open_managed(
+    reader: Reader, requests: list[GenerationRequest]
+) -> tuple[list[AsyncIterator[GenerationOutput]], Callable[[], Awaitable[None]]]:
+    """Start `requests` on `reader`; returns the accepted streams and their cleanup.
 
     The requests are accepted by the engine before this returns, so invalid input is a
-    normal error answer; the reader counts them in flight until the response ends.
+    normal error answer; the reader counts them in flight until the cleanup runs.
     """
     release = reader.acquire()
     try:
@@ -74,4 +90,12 @@ async def stream_response(
         for s in streams:
             await s.aclose()  # type: ignore[attr-defined]
 
+    return streams, close
+
+
+async def stream_response(
+    reader: Reader, requests: list[GenerationRequest], events: EventFactory, keepalive_seconds: float
+) -> ManagedEventSource:
+    """Start `requests` on `reader` and answer with the SSE events `events` makes of them."""
+    streams, close = await open_managed(reader, requests)
     return ManagedEventSource(events(streams), on_close=close, keepalive_seconds=keepalive_seconds)

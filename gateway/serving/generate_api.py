@@ -1,0 +1,136 @@
+"""generate-one / generate-batch surface (seed 004), with request_id continuation.
+
+A request whose key is in the continuation store continues from the stored token
+sequence and ignores its prompt; every finished generation stores its full sequence
+(prompt + new tokens, without a final end-of-sequence token) under its key. For
+generate-one the key is the request_id; in a batch the key also depends on the ids of
+the whole batch in order, as seed 004 notes ("different order of prompts will produce
+different caching key").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine, SamplingOptions
+from gateway.continuation import ContinuationStore
+from gateway.errors import BadRequest
+from gateway.protocols.generate_api import GenerationConfig
+from gateway.serving.common import Completion, new_request_id
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def one_key(request_id: str) -> str:
+    """Store key of a generate-one request."""
+    return "one:" + request_id
+
+
+def batch_keys(request_ids: Sequence[str]) -> list[str]:
+    """Store keys of a batch: the batch's ids, in order, are part of every key."""
+    digest = hashlib.sha256("\x1f".join(request_ids).encode()).hexdigest()[:32]
+    return [f"batch:{digest}:{rid}" for rid in request_ids]
+
+
+def check_request_id(request_id: str, field: str, settings: Settings) -> None:
+    """Request ids are bounded so keys stay small."""
+    if len(request_id) > settings.max_request_id_length:
+        raise BadRequest(f"{field} must be at most {settings.max_request_id_length} characters", param=field)
+
+
+def sampling_of(cfg: GenerationConfig | None, settings: Settings) -> SamplingOptions:
+    """`generation_config` onto neutral sampling, with the gateway's defaults."""
+    d = settings.generate_api_defaults
+    c = cfg or GenerationConfig()
+    num_beams = c.num_beams if c.num_beams is not None else d.num_beams
+    if num_beams > settings.max_beams:
+        raise BadRequest(f"num_beams must be at most {settings.max_beams}", param="generation_config.num_beams")
+    max_new = c.max_new_tokens if c.max_new_tokens is not None else d.max_new_tokens
+    limit = settings.max_new_tokens_limit
+    if limit is not None and max_new > limit:
+        raise BadRequest(f"max_new_tokens must be at most {limit}", param="generation_config.max_new_tokens")
+    do_sample = c.do_sample if c.do_sample is not None else d.do_sample
+    temperature = c.temperature if c.temperature is not None else d.temperature
+    return SamplingOptions(
+        max_new_tokens=max_new,
+        min_new_tokens=0,
+        # do_sample false is greedy decoding, as in Hugging Face's generate()
+        temperature=temperature if do_sample else 0.0,
+        top_p=c.top_p if c.top_p is not None else d.top_p,
+        top_k=c.top_k if c.top_k is not None else d.top_k,
+        repetition_penalty=c.repetition_penalty if c.repetition_penalty is not None else d.repetition_penalty,
+        num_beams=num_beams,
+        length_penalty=c.length_penalty if c.length_penalty is not None else d.length_penalty,
+        seed=c.seed,
+    )
+
+
+@dataclass(slots=True)
+class Job:
+    """One prompt of a request: its neutral request and where its sequence is stored."""
+
+    key: str
+    request: GenerationRequest
+    continued: bool
+
+
+async def make_job(store: ContinuationStore, key: str, prompt: str, sampling: SamplingOptions, field: str) -> Job:
+    """Continue the stored sequence of `key` if there is one, else start from `prompt`."""
+    prior = await store.get(key)
+    if prior:
+        req = GenerationRequest(request_id=new_request_id("gen"), prompt_token_ids=prior, sampling=sampling)
+        return Job(key, req, continued=True)
+    if not prompt:
+        raise BadRequest("prompt is empty and the request_id has no generation to continue", param=field)
+    return Job(key, GenerationRequest(request_id=new_request_id("gen"), prompt=prompt, sampling=sampling), False)
+
+
+def full_sequence(prompt_ids: Sequence[int], generated: Sequence[int], eos: int | None) -> list[int]:
+    """What a continuation continues from: prompt and output, minus a closing EOS."""
+    out = list(prompt_ids) + list(generated)
+    if eos is not None and generated and out[-1] == eos:
+        out.pop()
+    return out
+
+
+async def remember(store: ContinuationStore, job: Job, c: Completion, eos: int | None) -> None:
+    """Store the job's full sequence after a generation that ended normally."""
+    if c.finish_reasons and c.finish_reasons[0] in ("stop", "length"):
+        await store.put(job.key, full_sequence(c.prompt_token_ids, c.token_ids[0], eos))
+
+
+async def prompt_text(engine: GenerativeEngine, c: Completion) -> str:
+    """The prompt as the model saw it (a continuation's whole earlier sequence included)."""
+    return await engine.detokenize(list(c.prompt_token_ids), skip_special_tokens=False)
+
+
+async def stream_text(
+    engine: GenerativeEngine,
+    store: ContinuationStore,
+    job: Job,
+    stream: AsyncIterator[GenerationOutput],
+    only_new_tokens: bool,
+) -> AsyncIterator[bytes]:
+    """Plain-text pieces of one generation; stores the sequence when it ends.
+
+    A failure after the first byte cannot change the status any more: the error is
+    logged and the connection is cut, so the client sees an incomplete chunked body
+    rather than a silently shortened text.
+    """
+    c = Completion()
+    first = True
+    async for out in stream:
+        c.add(out)
+        if first and not only_new_tokens:
+            first = False
+            text = await prompt_text(engine, c)
+            if text:
+                yield text.encode()
+        for d in out.deltas:
+            if d.text:
+                yield d.text.encode()
+    await remember(store, job, c, engine.info.eos_token_id)

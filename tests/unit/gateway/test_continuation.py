@@ -1,0 +1,145 @@
+"""The continuation store: both backends bounded by entries, bytes and time to live."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.continuation import MemoryStore, RedisStore, decode_tokens, encode_tokens
+from gateway.settings import ContinuationSettings
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_token_encoding_round_trips():
+    tokens = [0, 1, 49151, 2**32 - 1]
+    assert decode_tokens(encode_tokens(tokens)) == tokens
+    assert len(encode_tokens(tokens)) == 16
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_memory_store_bounds_entries():
+    store = MemoryStore(ContinuationSettings(max_entries=2))
+
+    async def go():
+        for k in "abc":
+            await store.put(k, [1, 2, 3])
+        return [await store.get(k) for k in "abc"], await store.stats()
+
+    values, stats = run(go())
+    assert values == [None, [1, 2, 3], [1, 2, 3]]
+    assert stats.entries == 2 and stats.evictions == 1
+
+
+def test_memory_store_bounds_bytes():
+    store = MemoryStore(ContinuationSettings(max_bytes=1024))
+
+    async def go():
+        await store.put("a", list(range(100)))  # 401 bytes
+        await store.put("b", list(range(100)))
+        await store.put("c", list(range(100)))  # 1203 > 1024: "a" goes
+        await store.put("huge", list(range(1000)))  # larger than the whole store: not kept
+        return [await store.get(k) is not None for k in ("a", "b", "c", "huge")], await store.stats()
+
+    present, stats = run(go())
+    assert present == [False, True, True, False]
+    assert stats.bytes <= 1024
+
+
+def test_memory_store_expires_by_ttl():
+    clock = Clock()
+    store = MemoryStore(ContinuationSettings(ttl_seconds=10), clock=clock)
+
+    async def go():
+        await store.put("a", [1])
+        clock.now = 5
+        await store.put("b", [2])
+        first = await store.get("a")
+        clock.now = 11
+        return first, await store.get("a"), await store.get("b"), (await store.stats()).entries
+
+    assert run(go()) == ([1], None, [2], 1)
+
+
+def test_memory_store_replacing_a_key_keeps_one_entry():
+    store = MemoryStore(ContinuationSettings())
+
+    async def go():
+        await store.put("a", [1])
+        await store.put("a", [1, 2])
+        return await store.get("a"), await store.stats()
+
+    value, stats = run(go())
+    assert value == [1, 2] and stats.entries == 1 and stats.bytes == 1 + 8
+
+
+@pytest.fixture
+def redis_settings(redis_server):
+    import uuid
+
+    return ContinuationSettings(
+        backend="redis", redis_url=redis_server, key_prefix=f"test-{uuid.uuid4().hex}:", max_entries=3, max_bytes=4096
+    )
+
+
+def test_redis_store_round_trip_and_entry_bound(redis_settings):
+    async def go():
+        store = RedisStore(redis_settings)
+        try:
+            for k in "abcd":
+                await store.put(k, [ord(k), 7])
+            values = [await store.get(k) for k in "abcd"]
+            return values, await store.stats()
+        finally:
+            await store.close()
+
+    values, stats = run(go())
+    assert values == [None, [98, 7], [99, 7], [100, 7]]
+    assert stats.entries == 3 and stats.evictions == 1
+
+
+def test_redis_store_byte_bound_and_ttl(redis_settings):
+    redis_settings.max_bytes = 2048
+    redis_settings.ttl_seconds = 0.3
+
+    async def go():
+        store = RedisStore(redis_settings)
+        try:
+            await store.put("a", list(range(300)))  # ~1.2 KB
+            await store.put("b", list(range(300)))  # over 2 KB together: "a" goes
+            after_bytes = [await store.get("a") is None, await store.get("b") is not None]
+            await asyncio.sleep(0.5)
+            await store.put("c", [1])  # the write sweeps what expired
+            return after_bytes, await store.get("b"), await store.stats()
+        finally:
+            await store.close()
+
+    after_bytes, b, stats = run(go())
+    assert after_bytes == [True, True]
+    assert b is None and stats.entries == 1 and stats.bytes == len(redis_settings.key_prefix) + 1 + 4
+
+
+def test_redis_store_unreachable_is_a_clear_503():
+    from gateway.errors import NotReady
+
+    settings = ContinuationSettings(backend="redis", redis_url="redis://127.0.0.1:1/0")
+
+    async def go():
+        store = RedisStore(settings)
+        try:
+            await store.get("a")
+        finally:
+            await store.close()
+
+    with pytest.raises(NotReady, match="redis"):
+        run(go())

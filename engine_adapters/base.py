@@ -79,6 +79,7 @@ class SamplingOptions:
     n: int = 1
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     num_beams: int = 1
     length_penalty: float = 1.0
     skip_special_tokens: bool = True
@@ -154,6 +155,8 @@ class GenerationOutput:
     prompt_token_ids: Sequence[int]
     deltas: list[SequenceDelta]
     finished: bool
+    # log probabilities of the prompt tokens (the first is None), on the first output only
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass(slots=True)

@@ -171,7 +171,12 @@ class ScriptedEngine:
         produced = [0] * s.n
         done = [False] * s.n
         try:
-            yield GenerationOutput(prompt_token_ids=ids, deltas=[], finished=False)
+            prompt_lps: list[TokenLogprob | None] | None = None
+            if s.prompt_logprobs is not None:
+                prompt_lps = [None] + [
+                    TokenLogprob(token_id=t, token=chr(t), logprob=-1.0, top=[(t, chr(t), -1.0)]) for t in ids[1:]
+                ]
+            yield GenerationOutput(prompt_token_ids=ids, deltas=[], finished=False, prompt_logprobs=prompt_lps)
             step = 0
             while not all(done):
                 await asyncio.sleep(self.config.token_delay)

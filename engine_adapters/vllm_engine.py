@@ -234,6 +234,7 @@ class VLLMEngine:
                 max_tokens=max_tokens,
                 min_tokens=s.min_new_tokens,
                 logprobs=s.logprobs,
+                prompt_logprobs=s.prompt_logprobs,
                 skip_special_tokens=s.skip_special_tokens,
                 output_kind=RequestOutputKind.DELTA,
                 structured_outputs=structured,
@@ -301,7 +302,13 @@ class VLLMEngine:
                     )
                     for c in out.outputs
                 ]
-                yield GenerationOutput(prompt_token_ids=ids, deltas=deltas, finished=finished)
+                prompt_lps = None
+                # DELTA outputs carry the prompt's logprobs once; later ones have none
+                if out.prompt_logprobs and request.sampling.prompt_logprobs is not None:
+                    prompt_lps = [None, *_token_logprobs(ids[1:], out.prompt_logprobs[1:])]
+                yield GenerationOutput(
+                    prompt_token_ids=ids, deltas=deltas, finished=finished, prompt_logprobs=prompt_lps
+                )
         except VLLMEngineDeadError as exc:
             finished = True
             raise EngineDeadError("the vLLM engine core has died") from exc
@@ -357,13 +364,18 @@ def _logprobs(c: Any) -> list[TokenLogprob] | None:
     """Neutral logprobs of the new tokens of one vLLM `CompletionOutput`."""
     if c.logprobs is None:
         return None
-    result = []
-    for tid, entry in zip(c.token_ids, c.logprobs, strict=False):
+    return [lp for lp in _token_logprobs(c.token_ids, c.logprobs) if lp is not None]
+
+
+def _token_logprobs(token_ids: Sequence[int], entries: Sequence[Any]) -> list[TokenLogprob | None]:
+    """Neutral logprobs from vLLM's per-position {token id: Logprob} dicts."""
+    result: list[TokenLogprob | None] = []
+    for tid, entry in zip(token_ids, entries, strict=False):
+        if entry is None:
+            result.append(None)
+            continue
         chosen = entry.get(tid)
-        top = sorted(
-            ((t, lp.decoded_token or "", lp.logprob) for t, lp in entry.items()),
-            key=lambda x: -x[2],
-        )
+        top = sorted(((t, lp.decoded_token or "", lp.logprob) for t, lp in entry.items()), key=lambda x: -x[2])
         result.append(
             TokenLogprob(
                 token_id=tid,

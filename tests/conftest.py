@@ -19,6 +19,7 @@ from tests.servers import GatewayProcess, start_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
+SHARED_MAX_ENTRIES = 48
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +32,10 @@ def artifacts() -> Path:
 @pytest.fixture(scope="session")
 def gateway(artifacts: Path) -> Iterator[GatewayProcess]:
     """The shared gateway on the default config (real vLLM, embedded model)."""
-    gw = start_gateway(artifacts / "gateway-e2e.log")
+    # A small continuation store, so that eviction at the bound can be shown on it.
+    gw = start_gateway(
+        artifacts / "gateway-e2e.log", env={"GATEWAY_CONTINUATION__MAX_ENTRIES": str(SHARED_MAX_ENTRIES)}
+    )
     try:
         yield gw
     finally:
@@ -70,7 +74,7 @@ def redis_server(artifacts: Path) -> Iterator[str]:
     if binary is None:
         pytest.fail("redis-server is not installed; `make test` installs it (Debian package redis-server)")
     port = free_port()
-    log = open(artifacts / "redis.log", "wb")  # noqa: SIM115 - the child writes to it until stopped
+    log = open(artifacts / "redis.log", "wb")  # the child writes to it until stopped
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=log,

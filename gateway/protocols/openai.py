@@ -112,6 +112,7 @@ class _SamplingFields(BaseModel):
     ignore_eos: bool | None = None
     priority: int | None = None
     structured_outputs: StructuredOutputs | None = None
+    return_tokens_as_token_ids: bool = False
 
 
 class ChatCompletionRequest(_SamplingFields):

@@ -43,10 +43,13 @@ class Completion:
     token_ids: list[list[int]] = field(default_factory=list)
     finish_reasons: list[str | None] = field(default_factory=list)
     logprobs: list[list[TokenLogprob]] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     def add(self, out: GenerationOutput) -> None:
         """Fold one engine step into the result."""
         self.prompt_token_ids = out.prompt_token_ids
+        if out.prompt_logprobs is not None and self.prompt_logprobs is None:
+            self.prompt_logprobs = out.prompt_logprobs
         for d in out.deltas:
             while len(self.texts) <= d.index:
                 self.texts.append("")
@@ -93,19 +96,51 @@ async def open_streams(
 ) -> list[AsyncIterator[GenerationOutput]]:
     """Start every prompt's generation and wait until the engine has accepted each.
 
-    Bad input therefore fails here, before the 200 and the first event are sent.
+    Bad input therefore fails here, before the 200 and the first event are sent. The
+    accepted step is handed on as the first item of each returned stream (it may carry
+    the prompt's logprobs).
     """
     streams: list[AsyncIterator[GenerationOutput]] = []
     try:
         for r in requests:
             stream = engine.generate(r)
-            await stream.__anext__()  # the "accepted" step
-            streams.append(stream)
+            try:
+                accepted = await stream.__anext__()
+            except BaseException:
+                await stream.aclose()  # type: ignore[attr-defined]
+                raise
+            streams.append(_Primed(accepted, stream))
     except BaseException:
         for s in streams:
             await s.aclose()  # type: ignore[attr-defined]
         raise
     return streams
+
+
+class _Primed:
+    """An engine stream whose first (already received) item is handed out again.
+
+    A class rather than an async generator: `aclose()` of a generator that never started
+    runs none of its code, and the engine stream inside must be closed (aborted) anyway.
+    """
+
+    def __init__(self, first: GenerationOutput, rest: AsyncIterator[GenerationOutput]) -> None:
+        self._first: GenerationOutput | None = first
+        self._rest = rest
+
+    def __aiter__(self) -> _Primed:
+        return self
+
+    async def __anext__(self) -> GenerationOutput:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._rest.__anext__()
+
+    async def aclose(self) -> None:
+        """Close the engine stream (aborting its request if it is still running)."""
+        self._first = None
+        await self._rest.aclose()  # type: ignore[attr-defined]
 
 
 async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:

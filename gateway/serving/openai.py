@@ -196,8 +196,6 @@ def completion_to_neutral(req: CompletionRequest, settings: Settings) -> list[Ge
     _refuse_unsupported(req, UNSUPPORTED_COMPLETION)
     if req.best_of is not None and req.best_of != req.n:
         raise BadRequest("best_of is not supported (only best_of equal to n)", param="best_of")
-    if req.echo and req.logprobs is not None:
-        raise BadRequest("echo together with logprobs is not supported", param="echo")
     p = req.prompt
     prompts: list[str | list[int]]
     if isinstance(p, str):
@@ -209,6 +207,9 @@ def completion_to_neutral(req: CompletionRequest, settings: Settings) -> list[Ge
     if len(prompts) > settings.max_user_batch_size:
         raise BadRequest(f"at most {settings.max_user_batch_size} prompts are allowed per request", param="prompt")
     sampling = _sampling(req, settings, req.max_tokens, req.logprobs)
+    if req.echo and req.logprobs is not None:
+        # echo with logprobs scores the prompt too (OpenAI's legacy completions behaviour)
+        sampling.prompt_logprobs = req.logprobs
     constraint = _constraint(req.response_format, req.structured_outputs)
     out = []
     for prompt in prompts:
@@ -244,32 +245,57 @@ def _token_bytes(token: str) -> list[int]:
     return list(token.encode())
 
 
-def chat_logprobs(lps: list[TokenLogprob], k: int) -> dict[str, Any]:
+def _name(token_id: int, text: str, as_ids: bool) -> str:
+    # vLLM's `return_tokens_as_token_ids`: "token_id:123" identifies a token exactly,
+    # where its text may be ambiguous (partial UTF-8, duplicates).
+    return f"token_id:{token_id}" if as_ids else text
+
+
+def chat_logprobs(lps: list[TokenLogprob], k: int, as_ids: bool = False) -> dict[str, Any]:
     """OpenAI's chat `logprobs` object for the given tokens, with `k` alternatives each."""
     return {
         "content": [
             {
-                "token": lp.token,
+                "token": _name(lp.token_id, lp.token, as_ids),
                 "logprob": lp.logprob,
                 "bytes": _token_bytes(lp.token),
-                "top_logprobs": [{"token": t, "logprob": v, "bytes": _token_bytes(t)} for _, t, v in lp.top[:k]],
+                "top_logprobs": [
+                    {"token": _name(i, t, as_ids), "logprob": v, "bytes": _token_bytes(t)} for i, t, v in lp.top[:k]
+                ],
             }
             for lp in lps
         ]
     }
 
 
-def completion_logprobs(lps: list[TokenLogprob], k: int, offset: int) -> dict[str, Any]:
-    """OpenAI's legacy completions `logprobs` object; `offset` is where the text starts."""
-    tokens, token_lps, tops, offsets = [], [], [], []
+def completion_logprobs(
+    lps: Sequence[TokenLogprob | None], k: int, offset: int, first_token: str = "", as_ids: bool = False
+) -> dict[str, Any]:
+    """OpenAI's legacy completions `logprobs` object; `offset` is where the text starts.
+
+    A None entry (the first prompt token, which has no logprob) shows as `first_token`.
+    """
+    tokens: list[str] = []
+    token_lps: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
     pos = offset
     for lp in lps:
-        tokens.append(lp.token)
-        token_lps.append(lp.logprob)
-        tops.append({t: v for _, t, v in lp.top[:k]} if k else None)
+        text = lp.token if lp is not None else first_token
+        tokens.append(_name(lp.token_id, text, as_ids) if lp is not None else text)
+        token_lps.append(lp.logprob if lp is not None else None)
+        tops.append({_name(i, t, as_ids): v for i, t, v in lp.top[:k]} if k and lp is not None else None)
         offsets.append(pos)
-        pos += len(lp.token)
+        pos += len(text)
     return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+async def _echo_logprobs(engine: GenerativeEngine, c: Completion, k: int, as_ids: bool) -> dict[str, Any]:
+    first_id = list(c.prompt_token_ids[:1])
+    first = await engine.detokenize(first_id, skip_special_tokens=False)
+    if as_ids and first_id:
+        first = f"token_id:{first_id[0]}"
+    return completion_logprobs(c.prompt_logprobs or [], k, 0, first, as_ids)
 
 
 def chat_response(req: ChatCompletionRequest, c: Completion) -> dict[str, Any]:
@@ -281,7 +307,7 @@ def chat_response(req: ChatCompletionRequest, c: Completion) -> dict[str, Any]:
             {
                 "index": i,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": chat_logprobs(c.logprobs[i], k) if req.logprobs else None,
+                "logprobs": chat_logprobs(c.logprobs[i], k, req.return_tokens_as_token_ids) if req.logprobs else None,
                 "finish_reason": _finish(c.finish_reasons[i]),
             }
         )
@@ -303,14 +329,21 @@ async def completion_response(
     choices = []
     for p, c in enumerate(completions):
         prefix = await _echo_text(engine, requests[p], c.prompt_token_ids) if req.echo else ""
+        as_ids = req.return_tokens_as_token_ids
+        echo_lps = None
+        if req.echo and req.logprobs is not None:
+            echo_lps = await _echo_logprobs(engine, c, req.logprobs, as_ids)
         for i, text in enumerate(c.texts):
+            lps = None
+            if req.logprobs is not None:
+                lps = completion_logprobs(c.logprobs[i], req.logprobs, len(prefix), as_ids=as_ids)
+                if echo_lps is not None:
+                    lps = {key: echo_lps[key] + lps[key] for key in lps}
             choices.append(
                 {
                     "index": p * req.n + i,
                     "text": prefix + text,
-                    "logprobs": completion_logprobs(c.logprobs[i], req.logprobs, len(prefix))
-                    if req.logprobs is not None
-                    else None,
+                    "logprobs": lps,
                     "finish_reason": _finish(c.finish_reasons[i]),
                 }
             )
@@ -373,7 +406,11 @@ async def chat_stream(
                 tokens += len(d.token_ids)
                 if not d.text and d.finish_reason is None:
                     continue
-                lp = json.dumps(chat_logprobs(d.logprobs or [], k)) if req.logprobs else "null"
+                lp = (
+                    json.dumps(chat_logprobs(d.logprobs or [], k, req.return_tokens_as_token_ids))
+                    if req.logprobs
+                    else "null"
+                )
                 fin = json.dumps(d.finish_reason) if d.finish_reason is not None else "null"
                 delta = f'{{"content":{json.dumps(d.text)}}}' if d.text else "{}"
                 yield _sse(
@@ -406,20 +443,28 @@ async def completion_stream(
     n = req.n
     k = req.logprobs
     prompt_tokens = [0] * len(streams)
+    echoed = [False] * len(streams)
     tokens = 0
     offsets: dict[int, int] = {}
     try:
         async for p, out in merge(streams):
-            if not prompt_tokens[p]:
-                prompt_tokens[p] = len(out.prompt_token_ids)
-                if req.echo:
-                    text = await _echo_text(engine, requests[p], out.prompt_token_ids)
-                    for i in range(n):
-                        offsets[p * n + i] = len(text)
-                        yield _sse(
-                            f'{head},"choices":[{{"index":{p * n + i},"text":{json.dumps(text)},'
-                            f'"logprobs":null,"finish_reason":null}}]{usage_tail}}}'
-                        )
+            prompt_tokens[p] = len(out.prompt_token_ids)
+            # The echo goes first; with logprobs it waits for the output that carries the
+            # prompt's logprobs (vLLM sends them with the first generated token).
+            if req.echo and not echoed[p] and (k is None or out.prompt_logprobs is not None or out.deltas):
+                echoed[p] = True
+                text = await _echo_text(engine, requests[p], out.prompt_token_ids)
+                echo_lp = "null"
+                if k is not None:
+                    first = Completion()
+                    first.add(out)
+                    echo_lp = json.dumps(await _echo_logprobs(engine, first, k, req.return_tokens_as_token_ids))
+                for i in range(n):
+                    offsets[p * n + i] = len(text)
+                    yield _sse(
+                        f'{head},"choices":[{{"index":{p * n + i},"text":{json.dumps(text)},'
+                        f'"logprobs":{echo_lp},"finish_reason":null}}]{usage_tail}}}'
+                    )
             for d in out.deltas:
                 tokens += len(d.token_ids)
                 if not d.text and d.finish_reason is None:
@@ -428,7 +473,9 @@ async def completion_stream(
                 lp = "null"
                 if k is not None:
                     start = offsets.get(index, 0)
-                    lp = json.dumps(completion_logprobs(d.logprobs or [], k, start))
+                    lp = json.dumps(
+                        completion_logprobs(d.logprobs or [], k, start, as_ids=req.return_tokens_as_token_ids)
+                    )
                     offsets[index] = start + len(d.text)
                 fin = json.dumps(d.finish_reason) if d.finish_reason is not None else "null"
                 yield _sse(

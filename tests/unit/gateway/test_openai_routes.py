@@ -173,7 +173,6 @@ def test_bad_chat_requests_raise_bad_request_naming_the_param(sdk, kwargs, param
     [
         ({"extra_body": {"suffix": "x"}}, "suffix"),
         ({"best_of": 3}, "best_of"),
-        ({"echo": True, "logprobs": 1}, "echo"),
         ({"prompt": ""}, "prompt"),
         ({"prompt": []}, "prompt"),
     ],
@@ -224,3 +223,15 @@ def test_error_body_shape_and_no_echo(client):
     assert secret not in r.text
     r = client.post("/v1/nope", json={})
     assert r.status_code == 404 and "error" in r.json()
+
+
+def test_completions_echo_with_logprobs_scores_the_prompt(sdk):
+    r = sdk.completions.create(model="primary", prompt="abc", max_tokens=2, echo=True, logprobs=1)
+    lp = r.choices[0].logprobs
+    assert lp.tokens[:3] == ["a", "b", "c"] and len(lp.tokens) == 5
+    assert lp.token_logprobs[0] is None and lp.token_logprobs[1:3] == [-1.0, -1.0]
+    assert lp.text_offset == [0, 1, 2, 3, 4]
+    chunks = list(
+        sdk.completions.create(model="primary", prompt="abc", max_tokens=2, echo=True, logprobs=1, stream=True)
+    )
+    assert chunks[0].choices[0].text == "abc" and chunks[0].choices[0].logprobs.tokens == ["a", "b", "c"]

@@ -96,6 +96,9 @@ class Constraint:
     kind: ConstraintKind
     value: Any
     backend: str | None = None
+    # the request fields that carried it and its backend, for error messages
+    param: str | None = None
+    backend_param: str | None = None
 
 
 @dataclass(slots=True)
@@ -260,3 +263,16 @@ def fit_prompt(ids: list[int], request: GenerationRequest, max_model_len: int, p
             param,
         )
     return ids, min(room, request.sampling.max_new_tokens)
+
+
+def check_json_schema(schema: Any) -> None:
+    """Raise ValueError unless `schema` is a valid JSON schema (by its own metaschema)."""
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    if not isinstance(schema, dict):
+        raise ValueError("a JSON schema must be an object")
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"not a valid JSON schema: {exc.message}") from None

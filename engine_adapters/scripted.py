@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from engine_adapters.base import (
     SequenceDelta,
     TokenLogprob,
     UnsupportedFeatureError,
+    check_json_schema,
     fit_prompt,
     validate_sampling,
 )
@@ -131,6 +133,13 @@ class ScriptedEngine:
         s = request.sampling
         c = request.constraint
         if c is not None:
+            try:
+                if c.kind == "json":
+                    check_json_schema(c.value)
+                elif c.kind == "regex":
+                    re.compile(c.value)
+            except (ValueError, re.error) as exc:
+                raise InvalidParameterError(f"{c.param or c.kind}: {exc}", c.param) from exc
             if c.kind == "choice":
                 return str(c.value[0])
             if c.kind in ("json", "json_object"):

@@ -8,13 +8,17 @@ back, and makes sure an abandoned request is aborted inside the engine.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine_adapters.base import (
+    Constraint,
     EngineDeadError,
     EngineError,
     EngineNotReadyError,
@@ -27,12 +31,15 @@ from engine_adapters.base import (
     SequenceDelta,
     TokenLogprob,
     UnsupportedFeatureError,
+    check_json_schema,
     fit_prompt,
     validate_sampling,
 )
 from engine_adapters.logits_processors import NO_REPEAT_NGRAM_KEY
 
 log = logging.getLogger(__name__)
+
+_CONSTRAINT_CACHE_SIZE = 1024
 
 # Prompts shorter than this are tokenized on the event loop (tens of microseconds);
 # longer ones go to a thread so one big prompt cannot stall every stream.
@@ -70,6 +77,8 @@ class VLLMEngine:
         self._tokenizer: Any = None
         self._info: ModelInfo | None = None
         self._priority_enabled = config.scheduling_policy == "priority"
+        # (kind, spec) -> None when the reader's backend accepts it, else the reason
+        self._constraint_checks: OrderedDict[tuple[str, str], str | None] = OrderedDict()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -87,6 +96,16 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         cfg = self.config
+        if cfg.structured_outputs_backend == "lm-format-enforcer":
+            # Its vLLM integration is imported inside the engine at the first constrained
+            # request; if it does not import, every such request would fail there.
+            try:
+                import lmformatenforcer.integrations.vllm  # noqa: F401
+            except ImportError as exc:
+                raise EngineError(
+                    f"the lm-format-enforcer backend does not work with this vLLM build ({exc}); "
+                    "use xgrammar, guidance or outlines"
+                ) from exc
         platform = "cpu" if current_platform.is_cpu() else current_platform.device_type
         if cfg.device not in ("auto", platform):
             raise EngineError(
@@ -209,6 +228,7 @@ class VLLMEngine:
     # ------------------------------------------------------------------ generation
 
     def _sampling_params(self, request: GenerationRequest, max_tokens: int) -> Any:
+        from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         s = request.sampling
@@ -241,8 +261,8 @@ class VLLMEngine:
                 logit_bias=s.logit_bias,
                 extra_args=extra,
             )
-        except ValueError as exc:  # VLLMValidationError is a ValueError
-            raise InvalidParameterError(str(exc), getattr(exc, "parameter", None)) from exc
+        except (ValueError, VLLMValidationError) as exc:
+            raise InvalidParameterError(_short(str(exc)), getattr(exc, "parameter", None)) from exc
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
         """Stream the generation; closing or cancelling the iterator aborts it in the engine.
@@ -268,6 +288,8 @@ class VLLMEngine:
             async for out in self._beam_search(request, ids, max_tokens):
                 yield out
             return
+        if request.constraint is not None:
+            self._check_constraint(request.constraint)
         params = self._sampling_params(request, max_tokens)
         kwargs: dict[str, Any] = {}
         if request.priority and self._priority_enabled:
@@ -292,6 +314,11 @@ class VLLMEngine:
                 # Drain without awaiting when possible: fewer task switches under load.
                 out = queue.get_nowait() or await queue.get()
                 finished = out.finished
+                if any(c.finish_reason == "error" for c in out.outputs):
+                    # vLLM ends a request it could not serve (e.g. a grammar that failed to
+                    # compile in the engine) with finish reason "error"; never pass that off
+                    # as an answer.
+                    raise EngineError("the engine failed this request; the server log has the details")
                 deltas = [
                     SequenceDelta(
                         index=c.index,
@@ -317,6 +344,41 @@ class VLLMEngine:
                 # Client gone, deadline passed, a sibling prompt failed: stop the work.
                 await engine.abort(queue.request_id, internal=True)
             queue.close()
+
+    def _check_constraint(self, c: Constraint) -> None:
+        """Reject a constraint the reader's backend cannot compile, before the engine sees it.
+
+        The verdict is cached per (kind, spec): a repeated schema is checked once here,
+        and vLLM's backends keep their compiled grammars in their own caches.
+        """
+        from vllm.exceptions import VLLMValidationError
+        from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+
+        backend = self.config.structured_outputs_backend
+        if c.backend not in (None, "auto", backend):
+            raise InvalidParameterError(f"this reader decodes constraints with {backend!r}", c.backend_param)
+        key = (c.kind, c.value if isinstance(c.value, str) else json.dumps(c.value, sort_keys=True))
+        if key in self._constraint_checks:
+            self._constraint_checks.move_to_end(key)
+            reason = self._constraint_checks[key]
+        else:
+            reason = None
+            try:
+                if c.kind == "json":
+                    check_json_schema(c.value)
+                params = SamplingParams(max_tokens=1, structured_outputs=StructuredOutputsParams(**{c.kind: c.value}))
+                params._validate_structured_outputs(
+                    self._engine.model_config, self._engine.vllm_config.structured_outputs_config, self._tokenizer
+                )
+            except (ValueError, VLLMValidationError) as exc:
+                reason = _short(str(exc))
+            self._constraint_checks[key] = reason
+            if len(self._constraint_checks) > _CONSTRAINT_CACHE_SIZE:
+                self._constraint_checks.popitem(last=False)
+        if reason is not None:
+            raise InvalidParameterError(
+                f"{c.param or c.kind}: cannot be used with the {backend} backend: {reason}", c.param
+            )
 
     async def _beam_search(
         self, request: GenerationRequest, ids: list[int], max_tokens: int
@@ -358,6 +420,16 @@ class VLLMEngine:
                 index=0, text=best.text, token_ids=list(best.token_ids), finish_reason=best.finish_reason
             )
             yield GenerationOutput(prompt_token_ids=ids, deltas=[delta], finished=True)
+
+
+_NATIVE_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\] \S+\.(?:cc|cpp|h):\d+: ")
+
+
+def _short(message: str, limit: int = 300) -> str:
+    """One line of at most `limit` characters (backend messages quote the input at length
+    and carry C++ timestamps and source paths)."""
+    flat = " ".join(_NATIVE_NOISE.sub("", message).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _logprobs(c: Any) -> list[TokenLogprob] | None:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from engine_adapters.base import EngineDeadError, GenerativeEngine
 from engine_adapters.models import display_name, resolve_model
 from engine_adapters.scripted import ScriptedConfig, ScriptedEngine
-from gateway.errors import NotFound, NotReady
+from gateway.errors import BadRequest, NotFound, NotReady
 from gateway.settings import ReaderSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,10 @@ class Reader:
                 self.in_flight -= 1
 
         return release
+
+    def describe_state(self) -> str:
+        """ "id" when ready, else "id, state"."""
+        return self.id if self.state == "ready" else f"{self.id}, {self.state}"
 
     def describe(self) -> dict[str, Any]:
         """Public description for /status and the management API."""
@@ -148,12 +152,28 @@ class Registry:
             out.setdefault(r.group, []).append(r)
         return out
 
-    def pick(self, group: str) -> Reader:
-        """The ready reader of `group` with the fewest requests in flight."""
+    def pick(self, group: str, backend: str | None = None, backend_param: str | None = None) -> Reader:
+        """The ready reader of `group` with the fewest requests in flight.
+
+        With `backend`, only readers whose structured-output backend it is qualify: none
+        in the group is a 400, none ready yet a 503.
+        """
         members = [r for r in self.readers.values() if r.group == group]
         if not members:
             names = ", ".join(sorted(self.groups())) or "none"
             raise NotFound(f"unknown consumer group {group!r}; the groups are: {names}", param="consumer_group")
+        if backend is not None:
+            matching = [r for r in members if r.settings.structured_outputs_backend == backend and r.state != "failed"]
+            if not matching:
+                have = ", ".join(
+                    sorted(f"{r.settings.structured_outputs_backend} ({r.describe_state()})" for r in members)
+                )
+                raise BadRequest(
+                    f"consumer group {group!r} has no reader with the structured-output backend {backend!r}; "
+                    f"its readers use: {have}. Name one of those, or none",
+                    param=backend_param,
+                )
+            members = matching
         ready = [r for r in members if r.state == "ready"]
         if not ready:
             states = ", ".join(f"{r.id}: {r.state}" for r in members)

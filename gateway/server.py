@@ -102,15 +102,24 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
 
     servers = [(name, _server(app, settings.host, port, settings)) for name, app, port in _listeners(runtime)]
-    tasks = [asyncio.create_task(srv.serve(), name=f"listener-{name}") for name, srv in servers]
-    # uvicorn exits (SystemExit) when it cannot bind; notice that instead of hanging.
-    while not all(srv.started for _, srv in servers):
-        if any(t.done() for t in tasks):
-            log.error("a listener failed to start (is the port in use?)")
-            for _, srv in servers:
-                srv.should_exit = True
-            await asyncio.gather(*tasks, return_exceptions=True)
+    # Bind every port before serving any, so a port in use is one clear error and exit.
+    sockets = []
+    for name, srv in servers:
+        try:
+            sockets.append(srv.config.bind_socket())
+        except SystemExit:  # uvicorn logs the OSError and exits
+            log.error(
+                "cannot listen on %s:%d for the %s API; is the port in use?", settings.host, srv.config.port, name
+            )
+            for sock in sockets:
+                sock.close()
+            await runtime.close()
             return 2
+    tasks = [
+        asyncio.create_task(srv.serve(sockets=[sock]), name=f"listener-{name}")
+        for (name, srv), sock in zip(servers, sockets, strict=True)
+    ]
+    while not all(srv.started for _, srv in servers):  # noqa: ASYNC110 - uvicorn offers only this flag
         await asyncio.sleep(0.02)
     ports = ", ".join(f"{name} {settings.host}:{srv.config.port}" for name, srv in servers)
     log.info("listening: %s; loading models", ports)

@@ -37,7 +37,10 @@ class ReaderSettings(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     cpu_kv_cache_gib: int | None = Field(None, ge=1)
     cuda_visible_devices: str | None = None
-    structured_outputs_backend: str = "auto"
+    # One backend per engine (vLLM's rule). "xgrammar" rather than vLLM's "auto": with
+    # "auto" the engine fixes its backend at the first constrained request, and a later
+    # request that "auto" sends to another backend fails inside the engine.
+    structured_outputs_backend: Literal["xgrammar", "guidance", "outlines", "lm-format-enforcer", "auto"] = "xgrammar"
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     enable_prefix_caching: bool = True
     engine_args: dict[str, Any] = Field(default_factory=dict)

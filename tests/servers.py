@@ -69,6 +69,21 @@ class GatewayProcess:
             time.sleep(0.5)
         raise RuntimeError(f"gateway not ready after {timeout:.0f} s:\n{self.log_tail()}")
 
+    def wait_loaded(self, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        """Block until no reader is loading any more; returns /status's readers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                readers = httpx.get(self.url + "/status", timeout=2).json()["live_readers"]
+                if all(r["state"] != "loading" for r in readers.values()):
+                    return dict(readers)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"readers still loading after {timeout:.0f} s:\n{self.log_tail()}")
+
     def stop(self, timeout: float = 90.0) -> int:
         """SIGTERM, wait, then kill the whole process group (engine processes included)."""
         if self.proc.poll() is None:

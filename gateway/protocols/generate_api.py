@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -27,6 +27,11 @@ class GenerationConfig(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)
     length_penalty: float | None = Field(None, ge=-10.0, le=10.0)
     seed: int | None = None
+    # extension: constrained decoding (at most one of regex, json_schema, choice)
+    regex: str | None = Field(None, min_length=1)
+    json_schema: dict[str, Any] | None = None
+    choice: list[StrictStr] | None = Field(None, min_length=1)
+    constrained_decoding_backend: str | None = None
 
 
 class GenerateOneRequest(BaseModel):

@@ -14,22 +14,25 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from engine_adapters.base import GenerationRequest
 from gateway.errors import NotFound, NotReady
 from gateway.protocols.chat_service import ServiceChatRequest
 from gateway.registry import Reader
 from gateway.runtime import Runtime, get_runtime
 from gateway.serving import openai
-from gateway.serving.common import cancel_on_disconnect, collect, engine_of
+from gateway.serving.common import cancel_on_disconnect, collect, engine_of, pick_reader
 from gateway.serving.streaming import stream_response
 
 router = APIRouter(tags=["chat-service"])
 
 
-def _reader(rt: Runtime, model: str) -> Reader:
+def _reader(rt: Runtime, model: str, request: GenerationRequest) -> Reader:
     try:
-        return openai.resolve_reader(rt.registry, model)
-    except NotFound:
-        return rt.registry.pick("primary")
+        return openai.resolve_reader(rt.registry, model, [request])
+    except NotFound as exc:
+        if exc.param != "model":
+            raise
+        return pick_reader(rt.registry, "primary", [request])
 
 
 @router.get("/chat")
@@ -63,7 +66,7 @@ async def chat_completions(body: ServiceChatRequest, request: Request) -> Any:
     assert neutral.messages is not None
     if system and not any(m["role"] == "system" for m in neutral.messages):
         neutral.messages.insert(0, {"role": "system", "content": system})
-    reader = _reader(rt, body.model)
+    reader = _reader(rt, body.model, neutral)
     if body.stream:
         return await stream_response(
             reader, [neutral], lambda streams: openai.chat_stream(body, streams), rt.settings.sse_keepalive_seconds

@@ -12,7 +12,7 @@ from gateway.errors import BadRequest
 from gateway.protocols.generate_api import BatchResult, GenerateBatchRequest, GenerateOneRequest
 from gateway.runtime import get_runtime
 from gateway.serving import generate_api as g
-from gateway.serving.common import cancel_on_disconnect, collect, collect_many, engine_of
+from gateway.serving.common import cancel_on_disconnect, collect, collect_many, engine_of, pick_reader
 from gateway.serving.streaming import ManagedStreamingResponse, open_managed
 
 router = APIRouter(prefix="/api", tags=["generate-api"])
@@ -24,9 +24,10 @@ async def generate_one(body: GenerateOneRequest, request: Request) -> Any:
     rt = get_runtime(request)
     g.check_request_id(body.request_id, "request_id", rt.settings)
     sampling = g.sampling_of(body.generation_config, rt.settings)
-    reader = rt.registry.pick("primary")
+    constraint = g.constraint_of(body.generation_config)
+    job = await g.make_job(rt.continuation, g.one_key(body.request_id), body.prompt, sampling, constraint, "prompt")
+    reader = pick_reader(rt.registry, "primary", [job.request])
     engine = engine_of(reader)
-    job = await g.make_job(rt.continuation, g.one_key(body.request_id), body.prompt, sampling, "prompt")
     if body.stream_response:
         (stream,), close = await open_managed(reader, [job.request])
         content = g.stream_text(engine, rt.continuation, job, stream, body.only_new_tokens)
@@ -56,13 +57,14 @@ async def generate_batch(body: GenerateBatchRequest, request: Request) -> Any:
             raise BadRequest(f"prompts[{i}].request_id repeats an earlier one", param=f"prompts[{i}].request_id")
         seen.add(rid)
     sampling = g.sampling_of(body.generation_config, rt.settings)
-    reader = rt.registry.pick("primary")
-    engine = engine_of(reader)
+    constraint = g.constraint_of(body.generation_config)
     keys = g.batch_keys(ids)
     jobs = [
-        await g.make_job(rt.continuation, key, p.prompt, sampling, f"prompts[{i}].prompt")
+        await g.make_job(rt.continuation, key, p.prompt, sampling, constraint, f"prompts[{i}].prompt")
         for i, (key, p) in enumerate(zip(keys, body.prompts, strict=True))
     ]
+    reader = pick_reader(rt.registry, "primary", [j.request for j in jobs])
+    engine = engine_of(reader)
 
     async def run() -> list[dict[str, Any]]:
         completions = await collect_many(engine, [j.request for j in jobs])

@@ -22,7 +22,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     """Chat completion, whole or streamed (`stream: true`)."""
     rt = get_runtime(request)
     neutral = openai.chat_to_neutral(body, rt.settings)
-    reader = openai.resolve_reader(rt.registry, body.model)
+    reader = openai.resolve_reader(rt.registry, body.model, [neutral])
     if body.stream:
         return await stream_response(
             reader, [neutral], lambda streams: openai.chat_stream(body, streams), rt.settings.sse_keepalive_seconds
@@ -37,7 +37,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     """Text completion for one prompt or several, whole or streamed."""
     rt = get_runtime(request)
     neutral = openai.completion_to_neutral(body, rt.settings)
-    reader = openai.resolve_reader(rt.registry, body.model)
+    reader = openai.resolve_reader(rt.registry, body.model, neutral)
     engine = engine_of(reader)
     if body.stream:
         return await stream_response(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from gateway.protocols.takeoff import GenerateRequest, GenerateResponse
 from gateway.runtime import get_runtime
 from gateway.serving import takeoff
-from gateway.serving.common import cancel_on_disconnect, engine_of
+from gateway.serving.common import cancel_on_disconnect, engine_of, pick_reader
 from gateway.serving.streaming import ManagedEventSource, stream_response
 
 router = APIRouter(tags=["takeoff"])
@@ -20,7 +20,7 @@ async def generate(body: GenerateRequest, request: Request) -> Any:
     """Generate text for one prompt or a list of prompts and return it whole."""
     rt = get_runtime(request)
     requests = takeoff.to_neutral(body, rt.settings)
-    reader = rt.registry.pick(body.consumer_group or "primary")
+    reader = pick_reader(rt.registry, body.consumer_group or "primary", requests)
     with reader.track():
         return await cancel_on_disconnect(request, takeoff.generate(engine_of(reader), body, requests))
 
@@ -30,7 +30,7 @@ async def generate_stream(body: GenerateRequest, request: Request) -> ManagedEve
     """Stream generated text as Server-Sent Events (framing in `gateway.serving.takeoff`)."""
     rt = get_runtime(request)
     requests = takeoff.to_neutral(body, rt.settings)
-    reader = rt.registry.pick(body.consumer_group or "primary")
+    reader = pick_reader(rt.registry, body.consumer_group or "primary", requests)
     return await stream_response(
         reader,
         requests,

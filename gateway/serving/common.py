@@ -16,10 +16,42 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine, TokenLogprob
-from gateway.errors import ClientGone, NotReady
-from gateway.registry import Reader
+from gateway.errors import BadRequest, ClientGone, NotReady
+from gateway.registry import Reader, Registry
 
 T = TypeVar("T")
+
+
+# Structured-output backend names a request may use -> vLLM's names. Takeoff's client
+# says "outlines" and "lmfe"; vLLM says "lm-format-enforcer".
+BACKENDS = {
+    "auto": "auto",
+    "xgrammar": "xgrammar",
+    "guidance": "guidance",
+    "outlines": "outlines",
+    "lmfe": "lm-format-enforcer",
+    "lm-format-enforcer": "lm-format-enforcer",
+}
+
+
+def backend_name(name: str | None, param: str) -> str | None:
+    """vLLM's name of a requested structured-output backend; unknown names are a 400."""
+    if name is None:
+        return None
+    backend = BACKENDS.get(name.lower())
+    if backend is None:
+        raise BadRequest(f"unknown {param} {name!r}; use one of: {', '.join(BACKENDS)}", param=param)
+    return backend
+
+
+def pick_reader(registry: Registry, group: str, requests: Sequence[GenerationRequest]) -> Reader:
+    """The reader of `group` for `requests`: one whose structured-output backend is the
+    one their constraint asks for, if it asks (vLLM runs one backend per engine)."""
+    for r in requests:
+        c = r.constraint
+        if c is not None and c.backend not in (None, "auto"):
+            return registry.pick(group, backend=c.backend, backend_param=c.backend_param)
+    return registry.pick(group)
 
 
 def new_request_id(prefix: str) -> str:

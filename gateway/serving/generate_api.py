@@ -15,11 +15,11 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine, SamplingOptions
+from engine_adapters.base import Constraint, GenerationOutput, GenerationRequest, GenerativeEngine, SamplingOptions
 from gateway.continuation import ContinuationStore
 from gateway.errors import BadRequest
 from gateway.protocols.generate_api import GenerationConfig
-from gateway.serving.common import Completion, new_request_id
+from gateway.serving.common import Completion, backend_name, new_request_id
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,28 @@ def sampling_of(cfg: GenerationConfig | None, settings: Settings) -> SamplingOpt
     )
 
 
+def constraint_of(cfg: GenerationConfig | None) -> Constraint | None:
+    """The extension fields `regex`, `json_schema`, `choice` of `generation_config`."""
+    if cfg is None:
+        return None
+    given = [
+        (k, v) for k, v in (("regex", cfg.regex), ("json", cfg.json_schema), ("choice", cfg.choice)) if v is not None
+    ]
+    if len(given) > 1:
+        raise BadRequest("generation_config takes one of regex, json_schema, choice", param="generation_config")
+    backend = backend_name(cfg.constrained_decoding_backend, "generation_config.constrained_decoding_backend")
+    if not given:
+        return None
+    kind, value = given[0]
+    return Constraint(
+        kind=kind,  # type: ignore[arg-type]
+        value=value,
+        backend=backend,
+        param="generation_config." + ("json_schema" if kind == "json" else kind),
+        backend_param="generation_config.constrained_decoding_backend",
+    )
+
+
 @dataclass(slots=True)
 class Job:
     """One prompt of a request: its neutral request and where its sequence is stored."""
@@ -78,15 +100,23 @@ class Job:
     continued: bool
 
 
-async def make_job(store: ContinuationStore, key: str, prompt: str, sampling: SamplingOptions, field: str) -> Job:
+async def make_job(
+    store: ContinuationStore,
+    key: str,
+    prompt: str,
+    sampling: SamplingOptions,
+    constraint: Constraint | None,
+    field: str,
+) -> Job:
     """Continue the stored sequence of `key` if there is one, else start from `prompt`."""
     prior = await store.get(key)
+    rid = new_request_id("gen")
     if prior:
-        req = GenerationRequest(request_id=new_request_id("gen"), prompt_token_ids=prior, sampling=sampling)
+        req = GenerationRequest(request_id=rid, prompt_token_ids=prior, sampling=sampling, constraint=constraint)
         return Job(key, req, continued=True)
     if not prompt:
         raise BadRequest("prompt is empty and the request_id has no generation to continue", param=field)
-    return Job(key, GenerationRequest(request_id=new_request_id("gen"), prompt=prompt, sampling=sampling), False)
+    return Job(key, GenerationRequest(request_id=rid, prompt=prompt, sampling=sampling, constraint=constraint), False)
 
 
 def full_sequence(prompt_ids: Sequence[int], generated: Sequence[int], eos: int | None) -> list[int]:

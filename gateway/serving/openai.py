@@ -32,34 +32,24 @@ from gateway.protocols.openai import (
     _SamplingFields,
 )
 from gateway.registry import Reader, Registry
-from gateway.serving.common import Completion, collect_many, merge, new_request_id
+from gateway.serving.common import Completion, backend_name, collect_many, merge, new_request_id, pick_reader
 from gateway.settings import Settings
 
 # "As many as fit": fit_prompt clamps this to the room left in the model's context,
 # which is what OpenAI and vLLM do when max_tokens is not given.
 UNLIMITED = 1 << 30
 
-BACKENDS = {
-    "auto": "auto",
-    "xgrammar": "xgrammar",
-    "guidance": "guidance",
-    "outlines": "outlines",
-    "lm-format-enforcer": "lm-format-enforcer",
-    "lmfe": "lm-format-enforcer",
-}
-
-
 # --------------------------------------------------------------------------- routing
 
 
-def resolve_reader(registry: Registry, model: str) -> Reader:
+def resolve_reader(registry: Registry, model: str, requests: Sequence[GenerationRequest] = ()) -> Reader:
     """The reader for OpenAI's `model`: a consumer group name or a loaded model's name."""
     groups = registry.groups()
     if model in groups:
-        return registry.pick(model)
+        return pick_reader(registry, model, requests)
     for r in registry.readers.values():
         if r.state == "ready" and r.engine is not None and r.engine.info.name == model:
-            return registry.pick(r.group)
+            return pick_reader(registry, r.group, requests)
     names = sorted(
         set(groups) | {r.engine.info.name for r in registry.readers.values() if r.state == "ready" and r.engine}
     )
@@ -80,21 +70,14 @@ def _constraint(fmt: ResponseFormat | None, so: StructuredOutputs | None) -> Con
     if fmt is not None and fmt.type != "text" and so is not None:
         raise BadRequest("send either response_format or structured_outputs, not both", param="structured_outputs")
     if fmt is not None and fmt.type == "json_object":
-        return Constraint(kind="json_object", value=True)
+        return Constraint(kind="json_object", value=True, param="response_format")
     if fmt is not None and fmt.type == "json_schema":
         if fmt.json_schema is None:
             raise BadRequest("response_format.json_schema is required for type json_schema", param="response_format")
-        return Constraint(kind="json", value=fmt.json_schema.json_schema)
+        return Constraint(kind="json", value=fmt.json_schema.json_schema, param="response_format.json_schema.schema")
     if so is None:
         return None
-    backend = None
-    if so.backend is not None:
-        backend = BACKENDS.get(so.backend.lower())
-        if backend is None:
-            raise BadRequest(
-                f"unknown structured_outputs.backend; use one of: {', '.join(BACKENDS)}",
-                param="structured_outputs.backend",
-            )
+    backend = backend_name(so.backend, "structured_outputs.backend")
     kinds = [
         (k, v)
         for k, v in (("regex", so.regex), ("json", so.json_), ("choice", so.choice), ("grammar", so.grammar))
@@ -110,7 +93,13 @@ def _constraint(fmt: ResponseFormat | None, so: StructuredOutputs | None) -> Con
             value = json.loads(value)
         except ValueError:
             raise BadRequest("structured_outputs.json is not valid JSON", param="structured_outputs.json") from None
-    return Constraint(kind=kind, value=value, backend=backend)  # type: ignore[arg-type]
+    return Constraint(
+        kind=kind,  # type: ignore[arg-type]
+        value=value,
+        backend=backend,
+        param=f"structured_outputs.{kind}",
+        backend_param="structured_outputs.backend",
+    )  # type: ignore[arg-type]
 
 
 def _sampling(

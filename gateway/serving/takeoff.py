@@ -20,35 +20,21 @@ from typing import Any
 from engine_adapters.base import Constraint, GenerationOutput, GenerationRequest, SamplingOptions
 from gateway.errors import BadRequest, classify, takeoff_body
 from gateway.protocols.takeoff import GenerateRequest, GenerationMetadata
-from gateway.serving.common import Completion, collect_many, merge, new_request_id
+from gateway.serving.common import Completion, backend_name, collect_many, merge, new_request_id
 from gateway.settings import Settings
-
-# Takeoff's backend names (and vLLM's own) -> vLLM structured-output backends.
-BACKENDS = {
-    "auto": "auto",
-    "outlines": "outlines",
-    "lmfe": "lm-format-enforcer",
-    "lm-format-enforcer": "lm-format-enforcer",
-    "xgrammar": "xgrammar",
-    "guidance": "guidance",
-}
 
 
 def constraint_of(body: GenerateRequest) -> Constraint | None:
     """The decoding constraint: a regex wins over a JSON schema, as seed 000 says."""
-    backend = None
-    if body.constrained_decoding_backend is not None:
-        backend = BACKENDS.get(body.constrained_decoding_backend.lower())
-        if backend is None:
-            raise BadRequest(
-                f"unknown constrained_decoding_backend; use one of: {', '.join(BACKENDS)}",
-                param="constrained_decoding_backend",
-            )
+    backend = backend_name(body.constrained_decoding_backend, "constrained_decoding_backend")
     if body.regex_string is not None and body.regex_str is not None and body.regex_string != body.regex_str:
         raise BadRequest("regex_str and regex_string differ; send one of them", param="regex_string")
     regex = body.regex_string or body.regex_str
     if regex is not None:
-        return Constraint(kind="regex", value=regex, backend=backend)
+        param = "regex_string" if body.regex_string is not None else "regex_str"
+        return Constraint(
+            kind="regex", value=regex, backend=backend, param=param, backend_param="constrained_decoding_backend"
+        )
     if body.json_schema is not None:
         schema: Any = body.json_schema
         if isinstance(schema, str):
@@ -58,7 +44,13 @@ def constraint_of(body: GenerateRequest) -> Constraint | None:
                 raise BadRequest("json_schema is a string but not valid JSON", param="json_schema") from None
         if not isinstance(schema, dict):
             raise BadRequest("json_schema must be a JSON object", param="json_schema")
-        return Constraint(kind="json", value=schema, backend=backend)
+        return Constraint(
+            kind="json",
+            value=schema,
+            backend=backend,
+            param="json_schema",
+            backend_param="constrained_decoding_backend",
+        )
     return None
 
 

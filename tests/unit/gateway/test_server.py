@@ -1,0 +1,52 @@
+"""The server process: listeners, readiness line, clean exits (scripted engine, fast)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+
+import httpx
+
+from tests.servers import ROOT, free_port, start_gateway
+
+
+def test_port_in_use_is_a_clear_error_and_exit_code_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_OPENAI_PORT": str(free_port()),
+            "GATEWAY_MANAGEMENT_PORT": str(free_port()),
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", "configs/scripted.yaml"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port} for the main API" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_ready_line_listeners_and_sigterm_exit_0(artifacts):
+    gw = start_gateway(artifacts / "gateway-scripted.log", "configs/scripted.yaml")
+    try:
+        for url in (gw.url, gw.management_url, gw.openai_url):
+            assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+        assert httpx.get(gw.openai_url + "/v1/models").status_code == 200
+        assert httpx.get(gw.url + "/v1/models").status_code == 200
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(30) == 0
+    finally:
+        gw.stop()
+    log = gw.log_path.read_text()
+    assert f"Gateway ready: http://127.0.0.1:{gw.port}" in log
+    assert log.count("Gateway ready") == 1

@@ -174,6 +174,10 @@ class ModelInfo:
     dtype: str
     has_chat_template: bool
     eos_token_id: int | None = None
+    # what the model can do: "generate", "embed", "classify", "score"
+    tasks: tuple[str, ...] = ("generate",)
+    dimensions: int | None = None
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -230,6 +234,65 @@ class GenerativeEngine(Protocol):
 
     def stats(self) -> EngineStats:
         """Requests running and waiting inside the engine."""
+        ...
+
+
+@dataclass(slots=True)
+class EmbeddingResult:
+    """One vector per input (rows of `vectors`) and the tokens each input took."""
+
+    vectors: Any  # numpy float32 array, shape (inputs, dimensions)
+    token_counts: list[int]
+
+
+@dataclass(slots=True)
+class ClassificationResult:
+    """Probabilities per input and label (`labels` names the columns)."""
+
+    probabilities: Any  # numpy float32 array, shape (inputs, labels)
+    labels: tuple[str, ...]
+    token_counts: list[int]
+
+
+PoolingInput = str | list[int]
+TextPair = tuple[str, str]
+
+
+@runtime_checkable
+class PoolingEngine(Protocol):
+    """What the gateway needs from an embedding / classification / re-ranking model."""
+
+    @property
+    def info(self) -> ModelInfo:
+        """The loaded model; `info.tasks` says which methods below work."""
+        ...
+
+    async def start(self) -> None:
+        """Load the model."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Free the model."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise `EngineDeadError` if the engine cannot serve any more."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """Inputs being processed and waiting."""
+        ...
+
+    async def embed(self, inputs: list[PoolingInput]) -> EmbeddingResult:
+        """Embed texts (or token ids); inputs of one call are batched with other calls."""
+        ...
+
+    async def classify(self, inputs: list[str | TextPair]) -> ClassificationResult:
+        """Class probabilities of texts or text pairs."""
+        ...
+
+    async def score(self, query: str, documents: list[str]) -> tuple[list[float], int]:
+        """Relevance of each document to the query (higher is better), and tokens used."""
         ...
 
 

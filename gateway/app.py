@@ -21,14 +21,14 @@ from engine_adapters.base import EngineError
 from gateway import __version__
 from gateway.errors import ErrorInfo, GatewayError, classify, openai_body, takeoff_body, validation_message
 from gateway.registry import EngineFactory, build_engine
-from gateway.routes import chat_service, generate_api, health, openai, takeoff
+from gateway.routes import chat_service, embeddings, generate_api, health, openai, takeoff
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 
 Surface = Literal["main", "management", "openai"]
 
 # Paths of the main port that speak OpenAI's error shape (seed 003's service included).
-_OPENAI_PREFIXES = ("/v1/", "/chat/completions", "/embeddings")
+_OPENAI_PREFIXES = ("/v1/", "/chat/completions", "/embeddings", "/rerank")
 
 
 def _is_openai(request: Request) -> bool:
@@ -83,7 +83,9 @@ def build_main_app(runtime: Runtime, lifespan: object = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(takeoff.router)
     app.include_router(openai.router)
+    app.include_router(embeddings.v1_router)
     app.include_router(generate_api.router)
+    app.include_router(embeddings.router)
     app.include_router(chat_service.router)
     return app
 
@@ -100,6 +102,7 @@ def build_openai_app(runtime: Runtime) -> FastAPI:
     app = _new_app(runtime, "openai", "LLM gateway OpenAI-compatible API")
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(embeddings.v1_router)
     return app
 
 

@@ -156,11 +156,11 @@ _VALID = re.compile(r"^Input should be a valid (.+)$")
 
 def _field_name(loc: Sequence[Any]) -> str:
     out = ""
+    if loc and loc[0] in ("body", "query", "path", "header"):  # FastAPI's location prefix
+        loc = loc[1:]
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("body", "query", "path") and not out:
-            continue
         elif isinstance(part, str) and not _TAG.search(part) and part not in _TYPE_TAGS:
             out += f".{part}" if out else part
     return out or "body"
@@ -183,6 +183,10 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     for parent in [f for f in by_field if any(o.startswith((f + "[", f + ".")) for o in by_field)]:
         if all(str(e.get("type", "")).endswith("_type") for e in by_field[parent]):
             del by_field[parent]
+    # fields with a specific complaint ("must be >= 0") before bare type mismatches
+    # of other union branches
+    ranked = sorted(by_field.items(), key=lambda kv: all(str(e.get("type", "")).endswith("_type") for e in kv[1]))
+    by_field = dict(ranked)
     parts = []
     for field, errs in list(by_field.items())[:3]:
         specific = [e for e in errs if not str(e.get("type", "")).endswith("_type")]

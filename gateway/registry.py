@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine_adapters.base import EngineDeadError, GenerativeEngine
+from engine_adapters.base import EngineDeadError
 from engine_adapters.models import display_name, resolve_model
 from engine_adapters.scripted import ScriptedConfig, ScriptedEngine
 from gateway.errors import BadRequest, NotFound, NotReady
@@ -31,7 +31,7 @@ class Reader:
     """One model instance serving one consumer group."""
 
     settings: ReaderSettings
-    engine: GenerativeEngine | None = None
+    engine: Any = None  # a GenerativeEngine or a PoolingEngine, by `task`
     state: ReaderState = "loading"
     error: str | None = None
     in_flight: int = 0
@@ -47,6 +47,15 @@ class Reader:
     def group(self) -> str:
         """The consumer group the reader serves."""
         return self.settings.consumer_group
+
+    @property
+    def task(self) -> str:
+        """ "generate", "embed" or "classify"."""
+        return self.settings.effective_task
+
+    def can(self, task: str) -> bool:
+        """Whether the reader serves `task` ("score" is served by embed and classify readers)."""
+        return self.task == task or (task == "score" and self.task in ("embed", "classify"))
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
@@ -80,6 +89,7 @@ class Reader:
             "reader_id": self.id,
             "consumer_group": self.group,
             "engine": self.settings.kind,
+            "task": self.task,
             "model_name": display_name(self.settings.model),
             "state": self.state,
             "requests_in_flight": self.in_flight,
@@ -99,16 +109,54 @@ class Reader:
                     "engine_requests": self.engine.stats().running,
                 }
             )
+            if m.dimensions is not None:
+                info["dimensions"] = m.dimensions
+            if m.labels:
+                info["labels"] = list(m.labels)
+            sizes = getattr(self.engine, "recent_batch_sizes", None)
+            if sizes is not None:
+                info["recent_batch_sizes"] = sizes
         return info
 
 
-EngineFactory = Callable[[ReaderSettings, Settings], GenerativeEngine]
+EngineFactory = Callable[[ReaderSettings, Settings], Any]
 
 
-def build_engine(reader: ReaderSettings, settings: Settings) -> GenerativeEngine:
+def build_engine(reader: ReaderSettings, settings: Settings) -> Any:
     """Construct (not start) the engine a reader's settings ask for."""
     if reader.kind == "scripted":
         return ScriptedEngine(ScriptedConfig(name=display_name(reader.model), **reader.scripted))
+    task = reader.effective_task
+    if reader.kind == "sentence-transformers":
+        from engine_adapters.sentence_transformers_engine import SentenceTransformersConfig, SentenceTransformersEngine
+
+        return SentenceTransformersEngine(
+            SentenceTransformersConfig(
+                model=resolve_model(reader.model, settings.cache_dir),
+                served_name=display_name(reader.model),
+                task=task,  # type: ignore[arg-type]
+                device=reader.device,
+                max_batch_size=reader.max_batch_size or 64,
+                max_wait_ms=reader.max_batch_wait_ms,
+                truncate=reader.truncate,
+            )
+        )
+    if reader.kind == "pooling":
+        from engine_adapters.vllm_pooling import VLLMPoolingConfig, VLLMPoolingEngine
+
+        return VLLMPoolingEngine(
+            VLLMPoolingConfig(
+                model=resolve_model(reader.model, settings.cache_dir),
+                served_name=display_name(reader.model),
+                task=task,  # type: ignore[arg-type]
+                dtype=reader.dtype,
+                max_model_len=reader.max_model_len,
+                enforce_eager=reader.enforce_eager,
+                cpu_kv_cache_gib=reader.cpu_kv_cache_gib,
+                truncate=reader.truncate,
+                engine_args=reader.engine_args,
+            )
+        )
     from engine_adapters.vllm_engine import VLLMEngine, VLLMEngineConfig
 
     return VLLMEngine(
@@ -152,16 +200,28 @@ class Registry:
             out.setdefault(r.group, []).append(r)
         return out
 
-    def pick(self, group: str, backend: str | None = None, backend_param: str | None = None) -> Reader:
-        """The ready reader of `group` with the fewest requests in flight.
+    def pick(
+        self,
+        group: str,
+        task: str = "generate",
+        backend: str | None = None,
+        backend_param: str | None = None,
+        group_param: str = "consumer_group",
+    ) -> Reader:
+        """The ready reader of `group` for `task` with the fewest requests in flight.
 
+        A group with no reader for the task is a 400 naming the groups that have one.
         With `backend`, only readers whose structured-output backend it is qualify: none
         in the group is a 400, none ready yet a 503.
         """
         members = [r for r in self.readers.values() if r.group == group]
         if not members:
             names = ", ".join(sorted(self.groups())) or "none"
-            raise NotFound(f"unknown consumer group {group!r}; the groups are: {names}", param="consumer_group")
+            raise NotFound(f"unknown consumer group {group!r}; the groups are: {names}", param=group_param)
+        members = [r for r in members if r.can(task)]
+        if not members:
+            able = ", ".join(self.groups_for(task)) or "none"
+            raise BadRequest(f"consumer group {group!r} cannot {task}; groups that can: {able}", param=group_param)
         if backend is not None:
             matching = [r for r in members if r.settings.structured_outputs_backend == backend and r.state != "failed"]
             if not matching:
@@ -182,6 +242,10 @@ class Registry:
                 headers={"Retry-After": "5"},
             )
         return min(ready, key=lambda r: r.in_flight)
+
+    def groups_for(self, task: str) -> list[str]:
+        """The groups with at least one reader for `task`, in configuration order."""
+        return [g for g, rs in self.groups().items() if any(r.can(task) for r in rs)]
 
     def get(self, reader_id: str) -> Reader:
         """A reader by id."""

@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-EngineKind = Literal["vllm", "scripted"]
+EngineKind = Literal["vllm", "sentence-transformers", "pooling", "scripted"]
+Task = Literal["generate", "embed", "classify"]
 
 
 class ReaderSettings(BaseModel):
@@ -26,6 +27,8 @@ class ReaderSettings(BaseModel):
     id: str = Field("primary-0", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     consumer_group: str = Field("primary", min_length=1, max_length=64)
     kind: EngineKind = "vllm"
+    # what the reader does; by default "generate" for vllm/scripted, "embed" otherwise
+    task: Task | None = None
     model: str = "embedded:smollm2-135m-instruct"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: str = "auto"
@@ -45,6 +48,28 @@ class ReaderSettings(BaseModel):
     enable_prefix_caching: bool = True
     engine_args: dict[str, Any] = Field(default_factory=dict)
     scripted: dict[str, Any] = Field(default_factory=dict)
+    # embeddings and classification (sentence-transformers and pooling readers)
+    max_batch_wait_ms: float = Field(20.0, ge=0, description="dynamic batching: longest wait for more inputs")
+    truncate: bool = True
+    allow_dimensions: bool = True
+
+    @property
+    def effective_task(self) -> str:
+        """The reader's task, with the default of its kind."""
+        if self.task is not None:
+            return self.task
+        return "generate" if self.kind in ("vllm", "scripted") else "embed"
+
+    @model_validator(mode="after")
+    def _check_task(self) -> ReaderSettings:
+        generative = self.kind in ("vllm", "scripted")
+        if generative and self.task not in (None, "generate"):
+            raise ValueError(
+                f"a {self.kind} reader generates; use kind sentence-transformers or pooling to {self.task}"
+            )
+        if not generative and self.task == "generate":
+            raise ValueError(f"a {self.kind} reader embeds or classifies; use kind vllm to generate")
+        return self
 
 
 # Takeoff's environment variables, kept so existing deployments keep their settings.
@@ -111,7 +136,14 @@ class Settings(BaseSettings):
     openai_port: int | None = Field(3003, ge=0, le=65535, description="null turns it off")
 
     # models
-    readers: list[ReaderSettings] = Field(default_factory=lambda: [ReaderSettings()])
+    readers: list[ReaderSettings] = Field(
+        default_factory=lambda: [
+            ReaderSettings(),
+            ReaderSettings(
+                id="embed-0", consumer_group="embed", kind="sentence-transformers", model="embedded:all-minilm-l6-v2"
+            ),
+        ]
+    )
     cache_dir: Path = Path("~/.cache/llm-gateway")
     offline: bool = True
 

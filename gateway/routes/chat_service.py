@@ -12,15 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from engine_adapters.base import GenerationRequest
 from gateway.errors import NotFound, NotReady
 from gateway.protocols.chat_service import ServiceChatRequest
+from gateway.protocols.embeddings import EmbeddingRequest
 from gateway.registry import Reader
 from gateway.runtime import Runtime, get_runtime
+from gateway.serving import embeddings as embeddings_serving
 from gateway.serving import openai
-from gateway.serving.common import cancel_on_disconnect, collect, engine_of, pick_reader
+from gateway.serving.common import FastJSONResponse, cancel_on_disconnect, collect, engine_of, pick_reader
 from gateway.serving.streaming import stream_response
 
 router = APIRouter(tags=["chat-service"])
@@ -73,10 +74,15 @@ async def chat_completions(body: ServiceChatRequest, request: Request) -> Any:
         )
     with reader.track():
         result = await cancel_on_disconnect(request, collect(engine_of(reader), neutral))
-    return JSONResponse(openai.chat_response(body, result))
+    return FastJSONResponse(openai.chat_response(body, result))
 
 
 @router.post("/embeddings")
-async def embeddings(request: Request) -> Any:
-    """Embeddings need an embedding reader; none is configured yet."""
-    raise NotReady("no embedding model is loaded on this server", headers={"Retry-After": "60"})
+async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
+    """OpenAI embeddings; a `model` that names nothing loaded uses the default group."""
+    rt = get_runtime(request)
+    return FastJSONResponse(
+        await cancel_on_disconnect(
+            request, embeddings_serving.openai_embeddings(rt.registry, body, rt.settings, lenient=True)
+        )
+    )

@@ -28,10 +28,16 @@ def running(settings: Settings, wait_ready: bool = True) -> Iterator[TestClient]
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         if wait_ready:
-            deadline = time.monotonic() + 10
-            while client.get("/readyz").status_code != 200:
-                assert time.monotonic() < deadline, "scripted reader never became ready"
+            deadline = time.monotonic() + 60
+            while any(r["state"] == "loading" for r in client.get("/status").json()["live_readers"].values()):
+                assert time.monotonic() < deadline, "readers still loading after 60 s"
                 time.sleep(0.01)
+            failed = {
+                k: r.get("error")
+                for k, r in client.get("/status").json()["live_readers"].items()
+                if r["state"] != "ready"
+            }
+            assert not failed, failed
         yield client
 
 

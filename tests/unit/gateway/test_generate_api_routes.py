@@ -233,9 +233,9 @@ def test_chat_service_errors_are_openai_shaped(client):
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].role"
 
 
-def test_embeddings_without_an_embedding_model_is_503(client):
+def test_embeddings_without_an_embedding_model_is_404(client):
     r = client.post("/embeddings", json={"model": "m", "input": ["a"]})
-    assert r.status_code == 503 and "embedding" in r.json()["error"]["message"]
+    assert r.status_code == 404 and "can embed" in r.json()["error"]["message"]
 
 
 def test_generate_api_uses_the_primary_group(client_factory):

@@ -26,7 +26,8 @@ def _clean_env(monkeypatch):
 
 def test_default_preset_loads():
     s = load_settings(ROOT / "configs" / "default.yaml")
-    (reader,) = s.readers
+    reader, embed = s.readers
+    assert embed.consumer_group == "embed" and embed.effective_task == "embed"
     assert reader.model == "embedded:smollm2-135m-instruct"
     assert reader.dtype == "float32" and reader.max_model_len == 2048 and reader.enforce_eager
     assert s.port == 3000 and s.effective_management_port == 3001 and s.openai_port == 3003

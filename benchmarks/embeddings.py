@@ -99,7 +99,9 @@ def main() -> None:
     gw = start_gateway(RESULTS / "embeddings-gateway.log", env={"GATEWAY_READERS": json.dumps(readers)})
     try:
         result = asyncio.run(run(gw.url + "/v1/embeddings", args.texts, args.rounds))
-        result["recent_batch_sizes"] = httpx.get(gw.url + "/status").json()["live_readers"]["embed-0"]["recent_batch_sizes"]
+        result["recent_batch_sizes"] = httpx.get(gw.url + "/status").json()["live_readers"]["embed-0"][
+            "recent_batch_sizes"
+        ]
     finally:
         gw.stop()
     result["date"] = str(date.today())

@@ -42,6 +42,14 @@ class UnsupportedFeatureError(EngineError):
         self.param = param
 
 
+class UnknownAdapterError(EngineError):
+    """A LoRA adapter the reader does not have."""
+
+    def __init__(self, message: str, param: str | None = "lora_id") -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class EngineNotReadyError(EngineError):
     """The engine is still loading or has been stopped."""
 
@@ -178,6 +186,7 @@ class ModelInfo:
     tasks: tuple[str, ...] = ("generate",)
     dimensions: int | None = None
     labels: tuple[str, ...] = ()
+    adapters: tuple[str, ...] = ()  # LoRA adapter names
 
 
 @dataclass(slots=True)
@@ -222,6 +231,14 @@ class GenerativeEngine(Protocol):
 
     async def detokenize(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of `token_ids`."""
+        ...
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        """The vocabulary entries of `token_ids` (e.g. "Ġhello")."""
+        ...
+
+    def token_ids_of(self, tokens: Sequence[str]) -> list[int]:
+        """The ids of vocabulary entries; unknown entries raise `InvalidParameterError`."""
         ...
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:

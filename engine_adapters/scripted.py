@@ -11,7 +11,7 @@ import asyncio
 import random
 import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine_adapters.base import (
@@ -25,6 +25,7 @@ from engine_adapters.base import (
     ModelInfo,
     SequenceDelta,
     TokenLogprob,
+    UnknownAdapterError,
     UnsupportedFeatureError,
     check_json_schema,
     fit_prompt,
@@ -47,6 +48,7 @@ class ScriptedConfig:
     fail_after_tokens: int | None = None
     reply: str | None = None
     has_chat_template: bool = True
+    lora_adapters: list[str] = field(default_factory=list)
 
 
 class ScriptedEngine:
@@ -72,6 +74,7 @@ class ScriptedEngine:
             dtype="none",
             has_chat_template=self.config.has_chat_template,
             eos_token_id=EOS,
+            adapters=tuple(self.config.lora_adapters),
         )
 
     async def start(self) -> None:
@@ -111,6 +114,22 @@ class ScriptedEngine:
         if add_generation_prompt:
             parts.append("<|assistant|>")
         return "".join(parts)
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        """One character per byte token; EOS is "</s>"."""
+        return ["</s>" if t == EOS else chr(t) for t in token_ids]
+
+    def token_ids_of(self, tokens: Sequence[str]) -> list[int]:
+        """Inverse of `token_strings`."""
+        out = []
+        for t in tokens:
+            if t == "</s>":
+                out.append(EOS)
+            elif len(t) == 1 and ord(t) < 256:
+                out.append(ord(t))
+            else:
+                raise InvalidParameterError("a token is not in the vocabulary", "tokens")
+        return out
 
     async def tokenize(self, text: str, use_chat_template: bool = False) -> list[int]:
         """UTF-8 bytes of the (rendered) text."""
@@ -163,8 +182,8 @@ class ScriptedEngine:
         if not self._started:
             raise EngineNotReadyError("the model is still loading")
         validate_sampling(request.sampling)
-        if request.lora_id is not None:
-            raise InvalidParameterError(f"unknown lora_id {request.lora_id!r}", "lora_id")
+        if request.lora_id is not None and request.lora_id not in self.config.lora_adapters:
+            raise UnknownAdapterError(f"unknown lora_id {request.lora_id!r}")
         s = request.sampling
         if request.prompt_token_ids is not None:
             raw = list(request.prompt_token_ids)
@@ -175,6 +194,8 @@ class ScriptedEngine:
         param = "messages" if request.messages is not None else "prompt"
         ids, max_tokens = fit_prompt(raw, request, self.config.max_model_len, param)
         replies = [self._reply(request, ids, i).encode() for i in range(s.n)]
+        if request.lora_id is not None:  # an adapter visibly changes the output
+            replies = [r.upper() for r in replies]
         rid = request.request_id
         self.running.add(rid)
         produced = [0] * s.n

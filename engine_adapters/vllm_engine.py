@@ -30,6 +30,7 @@ from engine_adapters.base import (
     ModelInfo,
     SequenceDelta,
     TokenLogprob,
+    UnknownAdapterError,
     UnsupportedFeatureError,
     check_json_schema,
     fit_prompt,
@@ -65,6 +66,9 @@ class VLLMEngineConfig:
     enable_prefix_caching: bool = True
     scheduling_policy: str = "fcfs"
     seed: int = 0
+    lora_adapters: dict[str, str] = field(default_factory=dict)
+    max_lora_rank: int = 16
+    max_loras: int = 4
     engine_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,6 +81,7 @@ class VLLMEngine:
         self._tokenizer: Any = None
         self._info: ModelInfo | None = None
         self._priority_enabled = config.scheduling_policy == "priority"
+        self._loras: dict[str, Any] = {}
         # (kind, spec) -> None when the reader's backend accepts it, else the reason
         self._constraint_checks: OrderedDict[tuple[str, str], str | None] = OrderedDict()
 
@@ -137,6 +142,18 @@ class VLLMEngine:
         }
         if cfg.max_batch_size:
             args["max_num_seqs"] = cfg.max_batch_size
+        if cfg.lora_adapters:
+            from vllm.lora.request import LoRARequest
+
+            for name, path in cfg.lora_adapters.items():
+                if not os.path.isfile(os.path.join(path, "adapter_config.json")):  # noqa: ASYNC240 - once at load
+                    raise EngineError(f"LoRA adapter {name!r}: no adapter_config.json in {path}")
+            # adapters are served in the same batches as the base model (vLLM's multi-LoRA)
+            args.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=cfg.max_loras)
+            self._loras = {
+                name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=path)
+                for i, (name, path) in enumerate(cfg.lora_adapters.items())
+            }
         args.update(cfg.engine_args)
         engine_args = AsyncEngineArgs(**args)
         # from_engine_args blocks while the EngineCore process loads the model; a thread
@@ -153,6 +170,7 @@ class VLLMEngine:
             dtype=str(mc.dtype).removeprefix("torch."),
             has_chat_template=bool(getattr(self._tokenizer, "chat_template", None)),
             eos_token_id=getattr(self._tokenizer, "eos_token_id", None),
+            adapters=tuple(self._loras),
         )
 
     async def shutdown(self) -> None:
@@ -207,11 +225,31 @@ class VLLMEngine:
         """Text of `token_ids`."""
         if self._tokenizer is None:
             raise EngineNotReadyError("the model is still loading")
+        self._check_ids(token_ids, "tokens")
+        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens))
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        """Vocabulary entries of the ids."""
+        if self._tokenizer is None:
+            raise EngineNotReadyError("the model is still loading")
+        self._check_ids(token_ids, "tokens")
+        return [str(t) for t in self._tokenizer.convert_ids_to_tokens(list(token_ids))]
+
+    def token_ids_of(self, tokens: Sequence[str]) -> list[int]:
+        """Ids of vocabulary entries; entries not in the vocabulary are a 400."""
+        if self._tokenizer is None:
+            raise EngineNotReadyError("the model is still loading")
+        vocab = self._tokenizer.get_vocab()
+        unknown = [t for t in tokens if t not in vocab]
+        if unknown:
+            raise InvalidParameterError(f"{len(unknown)} token(s) are not in the vocabulary", "tokens")
+        return [vocab[t] for t in tokens]
+
+    def _check_ids(self, token_ids: Sequence[int], param: str) -> None:
         vocab = len(self._tokenizer)
         for t in token_ids:
             if not 0 <= t < vocab:
-                raise InvalidParameterError(f"token id {t} is outside the vocabulary (0..{vocab - 1})", "tokens")
-        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens))
+                raise InvalidParameterError(f"token id {t} is outside the vocabulary (0..{vocab - 1})", param)
 
     async def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt_token_ids is not None:
@@ -280,8 +318,12 @@ class VLLMEngine:
         if engine.errored:
             raise EngineDeadError("the vLLM engine core has died")
         validate_sampling(request.sampling)
+        lora = None
         if request.lora_id is not None:
-            raise InvalidParameterError(f"unknown lora_id {request.lora_id!r}", "lora_id")
+            lora = self._loras.get(request.lora_id)
+            if lora is None:
+                have = ", ".join(self._loras) or "none"
+                raise UnknownAdapterError(f"unknown lora_id {request.lora_id!r}; this reader's adapters: {have}")
         param = "messages" if request.messages is not None else "prompt"
         ids, max_tokens = fit_prompt(await self._prompt_ids(request), request, self.info.max_model_len, param)
         if request.sampling.num_beams > 1:
@@ -294,6 +336,8 @@ class VLLMEngine:
         kwargs: dict[str, Any] = {}
         if request.priority and self._priority_enabled:
             kwargs["priority"] = request.priority
+        if lora is not None:
+            kwargs["lora_request"] = lora
         try:
             # add_request + the collector is what AsyncLLM.generate does inside; doing it
             # here separates "rejected" (raised now, a clean 4xx) from "failed later".

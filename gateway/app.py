@@ -21,7 +21,7 @@ from engine_adapters.base import EngineError
 from gateway import __version__
 from gateway.errors import ErrorInfo, GatewayError, classify, openai_body, takeoff_body, validation_message
 from gateway.registry import EngineFactory, build_engine
-from gateway.routes import chat_service, embeddings, generate_api, health, openai, takeoff
+from gateway.routes import chat_service, embeddings, generate_api, health, management, openai, takeoff, tokenization
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 
@@ -86,6 +86,7 @@ def build_main_app(runtime: Runtime, lifespan: object = None) -> FastAPI:
     app.include_router(embeddings.v1_router)
     app.include_router(generate_api.router)
     app.include_router(embeddings.router)
+    app.include_router(tokenization.router)
     app.include_router(chat_service.router)
     return app
 
@@ -94,6 +95,7 @@ def build_management_app(runtime: Runtime) -> FastAPI:
     """The management API (port 3001): status for operators and the Takeoff client."""
     app = _new_app(runtime, "management", "LLM gateway management")
     app.include_router(health.router)
+    app.include_router(management.router)
     return app
 
 
@@ -108,6 +110,14 @@ def build_openai_app(runtime: Runtime) -> FastAPI:
 
 def create_app(settings: Settings | None = None, factory: EngineFactory = build_engine) -> FastAPI:
     """A self-contained main app whose lifespan loads and stops the readers."""
+    return create_apps(settings, factory)[0]
+
+
+def create_apps(
+    settings: Settings | None = None, factory: EngineFactory = build_engine
+) -> tuple[FastAPI, FastAPI, FastAPI]:
+    """Main, management and OpenAI apps on one runtime; the main app's lifespan loads
+    and stops the readers (for tests and single-port ASGI servers)."""
     runtime = Runtime.create(settings or load_settings(), factory)
 
     @contextlib.asynccontextmanager
@@ -118,4 +128,4 @@ def create_app(settings: Settings | None = None, factory: EngineFactory = build_
         finally:
             await runtime.close()
 
-    return build_main_app(runtime, lifespan)
+    return build_main_app(runtime, lifespan), build_management_app(runtime), build_openai_app(runtime)

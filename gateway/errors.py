@@ -20,6 +20,7 @@ from engine_adapters.base import (
     EngineOverloadedError,
     InvalidParameterError,
     PromptTooLongError,
+    UnknownAdapterError,
     UnsupportedFeatureError,
 )
 
@@ -46,6 +47,10 @@ class Unauthorized(GatewayError):
 
 class NotFound(GatewayError):
     """An unknown consumer group, reader, model or route."""
+
+
+class Conflict(GatewayError):
+    """The request clashes with the current state (e.g. a reader id in use)."""
 
 
 class PayloadTooLarge(GatewayError):
@@ -88,6 +93,8 @@ ERROR_TABLE: dict[type[BaseException], ErrorKind] = {
     PromptTooLongError: ErrorKind(400, "context_length_exceeded"),
     Unauthorized: ErrorKind(401, "authentication_error"),
     NotFound: ErrorKind(404, "not_found_error"),
+    UnknownAdapterError: ErrorKind(404, "not_found_error"),
+    Conflict: ErrorKind(409, "conflict"),
     PayloadTooLarge: ErrorKind(413, "request_too_large"),
     Unprocessable: ErrorKind(422, "unprocessable_entity"),
     UnsupportedFeatureError: ErrorKind(422, "unprocessable_entity"),

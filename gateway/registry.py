@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine_adapters.base import EngineDeadError
+from engine_adapters.base import EngineDeadError, UnknownAdapterError
 from engine_adapters.models import display_name, resolve_model
 from engine_adapters.scripted import ScriptedConfig, ScriptedEngine
-from gateway.errors import BadRequest, NotFound, NotReady
+from gateway.errors import BadRequest, Conflict, NotFound, NotReady
 from gateway.settings import ReaderSettings, Settings
 
 log = logging.getLogger(__name__)
 
-ReaderState = Literal["loading", "ready", "failed", "dead", "stopped"]
+ReaderState = Literal["loading", "ready", "failed", "dead", "draining", "stopped"]
 
 
 @dataclass(eq=False)
@@ -35,6 +35,8 @@ class Reader:
     state: ReaderState = "loading"
     error: str | None = None
     in_flight: int = 0
+    configured: bool = True  # from the settings at start-up (False: added at run time)
+    load_task: asyncio.Task[None] | None = None
     loaded_at: float | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -52,6 +54,13 @@ class Reader:
     def task(self) -> str:
         """ "generate", "embed" or "classify"."""
         return self.settings.effective_task
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """LoRA adapter names (configured; the engine serves them once ready)."""
+        if self.settings.kind == "scripted":
+            return tuple(self.settings.scripted.get("lora_adapters", ()))
+        return tuple(self.settings.lora_adapters)
 
     def can(self, task: str) -> bool:
         """Whether the reader serves `task` ("score" is served by embed and classify readers)."""
@@ -175,6 +184,9 @@ def build_engine(reader: ReaderSettings, settings: Settings) -> Any:
             structured_outputs_backend=reader.structured_outputs_backend,
             scheduling_policy=reader.scheduling_policy,
             enable_prefix_caching=reader.enable_prefix_caching,
+            lora_adapters=reader.lora_adapters,
+            max_lora_rank=reader.max_lora_rank,
+            max_loras=reader.max_loras,
             engine_args=reader.engine_args,
         )
     )
@@ -207,6 +219,7 @@ class Registry:
         backend: str | None = None,
         backend_param: str | None = None,
         group_param: str = "consumer_group",
+        lora_id: str | None = None,
     ) -> Reader:
         """The ready reader of `group` for `task` with the fewest requests in flight.
 
@@ -234,6 +247,12 @@ class Registry:
                     param=backend_param,
                 )
             members = matching
+        if lora_id is not None:
+            with_adapter = [r for r in members if lora_id in r.adapters]
+            if not with_adapter:
+                adapters = ", ".join(sorted({a for r in members for a in r.adapters})) or "none"
+                raise UnknownAdapterError(f"unknown lora_id {lora_id!r}; adapters of group {group!r}: {adapters}")
+            members = with_adapter
         ready = [r for r in members if r.state == "ready"]
         if not ready:
             states = ", ".join(f"{r.id}: {r.state}" for r in members)
@@ -256,15 +275,24 @@ class Registry:
             raise NotFound(f"unknown reader {reader_id!r}; the readers are: {names}", param="reader_id") from None
 
     def ready(self) -> bool:
-        """Every consumer group has at least one ready reader."""
-        groups = self.groups()
-        return bool(groups) and all(any(r.state == "ready" for r in rs) for rs in groups.values())
+        """Every group of the configured readers has a ready reader.
+
+        Readers added at run time (and readers being removed) do not count: a reader that
+        fails to load through the management API must not take the whole process out of
+        its load balancer.
+        """
+        groups = {r.group for r in self.readers.values() if r.configured and r.state != "draining"}
+        return bool(groups) and all(
+            any(r.state == "ready" for r in self.readers.values() if r.group == g) for g in groups
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     def start_all(self) -> list[asyncio.Task[None]]:
         """Load every reader in the background; returns the loading tasks."""
-        self._loading = [self._spawn(self._load(r)) for r in self.readers.values()]
+        for r in self.readers.values():
+            r.load_task = self._spawn(self._load(r))
+            self._loading.append(r.load_task)
         return self._loading
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
@@ -283,6 +311,10 @@ class Registry:
             # Provisioning converts the embedded model on first use: keep it off the loop.
             reader.engine = await asyncio.to_thread(self._factory, reader.settings, self.settings)
             await reader.engine.start()
+        except asyncio.CancelledError:
+            if reader.engine is not None:  # removed while loading
+                await reader.engine.shutdown()
+            raise
         except Exception as exc:  # a reader that fails to load is reported, never fatal
             reader.state = "failed"
             reader.error = f"{type(exc).__name__}: {exc}"
@@ -308,6 +340,36 @@ class Registry:
             except Exception:
                 log.debug("health check of %s failed", reader.id, exc_info=True)
             await asyncio.sleep(interval)
+
+    def add(self, settings: ReaderSettings) -> Reader:
+        """Register a reader and start loading it; it joins its group when ready."""
+        if settings.id in self.readers:
+            raise Conflict(f"a reader with id {settings.id!r} exists already", param="reader_id")
+        reader = Reader(settings=settings, configured=False)
+        self.readers[settings.id] = reader
+        reader.load_task = self._spawn(self._load(reader))
+        return reader
+
+    async def remove(self, reader_id: str, drain_timeout: float) -> None:
+        """Stop routing to the reader, let its requests finish (up to `drain_timeout`),
+        then stop its engine and forget it."""
+        reader = self.get(reader_id)
+        previous = reader.state
+        reader.state = "draining"
+        if previous == "loading" and reader.load_task is not None:
+            reader.load_task.cancel()
+            await asyncio.gather(reader.load_task, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        while reader.in_flight and loop.time() < deadline:  # noqa: ASYNC110 - counts change outside any event
+            await asyncio.sleep(0.05)
+        if reader.in_flight:
+            log.warning("reader %s: %d request(s) still in flight after the drain timeout", reader_id, reader.in_flight)
+        if reader.engine is not None:
+            await reader.engine.shutdown()
+        reader.state = "stopped"
+        self.readers.pop(reader_id, None)
+        log.info("reader %s removed", reader_id)
 
     async def wait_loaded(self) -> None:
         """Wait until every reader started by `start_all` has loaded or failed."""

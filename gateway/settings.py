@@ -49,6 +49,10 @@ class ReaderSettings(BaseModel):
     engine_args: dict[str, Any] = Field(default_factory=dict)
     scripted: dict[str, Any] = Field(default_factory=dict)
     # embeddings and classification (sentence-transformers and pooling readers)
+    # LoRA adapters (vllm readers): name -> local adapter folder, served with the base model
+    lora_adapters: dict[str, str] = Field(default_factory=dict)
+    max_lora_rank: int = Field(16, ge=1)
+    max_loras: int = Field(4, ge=1)
     max_batch_wait_ms: float = Field(20.0, ge=0, description="dynamic batching: longest wait for more inputs")
     truncate: bool = True
     allow_dimensions: bool = True
@@ -136,6 +140,9 @@ class Settings(BaseSettings):
     openai_port: int | None = Field(3003, ge=0, le=65535, description="null turns it off")
 
     # models
+    # fields every reader created through the management API starts from (e.g. the CPU
+    # engine settings of configs/default.yaml); the request's own fields win
+    reader_defaults: dict[str, Any] = Field(default_factory=dict)
     readers: list[ReaderSettings] = Field(
         default_factory=lambda: [
             ReaderSettings(),

@@ -42,3 +42,26 @@ def make_cross_encoder(folder: Path, labels: list[str] | None = None, seed: int 
         if (src / name).exists():
             shutil.copy(src / name, folder / name)
     return folder
+
+
+def make_lora_adapter(base_model: Path, folder: Path, seed: int = 0, rank: int = 8) -> Path:
+    """A LoRA adapter for `base_model` with random (non-zero) weights, made with peft.
+
+    peft initialises B to zeros, which would leave the model unchanged; random init
+    makes the adapter visibly change the output.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.mul_(4.0)  # strong enough to change greedy output of a 135M model
+    folder.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(folder)
+    return folder

@@ -49,11 +49,12 @@ def backend_name(name: str | None, param: str) -> str | None:
 def pick_reader(registry: Registry, group: str, requests: Sequence[GenerationRequest]) -> Reader:
     """The reader of `group` for `requests`: one whose structured-output backend is the
     one their constraint asks for, if it asks (vLLM runs one backend per engine)."""
+    lora_id = next((r.lora_id for r in requests if r.lora_id is not None), None)
     for r in requests:
         c = r.constraint
         if c is not None and c.backend not in (None, "auto"):
-            return registry.pick(group, backend=c.backend, backend_param=c.backend_param)
-    return registry.pick(group)
+            return registry.pick(group, backend=c.backend, backend_param=c.backend_param, lora_id=lora_id)
+    return registry.pick(group, lora_id=lora_id)
 
 
 class FastJSONResponse(JSONResponse):

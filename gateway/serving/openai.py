@@ -50,8 +50,15 @@ def resolve_reader(registry: Registry, model: str, requests: Sequence[Generation
     for r in registry.readers.values():
         if r.state == "ready" and r.engine is not None and r.engine.info.name == model:
             return pick_reader(registry, r.group, requests)
+    for r in registry.readers.values():
+        if model in r.adapters:  # OpenAI's way to pick a LoRA adapter: name it as the model
+            for req in requests:
+                req.lora_id = model
+            return pick_reader(registry, r.group, requests)
     names = sorted(
-        set(groups) | {r.engine.info.name for r in registry.readers.values() if r.state == "ready" and r.engine}
+        set(groups)
+        | {r.engine.info.name for r in registry.readers.values() if r.state == "ready" and r.engine}
+        | {a for r in registry.readers.values() for a in r.adapters}
     )
     raise NotFound(f"the model {model!r} does not exist; available: {', '.join(names) or 'none'}", param="model")
 
@@ -500,6 +507,19 @@ def model_cards(registry: Registry) -> list[dict[str, Any]]:
         }
         for r in ready:
             assert r.engine is not None
+            for adapter in r.adapters:
+                cards.setdefault(
+                    adapter,
+                    {
+                        "id": adapter,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "llm-gateway",
+                        "root": r.engine.info.name,
+                        "parent": r.engine.info.name,
+                        "max_model_len": r.engine.info.max_model_len,
+                    },
+                )
             name = r.engine.info.name
             cards.setdefault(
                 name,

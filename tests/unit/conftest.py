@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.app import create_app
+from gateway.app import create_apps
 from gateway.settings import ReaderSettings, Settings
 
 
@@ -24,9 +24,11 @@ def make_settings(scripted: dict[str, Any] | None = None, **overrides: Any) -> S
 
 @contextmanager
 def running(settings: Settings, wait_ready: bool = True) -> Iterator[TestClient]:
-    """A TestClient whose app has loaded its readers (lifespan run)."""
-    app = create_app(settings)
+    """A TestClient whose app has loaded its readers (lifespan run). The management
+    app of the same runtime is at `client.management` (a TestClient too)."""
+    app, management_app, _ = create_apps(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
+        client.management = TestClient(management_app, raise_server_exceptions=False)  # type: ignore[attr-defined]
         if wait_ready:
             deadline = time.monotonic() + 60
             while any(r["state"] == "loading" for r in client.get("/status").json()["live_readers"].values()):

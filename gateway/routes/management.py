@@ -1,0 +1,53 @@
+"""The management API on port 3001 (Takeoff's port + 1), as the Takeoff client calls it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from gateway.errors import Unprocessable
+from gateway.protocols.management import CreateReaderRequest
+from gateway.runtime import get_runtime
+from gateway.serving import management
+
+router = APIRouter(tags=["management"])
+
+
+@router.get("/reader_groups")
+async def reader_groups(request: Request) -> dict[str, list[dict[str, Any]]]:
+    """Consumer groups and their readers."""
+    return management.reader_groups(get_runtime(request).registry)
+
+
+@router.post("/reader", status_code=201)
+async def create_reader(body: CreateReaderRequest, request: Request, wait: bool = True) -> dict[str, Any]:
+    """Load a new reader while the gateway keeps serving; it joins its group when ready.
+
+    By default the answer comes when the reader is ready (201) or has failed to load
+    (422 with the reason; the reader stays listed as failed until deleted). With
+    `?wait=false` the answer is immediate and the reader's state says "loading".
+    """
+    rt = get_runtime(request)
+    reader = rt.registry.add(management.reader_settings(body, rt.settings, rt.registry))
+    if wait and reader.load_task is not None:
+        await asyncio.shield(reader.load_task)  # a client that gives up does not cancel the load
+        if reader.state == "failed":
+            raise Unprocessable(f"reader {reader.id} failed to load: {reader.error}", param="model_name")
+    return reader.describe()
+
+
+@router.delete("/reader/{reader_id}")
+async def delete_reader(reader_id: str, request: Request) -> dict[str, Any]:
+    """Stop routing to the reader, drain its requests, free its memory."""
+    rt = get_runtime(request)
+    await rt.registry.remove(reader_id, rt.settings.drain_timeout_seconds)
+    return {"reader_id": reader_id, "deleted": True}
+
+
+@router.get("/config/{reader_id}")
+async def reader_config(reader_id: str, request: Request) -> dict[str, Any]:
+    """The settings the reader runs with."""
+    reader = get_runtime(request).registry.get(reader_id)
+    return {"reader_id": reader.id, **reader.settings.model_dump(mode="json")}

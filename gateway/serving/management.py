@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -54,6 +56,10 @@ def reader_settings(body: CreateReaderRequest, settings: Settings, registry: Reg
             data[name] = value
     if "model" not in data:
         raise BadRequest("model_name (or model) is required", param="model_name")
+    if body.kind is None and "kind" not in settings.reader_defaults:
+        data["kind"], task = detect_kind(data["model"])
+        if task is not None:
+            data.setdefault("task", task)
     group = data.setdefault("consumer_group", "primary")
     if "id" not in data:
         n = 0
@@ -70,3 +76,22 @@ def reader_settings(body: CreateReaderRequest, settings: Settings, registry: Reg
 def reader_groups(registry: Registry) -> dict[str, list[dict[str, Any]]]:
     """Every consumer group and the description of each of its readers."""
     return {group: [r.describe() for r in readers] for group, readers in registry.groups().items()}
+
+
+def detect_kind(model: str) -> tuple[str, str | None]:
+    """What kind of reader a model needs, as Takeoff decides for itself: a
+    sentence-transformers folder (modules.json) embeds, or classifies when its model is
+    a sequence classifier; anything else is a vLLM generative model."""
+    from engine_adapters.models import MINILM, display_name, is_embedded
+
+    if is_embedded(model):
+        return ("sentence-transformers", "embed") if display_name(model) == MINILM else ("vllm", None)
+    folder = Path(model)
+    if (folder / "modules.json").is_file() or (folder / "config_sentence_transformers.json").is_file():
+        return "sentence-transformers", "embed"
+    config = folder / "config.json"
+    if config.is_file():
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        if any(a.endswith("ForSequenceClassification") for a in architectures):
+            return "sentence-transformers", "classify"
+    return "vllm", None

@@ -1,0 +1,94 @@
+"""The official Takeoff client (PyPI takeoff-client 0.7.0) against the running gateway.
+
+It pins httpx 0.27, so it runs from a virtual environment of its own that this test
+makes (once per machine; kept under tests/artifacts/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from takeoff_client import TakeoffClient, TakeoffException
+
+    main, mgmt, oai = (int(os.environ[k]) for k in ("MAIN_PORT", "MGMT_PORT", "OAI_PORT"))
+    client = TakeoffClient(base_url="http://127.0.0.1", port=main, mgmt_port=mgmt, oai_port=oai)
+    out = {}
+    out["generate"] = client.generate("List 3 things to do in London.", max_new_tokens=8, return_metadata=True)
+    out["stream"] = [(e.event, e.data) for e in client.generate_stream("Say hi.", max_new_tokens=6)]
+    out["embed"] = len(client.embed("hello", consumer_group="embed")["data"][0]["embedding"])
+    out["readers"] = client.get_readers()
+    out["status"] = client.get_status()
+    created = client.create_reader({"model_name": "embedded:all-minilm-l6-v2", "device": "cpu",
+                                    "consumer_group": "contract"})
+    out["created"] = created
+    out["config"] = client.get_reader_config(created["reader_id"])
+    out["embed_new"] = len(client.embed("hello", consumer_group="contract")["data"][0]["embedding"])
+    client.delete_reader(created["reader_id"])
+    out["after_delete"] = list(client.get_readers())
+    out["tokenize"] = client.tokenize("hello world", reader_id="primary-0", use_chat_template=False)
+    out["tokens_count"] = client.tokens_count("hello world", reader_id="primary-0")
+    out["detokenize"] = client.detokenize(out["tokenize"], reader_id="primary-0")
+    out["chat_template"] = client.chat_template([{"role": "user", "content": "Hi"}], reader_id="primary-0",
+                                                add_generation_prompt=True)
+    try:
+        client.generate("x", consumer_group="no-such-group")
+    except TakeoffException as exc:
+        out["error"] = [exc.status_code, str(exc)]
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def takeoff_python(artifacts: Path) -> Path:
+    venv = artifacts / "takeoff-client-venv"
+    python = venv / "bin" / "python"
+    if not (venv / ".ready").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "takeoff-client==0.7.0"], check=True)
+        (venv / ".ready").touch()
+    return python
+
+
+def test_official_takeoff_client(gateway, takeoff_python, tokenizer):
+    env = {
+        **os.environ,
+        "MAIN_PORT": str(gateway.port),
+        "MGMT_PORT": str(gateway.management_port),
+        "OAI_PORT": str(gateway.openai_port),
+    }
+    proc = subprocess.run([str(takeoff_python), "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    gen = out["generate"]
+    assert gen["text"] and gen["metadata"]["generated_tokens"] <= 8
+    events = out["stream"]
+    assert events[-1] == ["end", "[DONE]"] and "".join(d for e, d in events if e == "message")
+    assert out["embed"] == 384 and out["embed_new"] == 384
+    assert {"primary", "embed"} <= set(out["readers"])
+    assert out["readers"]["primary"][0]["reader_id"] == "primary-0"
+    assert "primary-0" in out["status"]["live_readers"]
+    assert out["created"]["consumer_group"] == "contract" and out["created"]["state"] == "ready"
+    assert out["config"]["model"] == "embedded:all-minilm-l6-v2" and out["config"]["kind"] == "sentence-transformers"
+    assert "contract" not in out["after_delete"]
+    ids = tokenizer.encode("hello world")
+    assert out["tokenize"] == tokenizer.convert_ids_to_tokens(ids)
+    assert out["tokens_count"] == len(ids)
+    assert out["detokenize"] == "hello world"
+    assert out["chat_template"] == [
+        tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
+    ]
+    status, message = out["error"]
+    assert status == 404 and "no-such-group" in message and "primary" in message

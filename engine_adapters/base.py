@@ -323,7 +323,9 @@ def validate_sampling(s: SamplingOptions) -> None:
         raise InvalidParameterError("min_new_tokens must not exceed max_new_tokens", "min_new_tokens")
 
 
-def fit_prompt(ids: list[int], request: GenerationRequest, max_model_len: int, param: str) -> tuple[list[int], int]:
+def fit_prompt(
+    ids: list[int], request: GenerationRequest, max_model_len: int, param: str, max_prompt_tokens: int | None = None
+) -> tuple[list[int], int]:
     """Apply `prompt_max_tokens` (keep the last N tokens) and fit the output in the context.
 
     Returns the prompt ids and the number of new tokens that fit: a prompt that leaves
@@ -335,6 +337,12 @@ def fit_prompt(ids: list[int], request: GenerationRequest, max_model_len: int, p
         ids = ids[len(ids) - request.prompt_max_tokens :]
     if not ids:
         raise InvalidParameterError("the prompt is empty after tokenization", param)
+    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+        raise PromptTooLongError(
+            f"the prompt has {len(ids)} tokens; this server accepts at most {max_prompt_tokens} "
+            "(set prompt_max_tokens to keep only the last ones)",
+            param,
+        )
     room = max_model_len - len(ids)
     if room < max(1, request.sampling.min_new_tokens):
         raise PromptTooLongError(

@@ -49,6 +49,7 @@ class ScriptedConfig:
     reply: str | None = None
     has_chat_template: bool = True
     lora_adapters: list[str] = field(default_factory=list)
+    max_prompt_tokens: int | None = None
 
 
 class ScriptedEngine:
@@ -192,7 +193,7 @@ class ScriptedEngine:
         else:
             raw = await self.tokenize(request.prompt or "", request.use_chat_template)
         param = "messages" if request.messages is not None else "prompt"
-        ids, max_tokens = fit_prompt(raw, request, self.config.max_model_len, param)
+        ids, max_tokens = fit_prompt(raw, request, self.config.max_model_len, param, self.config.max_prompt_tokens)
         replies = [self._reply(request, ids, i).encode() for i in range(s.n)]
         if request.lora_id is not None:  # an adapter visibly changes the output
             replies = [r.upper() for r in replies]

@@ -69,6 +69,8 @@ class VLLMEngineConfig:
     lora_adapters: dict[str, str] = field(default_factory=dict)
     max_lora_rank: int = 16
     max_loras: int = 4
+    max_queued_prompt_tokens: int | None = None
+    max_prompt_tokens: int | None = None
     engine_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -142,6 +144,9 @@ class VLLMEngine:
         }
         if cfg.max_batch_size:
             args["max_num_seqs"] = cfg.max_batch_size
+        if cfg.max_queued_prompt_tokens:
+            # vLLM's own admission: prompt tokens waiting for prefill (refused as 429 here)
+            args["max_num_queued_tokens"] = cfg.max_queued_prompt_tokens
         if cfg.lora_adapters:
             from vllm.lora.request import LoRARequest
 
@@ -325,7 +330,8 @@ class VLLMEngine:
                 have = ", ".join(self._loras) or "none"
                 raise UnknownAdapterError(f"unknown lora_id {request.lora_id!r}; this reader's adapters: {have}")
         param = "messages" if request.messages is not None else "prompt"
-        ids, max_tokens = fit_prompt(await self._prompt_ids(request), request, self.info.max_model_len, param)
+        prompt_ids = await self._prompt_ids(request)
+        ids, max_tokens = fit_prompt(prompt_ids, request, self.info.max_model_len, param, self.config.max_prompt_tokens)
         if request.sampling.num_beams > 1:
             async for out in self._beam_search(request, ids, max_tokens):
                 yield out
@@ -334,7 +340,13 @@ class VLLMEngine:
             self._check_constraint(request.constraint)
         params = self._sampling_params(request, max_tokens)
         kwargs: dict[str, Any] = {}
-        if request.priority and self._priority_enabled:
+        if request.priority:
+            if not self._priority_enabled:
+                raise InvalidParameterError(
+                    "this reader schedules first come, first served; set its scheduling_policy to "
+                    "priority to use request priorities",
+                    "priority",
+                )
             kwargs["priority"] = request.priority
         if lora is not None:
             kwargs["lora_request"] = lora

@@ -9,17 +9,20 @@ servers; `gateway.server.serve` runs all listeners.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Scope
 
 from engine_adapters.base import EngineError
 from gateway import __version__
 from gateway.errors import ErrorInfo, GatewayError, classify, openai_body, takeoff_body, validation_message
+from gateway.middleware.guards import Guard
 from gateway.registry import EngineFactory, build_engine
 from gateway.routes import chat_service, embeddings, generate_api, health, management, openai, takeoff, tokenization
 from gateway.runtime import Runtime
@@ -33,6 +36,13 @@ _OPENAI_PREFIXES = ("/v1/", "/chat/completions", "/embeddings", "/rerank")
 
 def _is_openai(request: Request) -> bool:
     return request.app.state.surface == "openai" or request.url.path.startswith(_OPENAI_PREFIXES)
+
+
+def _scope_is_openai(surface: Surface) -> Callable[[Scope], bool]:
+    def check(scope: Scope) -> bool:
+        return surface == "openai" or str(scope.get("path", "")).startswith(_OPENAI_PREFIXES)
+
+    return check
 
 
 def _render(request: Request, info: ErrorInfo) -> JSONResponse:
@@ -55,6 +65,8 @@ _HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "request_
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, GatewayError):  # FastAPI wraps errors raised while reading the body
+        return _render(request, classify(exc.__cause__))
     info = ErrorInfo(
         exc.status_code,
         _HTTP_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "internal_error"),
@@ -69,6 +81,24 @@ def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = 
     app = FastAPI(title=title, version=__version__, lifespan=lifespan)  # type: ignore[arg-type]
     app.state.runtime = runtime
     app.state.surface = surface
+    s = runtime.settings
+    # Added last = outermost: CORS answers preflights before the guard asks for a key.
+    app.add_middleware(
+        Guard,
+        digests=runtime.key_digests,
+        public_paths=s.public_paths,
+        max_body_bytes=s.max_body_bytes,
+        is_draining=lambda: runtime.draining,
+        is_openai=_scope_is_openai(surface),
+    )
+    if s.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=s.cors_allow_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(GatewayError, _on_error)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from engine_adapters.base import EngineDeadError, UnknownAdapterError
 from engine_adapters.models import display_name, resolve_model
 from engine_adapters.scripted import ScriptedConfig, ScriptedEngine
-from gateway.errors import BadRequest, Conflict, NotFound, NotReady
+from gateway.errors import BadRequest, Conflict, NotFound, NotReady, Overloaded
 from gateway.settings import ReaderSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,8 @@ def build_engine(reader: ReaderSettings, settings: Settings) -> Any:
             lora_adapters=reader.lora_adapters,
             max_lora_rank=reader.max_lora_rank,
             max_loras=reader.max_loras,
+            max_queued_prompt_tokens=reader.max_queued_prompt_tokens,
+            max_prompt_tokens=reader.max_prompt_tokens,
             engine_args=reader.engine_args,
         )
     )
@@ -201,6 +203,7 @@ class Registry:
         self.readers: dict[str, Reader] = {r.id: Reader(settings=r) for r in settings.readers}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loading: list[asyncio.Task[None]] = []
+        self.rejections = 0  # admission-control refusals (429), for metrics
         self.on_engine_death: Callable[[Reader], None] | None = None
 
     # ------------------------------------------------------------------ lookup
@@ -260,7 +263,15 @@ class Registry:
                 f"consumer group {group!r} has no ready reader ({states}); retry shortly",
                 headers={"Retry-After": "5"},
             )
-        return min(ready, key=lambda r: r.in_flight)
+        best = min(ready, key=lambda r: r.in_flight)
+        limit = best.settings.max_in_flight
+        if limit is not None and best.in_flight >= limit:
+            self.rejections += 1
+            raise Overloaded(
+                f"consumer group {group!r} is at capacity ({limit} requests in flight per reader); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        return best
 
     def groups_for(self, task: str) -> list[str]:
         """The groups with at least one reader for `task`, in configuration order."""

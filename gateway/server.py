@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from gateway.app import build_main_app, build_management_app, build_openai_app
+from gateway.errors import NotReady
 from gateway.registry import Reader
 from gateway.runtime import Runtime
 from gateway.settings import Settings, non_default
@@ -63,22 +64,43 @@ def _server(app: FastAPI, host: str, port: int, settings: Settings) -> _Server:
 
 
 async def _drain(runtime: Runtime) -> None:
-    """Let in-flight requests finish, up to the drain timeout."""
+    """Let in-flight requests finish, up to the drain timeout; then stop the rest with a
+    clear error (503, or an error event on a stream) and give those answers a moment."""
     loop = asyncio.get_running_loop()
+
+    def busy() -> int:
+        return sum(r.in_flight for r in runtime.registry.readers.values()) + len(runtime.budgets)
+
     deadline = loop.time() + runtime.settings.drain_timeout_seconds
-    while loop.time() < deadline:
-        busy = sum(r.in_flight for r in runtime.registry.readers.values())
-        if busy == 0:
-            return
+    while busy() and loop.time() < deadline:  # noqa: ASYNC110 - counters, no event to wait on
         await asyncio.sleep(0.05)
-    busy = sum(r.in_flight for r in runtime.registry.readers.values())
-    if busy:
-        log.warning("drain timeout: aborting %d request(s) still in flight", busy)
+    if busy():
+        n = runtime.cut_all(
+            NotReady("the server is shutting down; the request was stopped", headers={"Retry-After": "1"})
+        )
+        log.warning("drain timeout: stopped %d request(s) still in flight", n)
+        deadline = loop.time() + 2.0
+        while runtime.budgets and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 async def serve(settings: Settings) -> int:
     """Serve until a signal or an engine death; return the process exit code."""
     runtime = Runtime.create(settings)
+    if not runtime.key_digests and settings.host not in _LOOPBACK and not settings.allow_unauthenticated:
+        # Deny by default: an open API is only ever offered to this machine.
+        log.warning(
+            "no API keys are configured: listening on 127.0.0.1 only, not %s. Set GATEWAY_API_KEYS "
+            "(or api_keys_file), or GATEWAY_ALLOW_UNAUTHENTICATED=true to serve without keys.",
+            settings.host,
+        )
+        settings = settings.model_copy(update={"host": "127.0.0.1"})
+        runtime.settings = settings
+    elif not runtime.key_digests:
+        log.warning("no API keys are configured: every route is open to this machine")
     changed = non_default(settings)
     if changed:
         log.info("settings that differ from the defaults: %s", changed)

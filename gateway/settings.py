@@ -49,6 +49,11 @@ class ReaderSettings(BaseModel):
     engine_args: dict[str, Any] = Field(default_factory=dict)
     scripted: dict[str, Any] = Field(default_factory=dict)
     # embeddings and classification (sentence-transformers and pooling readers)
+    # admission: requests in flight at once (beyond: 429), prompt tokens waiting for
+    # prefill in vLLM (beyond: 429), longest prompt accepted (beyond: 400)
+    max_in_flight: int | None = Field(None, ge=1)
+    max_queued_prompt_tokens: int | None = Field(None, ge=1)
+    max_prompt_tokens: int | None = Field(None, ge=1)
     # LoRA adapters (vllm readers): name -> local adapter folder, served with the base model
     lora_adapters: dict[str, str] = Field(default_factory=dict)
     max_lora_rank: int = Field(16, ge=1)
@@ -157,7 +162,7 @@ class Settings(BaseSettings):
     # generation defaults and limits
     default_max_new_tokens: int = Field(128, ge=1)
     max_new_tokens_limit: int | None = Field(None, ge=1)
-    max_user_batch_size: int = Field(64, ge=1)
+    max_user_batch_size: int = Field(64, ge=1, description="TAKEOFF_MAX_USER_BATCH_SIZE")
     max_stop_sequences: int = Field(16, ge=0)
     max_n: int = Field(16, ge=1)
 
@@ -173,8 +178,17 @@ class Settings(BaseSettings):
     drain_timeout_seconds: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    # placeholders for secrets (API keys arrive with authentication)
+    # authentication: deny by default once keys exist
     api_keys: list[SecretStr] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz"])
+    allow_unauthenticated: bool = False
+
+    # limits and admission
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    request_timeout_seconds: float | None = Field(None, gt=0)
+    max_request_timeout_seconds: float = Field(3600.0, gt=0)
+    cors_allow_origins: list[str] = Field(default_factory=list)
 
     @field_validator("cache_dir")
     @classmethod
@@ -230,6 +244,8 @@ def load_settings(config: str | Path | None = None) -> Settings:
             raise ValueError(f"{config}: the top level must be a mapping of settings")
         data = loaded
     _apply_primary_env(data, dict(os.environ))
+    if "TAKEOFF_MAX_USER_BATCH_SIZE" in os.environ and "GATEWAY_MAX_USER_BATCH_SIZE" not in os.environ:
+        data["max_user_batch_size"] = os.environ["TAKEOFF_MAX_USER_BATCH_SIZE"]
     return Settings(**data)
 
 

@@ -44,6 +44,8 @@ class GenerateOneRequest(BaseModel):
     only_new_tokens: bool = True
     stream_response: bool = True
     generation_config: GenerationConfig | None = None
+    priority: int | None = None
+    timeout: float | None = Field(None, gt=0)
 
 
 class BatchPrompt(BaseModel):
@@ -63,6 +65,8 @@ class GenerateBatchRequest(BaseModel):
     prompts: Annotated[list[BatchPrompt], Field(min_length=1)]
     only_new_tokens: bool = True
     generation_config: GenerationConfig | None = None
+    priority: int | None = None
+    timeout: float | None = Field(None, gt=0)
 
 
 class BatchResult(BaseModel):

@@ -113,6 +113,7 @@ class _SamplingFields(BaseModel):
     priority: int | None = None
     structured_outputs: StructuredOutputs | None = None
     return_tokens_as_token_ids: bool = False
+    timeout: float | None = Field(None, gt=0)
 
 
 class ChatCompletionRequest(_SamplingFields):

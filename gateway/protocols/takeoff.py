@@ -39,6 +39,7 @@ class GenerateRequest(BaseModel):
     seed: int | None = None
     stop: list[StrictStr] | None = None
     priority: int | None = None
+    timeout: float | None = Field(None, gt=0)
 
     @field_validator("regex_string", "regex_str")
     @classmethod

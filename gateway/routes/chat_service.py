@@ -21,8 +21,9 @@ from gateway.registry import Reader
 from gateway.runtime import Runtime, get_runtime
 from gateway.serving import embeddings as embeddings_serving
 from gateway.serving import openai
-from gateway.serving.common import FastJSONResponse, cancel_on_disconnect, collect, engine_of, pick_reader
-from gateway.serving.streaming import stream_response
+from gateway.serving.budget import make_budget, priority_of
+from gateway.serving.common import FastJSONResponse, collect, engine_of, pick_reader
+from gateway.serving.streaming import run_buffered, stream_response
 
 router = APIRouter(tags=["chat-service"])
 
@@ -67,13 +68,12 @@ async def chat_completions(body: ServiceChatRequest, request: Request) -> Any:
     assert neutral.messages is not None
     if system and not any(m["role"] == "system" for m in neutral.messages):
         neutral.messages.insert(0, {"role": "system", "content": system})
+    neutral.priority = priority_of(request, body.priority)
+    budget = make_budget(request, rt.settings, body.timeout)
     reader = _reader(rt, body.model, neutral)
     if body.stream:
-        return await stream_response(
-            reader, [neutral], lambda streams: openai.chat_stream(body, streams), rt.settings.sse_keepalive_seconds
-        )
-    with reader.track():
-        result = await cancel_on_disconnect(request, collect(engine_of(reader), neutral))
+        return await stream_response(rt, reader, [neutral], lambda streams: openai.chat_stream(body, streams), budget)
+    result = await run_buffered(rt, request, reader, budget, collect(engine_of(reader), neutral))
     return FastJSONResponse(openai.chat_response(body, result))
 
 
@@ -81,8 +81,5 @@ async def chat_completions(body: ServiceChatRequest, request: Request) -> Any:
 async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
     """OpenAI embeddings; a `model` that names nothing loaded uses the default group."""
     rt = get_runtime(request)
-    return FastJSONResponse(
-        await cancel_on_disconnect(
-            request, embeddings_serving.openai_embeddings(rt.registry, body, rt.settings, lenient=True)
-        )
-    )
+    work = embeddings_serving.openai_embeddings(rt.registry, body, rt.settings, lenient=True)
+    return FastJSONResponse(await run_buffered(rt, request, None, make_budget(request, rt.settings), work))

@@ -12,8 +12,9 @@ from gateway.errors import BadRequest
 from gateway.protocols.generate_api import BatchResult, GenerateBatchRequest, GenerateOneRequest
 from gateway.runtime import get_runtime
 from gateway.serving import generate_api as g
-from gateway.serving.common import cancel_on_disconnect, collect, collect_many, engine_of, pick_reader
-from gateway.serving.streaming import ManagedStreamingResponse, open_managed
+from gateway.serving.budget import make_budget, priority_of
+from gateway.serving.common import FastJSONResponse, collect, collect_many, engine_of, pick_reader, set_priority
+from gateway.serving.streaming import ManagedStreamingResponse, open_managed, run_buffered
 
 router = APIRouter(prefix="/api", tags=["generate-api"])
 
@@ -25,11 +26,13 @@ async def generate_one(body: GenerateOneRequest, request: Request) -> Any:
     g.check_request_id(body.request_id, "request_id", rt.settings)
     sampling = g.sampling_of(body.generation_config, rt.settings)
     constraint = g.constraint_of(body.generation_config)
+    budget = make_budget(request, rt.settings, body.timeout)
     job = await g.make_job(rt.continuation, g.one_key(body.request_id), body.prompt, sampling, constraint, "prompt")
+    set_priority([job.request], priority_of(request, body.priority))
     reader = pick_reader(rt.registry, "primary", [job.request])
     engine = engine_of(reader)
     if body.stream_response:
-        (stream,), close = await open_managed(reader, [job.request])
+        (stream,), close = await open_managed(rt, reader, [job.request], budget)
         content = g.stream_text(engine, rt.continuation, job, stream, body.only_new_tokens)
         return ManagedStreamingResponse(content, on_close=close, media_type="text/plain; charset=utf-8")
 
@@ -39,8 +42,7 @@ async def generate_one(body: GenerateOneRequest, request: Request) -> Any:
         new = c.texts[0] if c.texts else ""
         return new if body.only_new_tokens else await g.prompt_text(engine, c) + new
 
-    with reader.track():
-        return PlainTextResponse(await cancel_on_disconnect(request, run()))
+    return PlainTextResponse(await run_buffered(rt, request, reader, budget, run()))
 
 
 @router.post("/generate-batch", response_model=list[BatchResult], response_model_exclude_none=True)
@@ -63,6 +65,8 @@ async def generate_batch(body: GenerateBatchRequest, request: Request) -> Any:
         await g.make_job(rt.continuation, key, p.prompt, sampling, constraint, f"prompts[{i}].prompt")
         for i, (key, p) in enumerate(zip(keys, body.prompts, strict=True))
     ]
+    budget = make_budget(request, rt.settings, body.timeout)
+    set_priority([j.request for j in jobs], priority_of(request, body.priority))
     reader = pick_reader(rt.registry, "primary", [j.request for j in jobs])
     engine = engine_of(reader)
 
@@ -82,5 +86,4 @@ async def generate_batch(body: GenerateBatchRequest, request: Request) -> Any:
             out.append(item)
         return out
 
-    with reader.track():
-        return await cancel_on_disconnect(request, run())
+    return FastJSONResponse(await run_buffered(rt, request, reader, budget, run()))

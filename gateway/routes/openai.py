@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from gateway.errors import NotFound
 from gateway.protocols.openai import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from gateway.runtime import get_runtime
 from gateway.serving import openai
-from gateway.serving.common import cancel_on_disconnect, collect, engine_of
-from gateway.serving.streaming import stream_response
+from gateway.serving.budget import make_budget, priority_of
+from gateway.serving.common import FastJSONResponse, collect, engine_of, set_priority
+from gateway.serving.streaming import run_buffered, stream_response
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -21,34 +21,29 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     """Chat completion, whole or streamed (`stream: true`)."""
     rt = get_runtime(request)
-    neutral = openai.chat_to_neutral(body, rt.settings)
+    (neutral,) = set_priority([openai.chat_to_neutral(body, rt.settings)], priority_of(request, body.priority))
+    budget = make_budget(request, rt.settings, body.timeout)
     reader = openai.resolve_reader(rt.registry, body.model, [neutral])
     if body.stream:
-        return await stream_response(
-            reader, [neutral], lambda streams: openai.chat_stream(body, streams), rt.settings.sse_keepalive_seconds
-        )
-    with reader.track():
-        result = await cancel_on_disconnect(request, collect(engine_of(reader), neutral))
-    return JSONResponse(openai.chat_response(body, result))
+        return await stream_response(rt, reader, [neutral], lambda streams: openai.chat_stream(body, streams), budget)
+    result = await run_buffered(rt, request, reader, budget, collect(engine_of(reader), neutral))
+    return FastJSONResponse(openai.chat_response(body, result))
 
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Any:
     """Text completion for one prompt or several, whole or streamed."""
     rt = get_runtime(request)
-    neutral = openai.completion_to_neutral(body, rt.settings)
+    neutral = set_priority(openai.completion_to_neutral(body, rt.settings), priority_of(request, body.priority))
+    budget = make_budget(request, rt.settings, body.timeout)
     reader = openai.resolve_reader(rt.registry, body.model, neutral)
     engine = engine_of(reader)
     if body.stream:
         return await stream_response(
-            reader,
-            neutral,
-            lambda streams: openai.completion_stream(engine, body, neutral, streams),
-            rt.settings.sse_keepalive_seconds,
+            rt, reader, neutral, lambda streams: openai.completion_stream(engine, body, neutral, streams), budget
         )
-    with reader.track():
-        result = await cancel_on_disconnect(request, openai.completion_response(engine, body, neutral))
-    return JSONResponse(result)
+    result = await run_buffered(rt, request, reader, budget, openai.completion_response(engine, body, neutral))
+    return FastJSONResponse(result)
 
 
 @router.get("/models", response_model=ModelList)

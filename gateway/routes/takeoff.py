@@ -9,8 +9,9 @@ from fastapi import APIRouter, Request
 from gateway.protocols.takeoff import GenerateRequest, GenerateResponse
 from gateway.runtime import get_runtime
 from gateway.serving import takeoff
-from gateway.serving.common import cancel_on_disconnect, engine_of, pick_reader
-from gateway.serving.streaming import ManagedEventSource, stream_response
+from gateway.serving.budget import make_budget, priority_of
+from gateway.serving.common import FastJSONResponse, engine_of, pick_reader, set_priority
+from gateway.serving.streaming import ManagedEventSource, run_buffered, stream_response
 
 router = APIRouter(tags=["takeoff"])
 
@@ -19,21 +20,18 @@ router = APIRouter(tags=["takeoff"])
 async def generate(body: GenerateRequest, request: Request) -> Any:
     """Generate text for one prompt or a list of prompts and return it whole."""
     rt = get_runtime(request)
-    requests = takeoff.to_neutral(body, rt.settings)
+    requests = set_priority(takeoff.to_neutral(body, rt.settings), priority_of(request, body.priority))
+    budget = make_budget(request, rt.settings, body.timeout)
     reader = pick_reader(rt.registry, body.consumer_group or "primary", requests)
-    with reader.track():
-        return await cancel_on_disconnect(request, takeoff.generate(engine_of(reader), body, requests))
+    work = takeoff.generate(engine_of(reader), body, requests)
+    return FastJSONResponse(await run_buffered(rt, request, reader, budget, work))
 
 
 @router.post("/generate_stream", response_class=ManagedEventSource)
 async def generate_stream(body: GenerateRequest, request: Request) -> ManagedEventSource:
     """Stream generated text as Server-Sent Events (framing in `gateway.serving.takeoff`)."""
     rt = get_runtime(request)
-    requests = takeoff.to_neutral(body, rt.settings)
+    requests = set_priority(takeoff.to_neutral(body, rt.settings), priority_of(request, body.priority))
+    budget = make_budget(request, rt.settings, body.timeout)
     reader = pick_reader(rt.registry, body.consumer_group or "primary", requests)
-    return await stream_response(
-        reader,
-        requests,
-        lambda streams: takeoff.stream_events(body, streams),
-        rt.settings.sse_keepalive_seconds,
-    )
+    return await stream_response(rt, reader, requests, lambda streams: takeoff.stream_events(body, streams), budget)

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine, TokenLogprob
 from gateway.errors import BadRequest, ClientGone, NotReady
 from gateway.registry import Reader, Registry
+from gateway.serving.budget import Budget
 
 T = TypeVar("T")
 
@@ -64,6 +65,13 @@ class FastJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         """Serialize with orjson."""
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def set_priority(requests: list[GenerationRequest], priority: int) -> list[GenerationRequest]:
+    """Give every request the same scheduling priority (vLLM's: lower is sooner)."""
+    for r in requests:
+        r.priority = priority
+    return requests
 
 
 def new_request_id(prefix: str) -> str:
@@ -136,7 +144,7 @@ async def collect_many(engine: GenerativeEngine, requests: Sequence[GenerationRe
 
 
 async def open_streams(
-    engine: GenerativeEngine, requests: list[GenerationRequest]
+    engine: GenerativeEngine, requests: list[GenerationRequest], budget: Budget | None = None
 ) -> list[AsyncIterator[GenerationOutput]]:
     """Start every prompt's generation and wait until the engine has accepted each.
 
@@ -149,11 +157,11 @@ async def open_streams(
         for r in requests:
             stream = engine.generate(r)
             try:
-                accepted = await stream.__anext__()
+                accepted = await (budget.bound(stream.__anext__()) if budget else stream.__anext__())
             except BaseException:
                 await stream.aclose()  # type: ignore[attr-defined]
                 raise
-            streams.append(_Primed(accepted, stream))
+            streams.append(_Primed(accepted, stream, budget))
     except BaseException:
         for s in streams:
             await s.aclose()  # type: ignore[attr-defined]
@@ -168,9 +176,12 @@ class _Primed:
     runs none of its code, and the engine stream inside must be closed (aborted) anyway.
     """
 
-    def __init__(self, first: GenerationOutput, rest: AsyncIterator[GenerationOutput]) -> None:
+    def __init__(
+        self, first: GenerationOutput, rest: AsyncIterator[GenerationOutput], budget: Budget | None = None
+    ) -> None:
         self._first: GenerationOutput | None = first
         self._rest = rest
+        self._budget = budget
 
     def __aiter__(self) -> _Primed:
         return self
@@ -179,7 +190,11 @@ class _Primed:
         if self._first is not None:
             first, self._first = self._first, None
             return first
-        return await self._rest.__anext__()
+        if self._budget is None:
+            return await self._rest.__anext__()
+        # the deadline (or a shutdown) cancels the wait, which aborts the engine request
+        async with self._budget.guard():
+            return await self._rest.__anext__()
 
     async def aclose(self) -> None:
         """Close the engine stream (aborting its request if it is still running)."""

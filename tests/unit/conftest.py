@@ -30,15 +30,12 @@ def running(settings: Settings, wait_ready: bool = True) -> Iterator[TestClient]
     with TestClient(app, raise_server_exceptions=False) as client:
         client.management = TestClient(management_app, raise_server_exceptions=False)  # type: ignore[attr-defined]
         if wait_ready:
+            readers = app.state.runtime.registry.readers
             deadline = time.monotonic() + 60
-            while any(r["state"] == "loading" for r in client.get("/status").json()["live_readers"].values()):
+            while any(r.state == "loading" for r in readers.values()):
                 assert time.monotonic() < deadline, "readers still loading after 60 s"
                 time.sleep(0.01)
-            failed = {
-                k: r.get("error")
-                for k, r in client.get("/status").json()["live_readers"].items()
-                if r["state"] != "ready"
-            }
+            failed = {k: r.error for k, r in readers.items() if r.state != "ready"}
             assert not failed, failed
         yield client
 

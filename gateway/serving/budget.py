@@ -1,0 +1,102 @@
+"""Per-request deadlines, and stopping requests that outlive a shutdown's drain.
+
+Every request gets a `Budget`: its deadline (from `X-Request-Timeout` or a body field
+`timeout`, else the server default) and a way to be cut short. Each wait for the engine
+runs under `asyncio.timeout_at`; when the deadline passes, or a draining server cuts the
+budget, the wait is cancelled (which aborts the engine request) and the request fails
+with a clear error: 504 (or an error event) for a deadline, 503 for a shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from starlette.requests import Request
+
+from gateway.errors import BadRequest, DeadlineExceeded, GatewayError
+from gateway.settings import Settings
+
+T = TypeVar("T")
+
+TIMEOUT_HEADER = "x-request-timeout"
+PRIORITY_HEADER = "x-priority"
+
+
+class Budget:
+    """The deadline of one request, which can also be cut short from outside."""
+
+    def __init__(self, at: float | None, seconds: float | None) -> None:
+        self.at = at
+        self.seconds = seconds
+        self._error: GatewayError | None = None
+        self._timeouts: set[asyncio.Timeout] = set()
+
+    def error(self) -> GatewayError:
+        """Why the request was stopped."""
+        return self._error or DeadlineExceeded(f"the request's deadline of {self.seconds:g} s passed")
+
+    @contextlib.asynccontextmanager
+    async def guard(self) -> AsyncIterator[None]:
+        """Run the block under the deadline; past it, raise the budget's error."""
+        try:
+            async with asyncio.timeout_at(self.at) as timeout:
+                self._timeouts.add(timeout)
+                try:
+                    yield
+                finally:
+                    self._timeouts.discard(timeout)
+        except TimeoutError:
+            raise self.error() from None
+
+    async def bound(self, awaitable: Awaitable[T]) -> T:
+        """Await under the deadline."""
+        async with self.guard():
+            return await awaitable
+
+    def cut(self, error: GatewayError) -> None:
+        """Stop the request now, with `error`."""
+        self._error = error
+        now = asyncio.get_running_loop().time()
+        self.at = now
+        for t in list(self._timeouts):
+            t.reschedule(now)
+
+
+def _float_header(request: Request, name: str) -> float | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise BadRequest(f"the {name} header must be a number", param=name) from None
+
+
+def make_budget(request: Request, settings: Settings, body_timeout: float | None = None) -> Budget:
+    """The budget of a request: body field, else header, else the server default."""
+    seconds = body_timeout if body_timeout is not None else _float_header(request, TIMEOUT_HEADER)
+    param = "timeout" if body_timeout is not None else TIMEOUT_HEADER
+    if seconds is None:
+        seconds = settings.request_timeout_seconds
+    elif not 0 < seconds <= settings.max_request_timeout_seconds:
+        raise BadRequest(
+            f"{param} must be more than 0 and at most {settings.max_request_timeout_seconds:g} seconds", param=param
+        )
+    at = None if seconds is None else asyncio.get_running_loop().time() + seconds
+    return Budget(at, seconds)
+
+
+def priority_of(request: Request, body_priority: int | None) -> int:
+    """One meaning on every surface, vLLM's: lower values are scheduled first (default 0)."""
+    if body_priority is not None:
+        return body_priority
+    raw = request.headers.get(PRIORITY_HEADER)
+    if raw is None:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest("the X-Priority header must be an integer", param=PRIORITY_HEADER) from None

@@ -245,6 +245,11 @@ class GenerativeEngine(Protocol):
         """The prompt text the chat template makes of `messages`."""
         ...
 
+    @property
+    def dead(self) -> bool:
+        """Whether the engine has died (cheap: checked on every readiness probe)."""
+        ...
+
     async def check_health(self) -> None:
         """Raise `EngineDeadError` if the engine cannot serve any more."""
         ...
@@ -290,6 +295,11 @@ class PoolingEngine(Protocol):
 
     async def shutdown(self) -> None:
         """Free the model."""
+        ...
+
+    @property
+    def dead(self) -> bool:
+        """Whether the engine has died."""
         ...
 
     async def check_health(self) -> None:

@@ -91,6 +91,11 @@ class ScriptedEngine:
         """Simulate engine death (tests)."""
         self._dead = True
 
+    @property
+    def dead(self) -> bool:
+        """Whether `kill` was called."""
+        return self._dead
+
     async def check_health(self) -> None:
         """Raise once killed."""
         if self._dead:

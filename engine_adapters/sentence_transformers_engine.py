@@ -111,6 +111,11 @@ class SentenceTransformersEngine:
             await self._batcher.close()
         self._model = None
 
+    @property
+    def dead(self) -> bool:
+        """In-process models do not die on their own."""
+        return False
+
     async def check_health(self) -> None:
         """In-process models do not die on their own."""
         if self._model is None:
@@ -192,7 +197,13 @@ class SentenceTransformersEngine:
     async def embed(self, inputs: list[PoolingInput]) -> EmbeddingResult:
         """Embed texts; token-id inputs are decoded to text first (see the README)."""
         batcher = self._require("embed")
-        texts = [x if isinstance(x, str) else self._model.tokenizer.decode(x, skip_special_tokens=True) for x in inputs]
+        tok = self._model.tokenizer
+        for i, x in enumerate(inputs):
+            if not isinstance(x, str) and any(not 0 <= t < len(tok) for t in x):
+                raise InvalidParameterError(
+                    f"input[{i}] has a token id outside the vocabulary (0..{len(tok) - 1})", "input"
+                )
+        texts = [x if isinstance(x, str) else tok.decode(x, skip_special_tokens=True) for x in inputs]
         out = await batcher.submit(texts)
         return EmbeddingResult(np.stack([v for v, _ in out]), [n for _, n in out])
 

@@ -184,6 +184,11 @@ class VLLMEngine:
             engine, self._engine = self._engine, None
             await asyncio.to_thread(engine.shutdown)
 
+    @property
+    def dead(self) -> bool:
+        """Whether the engine core has died (cheap; checked on every readiness probe)."""
+        return self._engine is not None and bool(self._engine.errored)
+
     async def check_health(self) -> None:
         """Raise `EngineDeadError` once the engine core has died."""
         if self._engine is None:

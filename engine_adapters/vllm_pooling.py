@@ -108,6 +108,11 @@ class VLLMPoolingEngine:
             engine, self._engine = self._engine, None
             await asyncio.to_thread(engine.shutdown)
 
+    @property
+    def dead(self) -> bool:
+        """Whether the engine core has died."""
+        return self._engine is not None and bool(self._engine.errored)
+
     async def check_health(self) -> None:
         """Raise once the engine core died."""
         if self._engine is None:
@@ -123,6 +128,9 @@ class VLLMPoolingEngine:
 
     def _ids(self, i: int, x: PoolingInput) -> list[int]:
         ids = list(self._tokenizer.encode(x)) if isinstance(x, str) else list(x)
+        vocab = len(self._tokenizer)
+        if any(not 0 <= t < vocab for t in ids):
+            raise InvalidParameterError(f"input[{i}] has a token id outside the vocabulary (0..{vocab - 1})", "input")
         limit = self.info.max_model_len
         if len(ids) > limit:
             if not self.config.truncate:

@@ -62,6 +62,11 @@ class Reader:
             return tuple(self.settings.scripted.get("lora_adapters", ()))
         return tuple(self.settings.lora_adapters)
 
+    @property
+    def serving(self) -> bool:
+        """Ready, and its engine has not died since (before the watcher noticed)."""
+        return self.state == "ready" and not (self.engine is not None and self.engine.dead)
+
     def can(self, task: str) -> bool:
         """Whether the reader serves `task` ("score" is served by embed and classify readers)."""
         return self.task == task or (task == "score" and self.task in ("embed", "classify"))
@@ -256,7 +261,7 @@ class Registry:
                 adapters = ", ".join(sorted({a for r in members for a in r.adapters})) or "none"
                 raise UnknownAdapterError(f"unknown lora_id {lora_id!r}; adapters of group {group!r}: {adapters}")
             members = with_adapter
-        ready = [r for r in members if r.state == "ready"]
+        ready = [r for r in members if r.serving]
         if not ready:
             states = ", ".join(f"{r.id}: {r.state}" for r in members)
             raise NotReady(
@@ -293,9 +298,7 @@ class Registry:
         its load balancer.
         """
         groups = {r.group for r in self.readers.values() if r.configured and r.state != "draining"}
-        return bool(groups) and all(
-            any(r.state == "ready" for r in self.readers.values() if r.group == g) for g in groups
-        )
+        return bool(groups) and all(any(r.serving for r in self.readers.values() if r.group == g) for g in groups)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -85,6 +85,7 @@ async def _drain(runtime: Runtime) -> None:
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ENGINE_DEATH_GRACE_SECONDS = 2.0
 
 
 async def serve(settings: Settings) -> int:
@@ -167,6 +168,10 @@ async def serve(settings: Settings) -> int:
     runtime.draining = True
     if exit_code == 0:
         await _drain(runtime)
+    else:
+        # An engine died: stay up a moment so in-flight requests get their errors and
+        # probes see /readyz fail, then exit non-zero for the supervisor to restart us.
+        await asyncio.sleep(ENGINE_DEATH_GRACE_SECONDS)
     for _, srv in servers:
         srv.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)

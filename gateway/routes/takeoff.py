@@ -27,7 +27,12 @@ async def generate(body: GenerateRequest, request: Request) -> Any:
     return FastJSONResponse(await run_buffered(rt, request, reader, budget, work))
 
 
-@router.post("/generate_stream", response_class=ManagedEventSource)
+@router.post(
+    "/generate_stream",
+    response_class=ManagedEventSource,
+    status_code=200,  # FastAPI cannot read a default from this response class
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+)
 async def generate_stream(body: GenerateRequest, request: Request) -> ManagedEventSource:
     """Stream generated text as Server-Sent Events (framing in `gateway.serving.takeoff`)."""
     rt = get_runtime(request)

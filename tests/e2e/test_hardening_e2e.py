@@ -1,0 +1,230 @@
+"""Hardening on the real engine: disconnect storms, deadlines, authentication, overload,
+graceful shutdown and engine death."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from tests.servers import start_gateway
+from tests.sse import sse_events
+
+pytestmark = pytest.mark.e2e
+
+KEY = "sk-e2e-hardening"
+
+
+def engine_requests(url: str, reader: str = "primary-0", headers: dict[str, str] | None = None) -> int:
+    return httpx.get(url + "/status", headers=headers).json()["live_readers"][reader]["engine_requests"]
+
+
+def test_disconnect_storm_leaves_nothing_running(gateway):
+    rng = random.Random(7)
+
+    async def storm() -> list[str]:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=300, limits=limits) as client:
+
+            async def one(i: int) -> str:
+                cut = i % 2 == 0
+                body = {"text": f"Story number {i}:", "max_new_tokens": 400 if cut else 24}
+                if cut:
+                    body["min_new_tokens"] = 400
+                async with client.stream("POST", "/generate_stream", json=body) as r:
+                    if cut:
+                        stop_after = rng.randint(0, 6)  # 0: cut before the first token
+                        seen = 0
+                        async for line in r.aiter_lines():
+                            if seen >= stop_after:
+                                break
+                            if line.startswith("data:"):
+                                seen += 1
+                        return "cut"
+                    text = await r.aread()
+                    return "done" if b"event: end" in text else "broken"
+
+            return await asyncio.gather(*(one(i) for i in range(100)))
+
+    results = asyncio.run(storm())
+    assert results.count("cut") == 50 and results.count("done") == 50
+    deadline = time.monotonic() + 1.0
+    while engine_requests(gateway.url):
+        assert time.monotonic() < deadline, "engine requests left running after the storm"
+        time.sleep(0.05)
+
+
+def test_deadline_aborts_the_engine_request(gateway, http):
+    body = {"text": "Tell me a long story.", "max_new_tokens": 1000, "min_new_tokens": 1000, "timeout": 1.5}
+    r = http.post("/generate", json=body)
+    assert r.status_code == 504 and r.json()["type"] == "timeout"
+    r = http.post("/generate_stream", json=body)
+    events = sse_events(r.text)
+    assert events[-1][0] == "error" and json.loads(events[-1][1])["type"] == "timeout"
+    assert sum(1 for e, _ in events if e == "message") > 1  # it was streaming when the deadline hit
+    assert engine_requests(gateway.url) == 0
+
+
+@pytest.fixture(scope="module")
+def guarded(artifacts):
+    """A gateway of its own: API keys, a limit of 8 requests in flight and SIGTERM are
+    things the shared gateway must not have."""
+    gw = start_gateway(
+        artifacts / "gateway-guarded.log",
+        env={
+            "GATEWAY_API_KEYS": json.dumps([KEY]),
+            "GATEWAY_READERS": json.dumps(
+                [
+                    {
+                        "id": "primary-0",
+                        "model": "embedded:smollm2-135m-instruct",
+                        "dtype": "float32",
+                        "max_model_len": 2048,
+                        "enforce_eager": True,
+                        "cpu_kv_cache_gib": 1,
+                        "max_in_flight": 8,
+                    },
+                    {
+                        "id": "embed-0",
+                        "consumer_group": "embed",
+                        "kind": "sentence-transformers",
+                        "model": "embedded:all-minilm-l6-v2",
+                    },
+                ]
+            ),
+            "GATEWAY_DRAIN_TIMEOUT_SECONDS": "120",
+        },
+        wait=False,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert gw.proc.poll() is None, gw.log_tail()
+            try:
+                if httpx.get(gw.url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        yield gw
+    finally:
+        gw.stop()
+
+
+def test_every_route_refuses_a_missing_or_wrong_key(guarded):
+    from gateway.app import create_apps
+    from gateway.settings import Settings
+
+    apps = dict(zip(("main", "management", "openai"), create_apps(Settings()), strict=True))
+    bases = {"main": guarded.url, "management": guarded.management_url, "openai": guarded.openai_url}
+    checked = 0
+    for name, app in apps.items():
+        for route in app.routes:
+            if not isinstance(route, APIRoute) or route.path in ("/healthz", "/readyz"):
+                continue
+            path = route.path.replace("{reader_id}", "primary-0").replace("{model_id:path}", "primary")
+            for method in route.methods:
+                for headers in ({}, {"Authorization": "Bearer nope"}, {"X-API-Key": "nope"}):
+                    r = httpx.request(method, bases[name] + path, headers=headers, json={})
+                    assert r.status_code == 401, (name, method, path, r.status_code)
+                checked += 1
+    assert checked > 30
+    ok = httpx.post(
+        guarded.url + "/generate", json={"text": "hi", "max_new_tokens": 2}, headers={"Authorization": f"Bearer {KEY}"}
+    )
+    assert ok.status_code == 200
+    assert httpx.get(guarded.management_url + "/reader_groups", headers={"X-API-Key": KEY}).status_code == 200
+
+
+def test_overload_gives_only_200_and_429(guarded):
+    headers = {"X-API-Key": KEY}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=guarded.url, timeout=300, headers=headers) as client:
+            return await asyncio.gather(
+                *(client.post("/generate", json={"text": f"Fact {i}:", "max_new_tokens": 16}) for i in range(32))
+            )
+
+    responses = asyncio.run(burst())
+    codes = [r.status_code for r in responses]
+    assert set(codes) == {200, 429}, codes
+    assert codes.count(200) >= 8
+    for r in responses:
+        if r.status_code == 429:
+            assert r.headers["retry-after"] == "1" and r.json()["type"] == "rate_limit_error"
+
+
+def test_sigterm_lets_eight_streams_complete(guarded):
+    headers = {"X-API-Key": KEY}
+    results: list[str] = []
+
+    def stream(i: int) -> None:
+        with httpx.stream(
+            "POST",
+            guarded.url + "/generate_stream",
+            headers=headers,
+            timeout=300,
+            json={"text": f"Story {i}:", "max_new_tokens": 48, "min_new_tokens": 48},
+        ) as r:
+            results.append(r.read().decode())
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while engine_requests(guarded.url, headers=headers) < 8:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    guarded.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    # draining: not ready, no new work, but the eight go on
+    assert httpx.get(guarded.url + "/readyz").status_code == 503
+    r = httpx.post(guarded.url + "/generate", json={"text": "late"}, headers=headers)
+    assert r.status_code == 503 and "shutting down" in r.json()["detail"]
+    for t in threads:
+        t.join()
+    assert guarded.proc.wait(120) == 0
+    assert len(results) == 8
+    for text in results:
+        events = sse_events(text)
+        assert events[-1] == ("end", "[DONE]")
+        assert len([e for e, _ in events if e == "message"]) > 10
+
+
+def test_engine_death_gives_errors_failed_readiness_and_a_non_zero_exit(artifacts):
+    """A gateway of its own: its engine gets killed."""
+    gw = start_gateway(artifacts / "gateway-death.log")
+    try:
+        core = subprocess.run(
+            ["pgrep", "-P", str(gw.proc.pid), "-f", "VLLM::EngineCore"], capture_output=True, text=True
+        ).stdout.split()
+        assert len(core) == 1, core
+        with httpx.stream(
+            "POST",
+            gw.url + "/generate_stream",
+            timeout=120,
+            json={"text": "Tell me a long story.", "max_new_tokens": 800, "min_new_tokens": 800},
+        ) as r:
+            lines = r.iter_lines()
+            for line in lines:
+                if line.startswith("data:"):
+                    break
+            os.kill(int(core[0]), signal.SIGKILL)
+            rest = "\n".join(lines)
+        events = sse_events(rest)
+        assert events[-1][0] == "error" and json.loads(events[-1][1])["type"] == "engine_dead"
+        assert httpx.get(gw.url + "/readyz", timeout=5).status_code == 503
+        assert gw.proc.wait(60) == 1
+        assert "died; exiting so the supervisor restarts us" in gw.log_path.read_text()
+    finally:
+        gw.stop()

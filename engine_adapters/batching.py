@@ -46,7 +46,8 @@ class DynamicBatcher(Generic[In, Out]):
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self.batches = 0
-        self.batch_sizes: list[int] = []  # recent batch sizes (bounded), for metrics
+        self.batch_sizes: list[int] = []  # recent batch sizes (bounded), for status pages
+        self.on_batch: Callable[[int], None] | None = None  # called with each batch's size
         self.waiting = 0
         self.running = 0
 
@@ -115,6 +116,8 @@ class DynamicBatcher(Generic[In, Out]):
                 self.running = 0
             self.batches += 1
             self.batch_sizes.append(len(batch))
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             del self.batch_sizes[:-1000]
             pos = 0
             for job, a, b in parts:

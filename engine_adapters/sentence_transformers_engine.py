@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -120,6 +121,16 @@ class SentenceTransformersEngine:
         """In-process models do not die on their own."""
         if self._model is None:
             raise EngineNotReadyError("the model is not loaded")
+
+    @property
+    def on_batch(self) -> Callable[[int], None] | None:
+        """Called with the size of every batch the model runs (for metrics)."""
+        return self._batcher.on_batch if self._batcher else None
+
+    @on_batch.setter
+    def on_batch(self, fn: Callable[[int], None] | None) -> None:
+        if self._batcher is not None:
+            self._batcher.on_batch = fn
 
     @property
     def recent_batch_sizes(self) -> list[int]:

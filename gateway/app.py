@@ -23,6 +23,8 @@ from engine_adapters.base import EngineError
 from gateway import __version__
 from gateway.errors import ErrorInfo, GatewayError, classify, openai_body, takeoff_body, validation_message
 from gateway.middleware.guards import Guard
+from gateway.observability.access import Observer
+from gateway.observability.metrics import current as observation
 from gateway.registry import EngineFactory, build_engine
 from gateway.routes import chat_service, embeddings, generate_api, health, management, openai, takeoff, tokenization
 from gateway.runtime import Runtime
@@ -50,14 +52,21 @@ def _render(request: Request, info: ErrorInfo) -> JSONResponse:
     return JSONResponse(body, status_code=info.status, headers=info.headers or None)
 
 
+def _note(info: ErrorInfo) -> ErrorInfo:
+    obs = observation()
+    if obs is not None:
+        obs.error_type = info.type
+    return info
+
+
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
-    return _render(request, classify(exc))
+    return _render(request, _note(classify(exc)))
 
 
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, field = validation_message(exc.errors())
-    return _render(request, ErrorInfo(400, "invalid_request_error", message, field, {}))
+    return _render(request, _note(ErrorInfo(400, "invalid_request_error", message, field, {})))
 
 
 _HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "request_too_large"}
@@ -66,7 +75,7 @@ _HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "request_
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.__cause__, GatewayError):  # FastAPI wraps errors raised while reading the body
-        return _render(request, classify(exc.__cause__))
+        return _render(request, _note(classify(exc.__cause__)))
     info = ErrorInfo(
         exc.status_code,
         _HTTP_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "internal_error"),
@@ -74,7 +83,7 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
         None,
         dict(exc.headers or {}),
     )
-    return _render(request, info)
+    return _render(request, _note(info))
 
 
 def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = None) -> FastAPI:
@@ -86,7 +95,7 @@ def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = 
     app.add_middleware(
         Guard,
         digests=runtime.key_digests,
-        public_paths=s.public_paths,
+        public_paths=[*s.public_paths, "/metrics"] if s.metrics_public else s.public_paths,
         max_body_bytes=s.max_body_bytes,
         is_draining=lambda: runtime.draining,
         is_openai=_scope_is_openai(surface),
@@ -99,6 +108,8 @@ def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = 
             allow_headers=["*"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
+    # outermost: sees every answer, refusals by the guard included
+    app.add_middleware(Observer, surface=surface, enabled=lambda: s.access_log)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(GatewayError, _on_error)
@@ -118,6 +129,8 @@ def build_main_app(runtime: Runtime, lifespan: object = None) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(tokenization.router)
     app.include_router(chat_service.router)
+    if runtime.settings.metrics_on_main_port:
+        app.include_router(health.metrics_router)
     return app
 
 
@@ -125,6 +138,7 @@ def build_management_app(runtime: Runtime) -> FastAPI:
     """The management API (port 3001): status for operators and the Takeoff client."""
     app = _new_app(runtime, "management", "LLM gateway management")
     app.include_router(health.router)
+    app.include_router(health.metrics_router)
     app.include_router(management.router)
     return app
 

@@ -135,6 +135,10 @@ class MemoryStore:
         self._expire()
         return StoreStats(len(self._data), self._bytes, self.hits, self.misses, self.evictions)
 
+    def snapshot(self) -> tuple[int, int, int, int, int]:
+        """Entries, bytes, hits, misses, evictions (for metrics; no I/O)."""
+        return len(self._data), self._bytes, self.hits, self.misses, self.evictions
+
     async def close(self) -> None:
         """Nothing to release."""
 
@@ -155,7 +159,7 @@ local ttl, now = tonumber(ARGV[3]), tonumber(ARGV[4])
 local max_entries, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
 local size = string.len(key) + string.len(value)
 drop(key)
-if size > max_bytes then return -1 end
+if size > max_bytes then return {-1, redis.call('ZCARD', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0')} end
 redis.call('SET', key, value, 'PX', ttl)
 redis.call('ZADD', KEYS[1], now, key)
 redis.call('HSET', KEYS[2], key, size)
@@ -172,7 +176,7 @@ while redis.call('ZCARD', KEYS[1]) > max_entries
   drop(oldest)
   evicted = evicted + 1
 end
-return evicted
+return {evicted, redis.call('ZCARD', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0')}
 """
 
 
@@ -188,6 +192,7 @@ class RedisStore:
         self._index, self._sizes, self._total = f"{p}__index", f"{p}__sizes", f"{p}__bytes"
         self._put = self._redis.register_script(_PUT)
         self.hits = self.misses = self.evictions = 0
+        self._entries = self._bytes = 0  # as of the last write of this replica
 
     def _key(self, key: str) -> str:
         return self.settings.key_prefix + key
@@ -213,7 +218,7 @@ class RedisStore:
     async def put(self, key: str, tokens: Sequence[int]) -> None:
         """Store atomically with the bookkeeping and eviction of the Lua script."""
         now_ms = int(time.time() * 1000)
-        evicted = await self._call(
+        evicted, self._entries, self._bytes = await self._call(
             self._put(
                 keys=[self._index, self._sizes, self._total],
                 args=[
@@ -226,6 +231,7 @@ class RedisStore:
                 ],
             )
         )
+        evicted = int(evicted)
         if evicted == -1:
             log.warning("continuation of %d tokens exceeds max_bytes; not stored", len(tokens))
         else:
@@ -236,6 +242,10 @@ class RedisStore:
         entries = await self._call(self._redis.zcard(self._index))
         total = await self._call(self._redis.get(self._total))
         return StoreStats(int(entries), int(total or 0), self.hits, self.misses, self.evictions)
+
+    def snapshot(self) -> tuple[int, int, int, int, int]:
+        """Entries and bytes as of this replica's last write, and its own counters."""
+        return int(self._entries), int(self._bytes), self.hits, self.misses, self.evictions
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -19,6 +19,8 @@ from engine_adapters.base import EngineDeadError, UnknownAdapterError
 from engine_adapters.models import display_name, resolve_model
 from engine_adapters.scripted import ScriptedConfig, ScriptedEngine
 from gateway.errors import BadRequest, Conflict, NotFound, NotReady, Overloaded
+from gateway.observability.metrics import EMBED_BATCH
+from gateway.observability.metrics import current as observation
 from gateway.settings import ReaderSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -239,6 +241,9 @@ class Registry:
         if not members:
             names = ", ".join(sorted(self.groups())) or "none"
             raise NotFound(f"unknown consumer group {group!r}; the groups are: {names}", param=group_param)
+        obs = observation()
+        if obs is not None:
+            obs.group = group  # a configured group: a bounded label
         members = [r for r in members if r.can(task)]
         if not members:
             able = ", ".join(self.groups_for(task)) or "none"
@@ -336,6 +341,9 @@ class Registry:
             return
         reader.state = "ready"
         reader.loaded_at = time.time()
+        if hasattr(reader.engine, "on_batch"):  # embedding batches, for metrics
+            histogram = EMBED_BATCH.labels(reader.group)
+            reader.engine.on_batch = histogram.observe
         log.info("reader %s (%s) ready in %.1f s", reader.id, reader.group, time.monotonic() - t0)
         self._spawn(self._watch(reader))
 

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from gateway.continuation import ContinuationStore, make_store
 from gateway.errors import GatewayError
 from gateway.middleware.guards import key_digests
+from gateway.observability.metrics import COLLECTOR
 from gateway.registry import EngineFactory, Registry, build_engine
 from gateway.serving.budget import Budget
 from gateway.settings import Settings
@@ -31,12 +32,14 @@ class Runtime:
     def create(cls, settings: Settings, factory: EngineFactory = build_engine) -> Runtime:
         """A runtime whose readers are not loaded yet (see `Registry.start_all`)."""
         digests = key_digests((k.get_secret_value() for k in settings.api_keys), settings.api_keys_file)
-        return cls(
+        runtime = cls(
             settings=settings,
             registry=Registry(settings, factory),
             continuation=make_store(settings.continuation),
             key_digests=digests,
         )
+        COLLECTOR.runtime = runtime  # the scrape-time gauges read the latest runtime
+        return runtime
 
     def cut_all(self, error: GatewayError) -> int:
         """Stop every request in flight with `error` (after a drain timed out)."""

@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     sse_keepalive_seconds: float = Field(15.0, gt=0)
     drain_timeout_seconds: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+    metrics_on_main_port: bool = False
+    metrics_public: bool = False
 
     # authentication: deny by default once keys exist
     api_keys: list[SecretStr] = Field(default_factory=list)

@@ -23,6 +23,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import ErrorInfo, PayloadTooLarge, openai_body, takeoff_body
+from gateway.observability.metrics import current as observation
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class Guard:
         self.is_openai = is_openai
 
     async def _refuse(self, scope: Scope, send: Send, info: ErrorInfo) -> None:
+        obs = observation()
+        if obs is not None:
+            obs.error_type = info.type
         body = json.dumps(openai_body(info) if self.is_openai(scope) else takeoff_body(info)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in info.headers.items()]

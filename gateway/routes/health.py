@@ -6,12 +6,15 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import __version__
+from gateway.observability.metrics import exposition
 from gateway.runtime import get_runtime
 
 router = APIRouter(tags=["health"])
+metrics_router = APIRouter(tags=["metrics"])
 
 
 @router.get("/healthz")
@@ -43,3 +46,9 @@ async def status(request: Request) -> dict[str, Any]:
         "live_readers": {r.id: r.describe() for r in rt.registry.readers.values()},
         "consumer_groups": {g: [r.id for r in rs] for g, rs in rt.registry.groups().items()},
     }
+
+
+@metrics_router.get("/metrics", response_class=Response)
+async def metrics() -> Response:
+    """Prometheus text: the gateway's series and vLLM's `vllm:*` series."""
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -18,7 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine, TokenLogprob
-from gateway.errors import BadRequest, ClientGone, NotReady
+from gateway.errors import BadRequest, ClientGone, NotReady, classify
+from gateway.observability.metrics import Observation
+from gateway.observability.metrics import current as observation
 from gateway.registry import Reader, Registry
 from gateway.serving.budget import Budget
 
@@ -83,7 +85,8 @@ def engine_of(reader: Reader) -> GenerativeEngine:
     """The reader's engine, or a 503 if it is not serving."""
     if reader.engine is None or reader.state != "ready":
         raise NotReady(f"reader {reader.id} is {reader.state}", headers={"Retry-After": "5"})
-    return reader.engine
+    engine: GenerativeEngine = reader.engine
+    return engine
 
 
 @dataclass(slots=True)
@@ -124,9 +127,25 @@ class Completion:
 async def collect(engine: GenerativeEngine, request: GenerationRequest) -> Completion:
     """Run a generation to the end and return everything it produced."""
     result = Completion()
+    obs = observation()
+    first = True
     async for out in engine.generate(request):
+        if obs is not None:
+            note_output(obs, out, first)
+            first = False
         result.add(out)
     return result
+
+
+def note_output(obs: Observation, out: GenerationOutput, first: bool) -> None:
+    """Count one engine step in the request's observation."""
+    if first:
+        obs.accepted(len(out.prompt_token_ids))
+    n = 0
+    for d in out.deltas:
+        n += len(d.token_ids)
+    if n:
+        obs.tokens(n)
 
 
 async def collect_many(engine: GenerativeEngine, requests: Sequence[GenerationRequest]) -> list[Completion]:
@@ -182,6 +201,9 @@ class _Primed:
         self._first: GenerationOutput | None = first
         self._rest = rest
         self._budget = budget
+        self._obs = observation()
+        if self._obs is not None:
+            note_output(self._obs, first, True)
 
     def __aiter__(self) -> _Primed:
         return self
@@ -190,11 +212,22 @@ class _Primed:
         if self._first is not None:
             first, self._first = self._first, None
             return first
-        if self._budget is None:
-            return await self._rest.__anext__()
-        # the deadline (or a shutdown) cancels the wait, which aborts the engine request
-        async with self._budget.guard():
-            return await self._rest.__anext__()
+        try:
+            if self._budget is None:
+                out = await self._rest.__anext__()
+            else:
+                # the deadline (or a shutdown) cancels the wait, which aborts the engine request
+                async with self._budget.guard():
+                    out = await self._rest.__anext__()
+        except StopAsyncIteration:
+            raise
+        except Exception as exc:
+            if self._obs is not None:
+                self._obs.error_type = classify(exc).type
+            raise
+        if self._obs is not None:
+            note_output(self._obs, out, False)
+        return out
 
     async def aclose(self) -> None:
         """Close the engine stream (aborting its request if it is still running)."""

@@ -10,6 +10,7 @@ import numpy as np
 
 from engine_adapters.base import PoolingEngine
 from gateway.errors import BadRequest, NotFound
+from gateway.observability.metrics import current as observation
 from gateway.protocols.embeddings import ClassifyRequest, EmbeddingRequest, RerankRequest
 from gateway.registry import Reader, Registry
 from gateway.settings import Settings
@@ -48,6 +49,12 @@ def pooling_engine(reader: Reader) -> PoolingEngine:
     """The reader's pooling engine (ready, by `Registry.pick`)."""
     engine: PoolingEngine = reader.engine
     return engine
+
+
+def _note_tokens(n: int) -> None:
+    obs = observation()
+    if obs is not None:
+        obs.accepted(n)
 
 
 def check_batch(n: int, settings: Settings, param: str) -> None:
@@ -92,6 +99,7 @@ async def openai_embeddings(
     reader = resolve(registry, "embed", body.model, "model", lenient)
     with reader.track():
         result = await pooling_engine(reader).embed(inputs)
+    _note_tokens(sum(result.token_counts))
     vectors = fit_dimensions(result.vectors, body.dimensions, reader).astype("<f4", copy=False)
     tokens = sum(result.token_counts)
     return {
@@ -114,6 +122,7 @@ async def takeoff_embed(
     reader = resolve(registry, "embed", group, "consumer_group")
     with reader.track():
         result = await pooling_engine(reader).embed(list(texts))
+    _note_tokens(sum(result.token_counts))
     return {"result": result.vectors[0] if isinstance(text, str) else result.vectors}
 
 
@@ -126,6 +135,7 @@ async def classify(registry: Registry, body: ClassifyRequest, settings: Settings
     reader = resolve(registry, "classify", body.consumer_group, "consumer_group")
     with reader.track():
         result = await pooling_engine(reader).classify(inputs)
+    _note_tokens(sum(result.token_counts))
     rows = [
         [{"label": label, "score": float(p)} for label, p in zip(result.labels, probs, strict=True)]
         for probs in result.probabilities
@@ -140,6 +150,7 @@ async def rerank(registry: Registry, body: RerankRequest, settings: Settings) ->
     reader = resolve(registry, "score", body.model, "model")
     with reader.track():
         scores, tokens = await pooling_engine(reader).score(body.query, docs)
+    _note_tokens(tokens)
     order = sorted(range(len(docs)), key=lambda i: -scores[i])
     if body.top_n is not None:
         order = order[: body.top_n]

@@ -1,0 +1,117 @@
+"""Per-request observation: request ids, one JSON log line per request, metrics.
+
+Pure ASGI (see gateway/middleware/guards.py for why). The request id comes from the
+`X-Request-Id` header when it looks like one, else a new one, and is returned in
+`X-Request-Id`. Prompts and outputs are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.observability.metrics import Observation, begin, end
+
+log = logging.getLogger("gateway.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def surface_of(app_surface: str, path: str) -> str:
+    """A bounded label naming the API family a path belongs to."""
+    if app_surface == "management":
+        return "management"
+    if path.startswith("/v1/") or app_surface == "openai":
+        return "openai"
+    if path in ("/generate", "/generate_stream"):
+        return "takeoff"
+    if path.startswith("/api/"):
+        return "generate_api"
+    if path.startswith(("/chat", "/embeddings")):
+        return "chat_service"
+    if path in ("/embed", "/classify", "/rerank"):
+        return "embeddings"
+    if path.startswith(("/tokenize", "/detokenize", "/chat_template")):
+        return "tokenizer"
+    if path in _QUIET or path == "/status":
+        return "ops"
+    return "other"
+
+
+class Observer:
+    """Wraps an app: starts the request's observation, finishes it when the answer ends."""
+
+    def __init__(self, app: ASGIApp, *, surface: str, enabled: Callable[[], bool]) -> None:
+        self.app = app
+        self.surface = surface
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Observe one HTTP request."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                given = value.decode("latin-1")
+                break
+        rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        path = scope.get("path", "")
+        obs = Observation(
+            request_id=rid, surface=surface_of(self.surface, path), method=scope.get("method", ""), path=path
+        )
+        header = (b"x-request-id", rid.encode())
+
+        async def observing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                obs.status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                obs.completed = True
+            await send(message)
+
+        token = begin(obs)
+        try:
+            await self.app(scope, receive, observing_send)
+        finally:
+            end(token)
+            route = scope.get("route")
+            obs.route = getattr(route, "path", "") or ""
+            if obs.status == 0:
+                obs.status = 499  # nothing was sent: the client left first
+            obs.record()
+            if path not in _QUIET and self.enabled():
+                log.info(access_line(obs, scope))
+
+
+def access_line(obs: Observation, scope: Scope) -> str:
+    """The JSON log line of one request (no prompt, no output)."""
+    client = scope.get("client") or ("", 0)
+    now = time.perf_counter()
+    line = {
+        "event": "request",
+        "request_id": obs.request_id,
+        "method": obs.method,
+        "path": obs.path,
+        "route": obs.route,
+        "surface": obs.surface,
+        "group": obs.group or None,
+        "status": obs.status,
+        "duration_ms": round((now - obs.start) * 1000, 1),
+        "queue_ms": round((obs.accepted_at - obs.start) * 1000, 1) if obs.accepted_at else None,
+        "ttft_ms": round((obs.first_token_at - obs.start) * 1000, 1) if obs.first_token_at else None,
+        "prompt_tokens": obs.prompt_tokens,
+        "generated_tokens": obs.generated_tokens,
+        "error_type": obs.error_type,
+        "completed": obs.completed,
+        "client": client[0],
+    }
+    return json.dumps(line, separators=(",", ":"))

@@ -1,0 +1,206 @@
+"""Prometheus series of the gateway, and the per-request observation that feeds them.
+
+Label values are bounded: `surface` and `route` come from a fixed list and the route
+templates, `group` from the configured consumer groups, `status` from HTTP codes.
+vLLM registers its own `vllm:*` series in the same default registry, so `/metrics`
+serves both. With `PROMETHEUS_MULTIPROC_DIR` set (several worker processes) the
+multiprocess collector aggregates them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+
+REQUESTS = Counter("gateway_requests", "HTTP requests answered", ["surface", "route", "group", "status"])
+ERRORS = Counter("gateway_errors", "Requests that failed, by error type", ["surface", "type"])
+REJECTIONS = Counter("gateway_admission_rejections", "Requests refused by admission control (429)", ["group"])
+CANCELLATIONS = Counter("gateway_cancellations", "Requests whose client went away before the answer", ["surface"])
+DEADLINES = Counter("gateway_deadline_expiries", "Requests stopped by their deadline", ["surface"])
+TTFT = Histogram(
+    "gateway_time_to_first_token_seconds",
+    "Arrival to first generated token",
+    ["surface", "group"],
+    buckets=LATENCY_BUCKETS,
+)
+ITL = Histogram(
+    "gateway_inter_token_latency_seconds",
+    "Mean time between generated tokens, per request",
+    ["surface", "group"],
+    buckets=TOKEN_LATENCY_BUCKETS,
+)
+DURATION = Histogram(
+    "gateway_request_duration_seconds",
+    "Arrival to the end of the answer",
+    ["surface", "route", "group"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE = Histogram(
+    "gateway_queue_time_seconds",
+    "Arrival until the engine accepted the request (admission, tokenizing, queueing)",
+    ["surface", "group"],
+    buckets=LATENCY_BUCKETS,
+)
+PROMPT_TOKENS = Counter("gateway_prompt_tokens", "Prompt tokens of answered requests", ["surface", "group"])
+GENERATED_TOKENS = Counter("gateway_generated_tokens", "Generated tokens", ["surface", "group"])
+EMBED_BATCH = Histogram(
+    "gateway_embedding_batch_size",
+    "Inputs per dynamic batch of an embedding model",
+    ["group"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
+
+@dataclass(eq=False)
+class Observation:
+    """What one request did, filled in as it goes (see `current`)."""
+
+    request_id: str
+    surface: str
+    method: str
+    path: str
+    start: float = field(default_factory=time.perf_counter)
+    group: str = ""
+    route: str = ""
+    status: int = 0
+    accepted_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    error_type: str | None = None
+    completed: bool = False
+
+    def accepted(self, prompt_tokens: int) -> None:
+        """An engine accepted one prompt of the request."""
+        if self.accepted_at is None:
+            self.accepted_at = time.perf_counter()
+        self.prompt_tokens += prompt_tokens
+
+    def tokens(self, n: int) -> None:
+        """`n` more tokens were generated."""
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.last_token_at = now
+        self.generated_tokens += n
+
+    def record(self) -> None:
+        """Update the Prometheus series (once, when the answer is over)."""
+        s, g = self.surface, self.group
+        REQUESTS.labels(s, self.route or "unmatched", g, str(self.status)).inc()
+        DURATION.labels(s, self.route or "unmatched", g).observe(time.perf_counter() - self.start)
+        if self.error_type is not None:
+            ERRORS.labels(s, self.error_type).inc()
+            if self.error_type == "timeout":
+                DEADLINES.labels(s).inc()
+            elif self.error_type == "rate_limit_error":
+                REJECTIONS.labels(g).inc()
+        if not self.completed:
+            CANCELLATIONS.labels(s).inc()
+        if self.accepted_at is not None:
+            QUEUE.labels(s, g).observe(self.accepted_at - self.start)
+        if self.prompt_tokens:
+            PROMPT_TOKENS.labels(s, g).inc(self.prompt_tokens)
+        if self.generated_tokens:
+            GENERATED_TOKENS.labels(s, g).inc(self.generated_tokens)
+        if self.first_token_at is not None:
+            TTFT.labels(s, g).observe(self.first_token_at - self.start)
+            if self.generated_tokens > 1 and self.last_token_at is not None:
+                ITL.labels(s, g).observe((self.last_token_at - self.first_token_at) / (self.generated_tokens - 1))
+
+
+_CURRENT: contextvars.ContextVar[Observation | None] = contextvars.ContextVar("observation", default=None)
+
+
+def current() -> Observation | None:
+    """The observation of the request being served, if any."""
+    return _CURRENT.get()
+
+
+def begin(obs: Observation) -> contextvars.Token[Observation | None]:
+    """Make `obs` the current observation (tasks started from here see it too)."""
+    return _CURRENT.set(obs)
+
+
+def end(token: contextvars.Token[Observation | None]) -> None:
+    """Undo `begin`."""
+    _CURRENT.reset(token)
+
+
+class RuntimeCollector(Collector):
+    """Gauges read at scrape time: readers, requests in flight, the continuation store."""
+
+    def __init__(self) -> None:
+        self.runtime: Any = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Current values of the runtime attached last (one runtime per process)."""
+        rt = self.runtime
+        if rt is None:
+            return
+        in_flight = GaugeMetricFamily("gateway_requests_in_flight", "Requests in flight", labels=["group", "reader"])
+        up = GaugeMetricFamily("gateway_reader_up", "1 when the reader serves, else 0", labels=["group", "reader"])
+        engine = GaugeMetricFamily(
+            "gateway_engine_requests", "Requests inside the reader's engine", labels=["group", "reader"]
+        )
+        for r in list(rt.registry.readers.values()):
+            in_flight.add_metric([r.group, r.id], r.in_flight)
+            up.add_metric([r.group, r.id], 1.0 if r.serving else 0.0)
+            if r.engine is not None and r.state == "ready":
+                engine.add_metric([r.group, r.id], r.engine.stats().running)
+        yield in_flight
+        yield up
+        yield engine
+        store = rt.continuation
+        snapshot = getattr(store, "snapshot", None)
+        if snapshot is not None:
+            entries, size, hits, misses, evictions = snapshot()
+            yield GaugeMetricFamily(
+                "gateway_continuation_entries", "Sequences in the continuation store", value=entries
+            )
+            yield GaugeMetricFamily("gateway_continuation_bytes", "Bytes in the continuation store", value=size)
+            lookups = GaugeMetricFamily(
+                "gateway_continuation_lookups",
+                "Continuation lookups since start (hit rate = hit / all)",
+                labels=["result"],
+            )
+            lookups.add_metric(["hit"], hits)
+            lookups.add_metric(["miss"], misses)
+            yield lookups
+            yield GaugeMetricFamily("gateway_continuation_evictions", "Sequences evicted since start", value=evictions)
+        yield GaugeMetricFamily(
+            "gateway_draining", "1 while the process drains for shutdown", value=1.0 if rt.draining else 0.0
+        )
+
+
+COLLECTOR = RuntimeCollector()
+REGISTRY.register(COLLECTOR)
+
+
+def exposition() -> bytes:
+    """The Prometheus text of every series: the gateway's and vLLM's."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry) + generate_latest(_runtime_only())
+    return generate_latest(REGISTRY)
+
+
+def _runtime_only() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(COLLECTOR)
+    return registry

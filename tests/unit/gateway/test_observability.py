@@ -1,0 +1,94 @@
+"""Request ids, access logs and Prometheus series (scripted engine)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+
+from gateway.settings import ReaderSettings
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the exposition text."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        m = re.match(r"^([a-zA-Z_:]+)(\{.*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m.group(3))
+    return 0.0
+
+
+def test_request_id_is_kept_or_made(client):
+    r = client.get("/status", headers={"X-Request-Id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    made = client.get("/status").headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made)
+    bad = client.get("/status", headers={"X-Request-Id": "no spaces allowed!"}).headers["x-request-id"]
+    assert bad != "no spaces allowed!"
+
+
+def test_one_json_access_line_per_request_without_the_prompt(client, caplog):
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        client.post("/generate", json={"text": "SECRET PROMPT", "max_new_tokens": 5}, headers={"X-Request-Id": "r-1"})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    (line,) = [x for x in lines if x["request_id"] == "r-1"]
+    assert line["surface"] == "takeoff" and line["route"] == "/generate" and line["group"] == "primary"
+    assert line["status"] == 200 and line["generated_tokens"] == 5 and line["prompt_tokens"] == 13
+    assert line["ttft_ms"] is not None and line["completed"] is True
+    assert "SECRET" not in json.dumps(lines)
+
+
+def test_metrics_on_the_management_port(client):
+    before = client.management.get("/metrics").text
+    client.post("/generate", json={"text": "hello", "max_new_tokens": 4})
+    client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3, "model": "nope"})
+    text = client.management.get("/metrics").text
+    labels = {"surface": "takeoff", "route": "/generate", "group": "primary", "status": "200"}
+    assert metric(text, "gateway_requests_total", **labels) == metric(before, "gateway_requests_total", **labels) + 1
+    assert metric(text, "gateway_errors_total", surface="openai", type="not_found_error") >= 1
+    assert metric(text, "gateway_generated_tokens_total", surface="takeoff", group="primary") >= 4
+    assert metric(text, "gateway_time_to_first_token_seconds_count", surface="takeoff", group="primary") >= 1
+    assert metric(text, "gateway_reader_up", group="primary", reader="primary-0") == 1
+    assert "gateway_continuation_entries" in text and "gateway_requests_in_flight" in text
+    # not on the main port unless configured
+    assert client.get("/metrics").status_code == 404
+
+
+def test_cancellations_rejections_and_deadlines_are_counted(client_factory):
+    readers = [
+        ReaderSettings(
+            id="primary-0",
+            kind="scripted",
+            model="scripted",
+            max_in_flight=1,
+            scripted={"token_delay": 0.02, "eos_after": 500},
+        )
+    ]
+    with client_factory(readers=readers, metrics_on_main_port=True) as c:
+        base = c.get("/metrics").text
+        t = threading.Thread(target=lambda: c.post("/generate", json={"text": "x", "max_new_tokens": 20}))
+        t.start()
+        time.sleep(0.1)
+        assert c.post("/generate", json={"text": "x"}).status_code == 429
+        t.join()
+        assert c.post("/generate", json={"text": "x", "max_new_tokens": 200, "timeout": 0.1}).status_code == 504
+        text = c.get("/metrics").text
+        for name, labels in (
+            ("gateway_admission_rejections_total", {"group": "primary"}),
+            ("gateway_deadline_expiries_total", {"surface": "takeoff"}),
+        ):
+            assert metric(text, name, **labels) == metric(base, name, **labels) + 1, name
+
+
+def test_metrics_need_a_key_unless_public(client_factory):
+    with client_factory(api_keys=["k"]) as c:
+        assert c.management.get("/metrics").status_code == 401
+    with client_factory(api_keys=["k"], metrics_public=True) as c:
+        assert c.management.get("/metrics").status_code == 200

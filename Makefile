@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed-$(ACCEL)
 
 # Debian packages of servers the tests start themselves on 127.0.0.1.
-DEB_PACKAGES ?= redis-server prometheus
+DEB_PACKAGES ?= redis-server prometheus chromium
 
 .PHONY: install system-deps serve test lint bench image clean
 

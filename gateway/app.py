@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from engine_adapters.base import EngineError
@@ -26,7 +27,7 @@ from gateway.middleware.guards import Guard
 from gateway.observability.access import Observer
 from gateway.observability.metrics import current as observation
 from gateway.registry import EngineFactory, build_engine
-from gateway.routes import chat_service, embeddings, generate_api, health, management, openai, takeoff, tokenization
+from gateway.routes import chat_service, embeddings, generate_api, health, management, openai, takeoff, tokenization, ui
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 
@@ -91,19 +92,25 @@ def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = 
     app.state.runtime = runtime
     app.state.surface = surface
     s = runtime.settings
+    ui = surface == "main" and s.ui_enabled
     # Added last = outermost: CORS answers preflights before the guard asks for a key.
     app.add_middleware(
         Guard,
         digests=runtime.key_digests,
-        public_paths=[*s.public_paths, "/metrics"] if s.metrics_public else s.public_paths,
+        public_paths=[*s.public_paths, *(["/metrics"] if s.metrics_public else []), *(["/"] if ui else [])],
+        # the page and its files load without a key; the page asks for one for the API
+        public_prefixes=("/ui/",) if ui else (),
         max_body_bytes=s.max_body_bytes,
         is_draining=lambda: runtime.draining,
         is_openai=_scope_is_openai(surface),
     )
-    if s.cors_allow_origins:
+    # the console on the main port adds and removes readers through this port
+    ui_origin = rf"^https?://[^/]+:{s.port}$" if surface == "management" and s.ui_enabled else None
+    if s.cors_allow_origins or ui_origin:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=s.cors_allow_origins,
+            allow_origin_regex=ui_origin,
             allow_methods=["*"],
             allow_headers=["*"],
             expose_headers=["X-Request-Id", "Retry-After"],
@@ -131,6 +138,9 @@ def build_main_app(runtime: Runtime, lifespan: object = None) -> FastAPI:
     app.include_router(chat_service.router)
     if runtime.settings.metrics_on_main_port:
         app.include_router(health.metrics_router)
+    if runtime.settings.ui_enabled:
+        app.include_router(ui.router)
+        app.mount("/ui", StaticFiles(directory=ui.STATIC), name="ui")
     return app
 
 

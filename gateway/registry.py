@@ -19,7 +19,7 @@ from engine_adapters.base import EngineDeadError, UnknownAdapterError
 from engine_adapters.models import display_name, resolve_model
 from engine_adapters.scripted import ScriptedConfig, ScriptedEngine
 from gateway.errors import BadRequest, Conflict, NotFound, NotReady, Overloaded
-from gateway.observability.metrics import EMBED_BATCH
+from gateway.observability.metrics import EMBED_BATCH, LIVE_TOKENS
 from gateway.observability.metrics import current as observation
 from gateway.settings import ReaderSettings, Settings
 
@@ -109,6 +109,7 @@ class Reader:
             "model_name": display_name(self.settings.model),
             "state": self.state,
             "requests_in_flight": self.in_flight,
+            "generated_tokens": LIVE_TOKENS.get(self.id, 0),
         }
         if self.error:
             info["error"] = self.error
@@ -281,6 +282,8 @@ class Registry:
                 f"consumer group {group!r} is at capacity ({limit} requests in flight per reader); retry shortly",
                 headers={"Retry-After": "1"},
             )
+        if obs is not None:
+            obs.reader = best.id
         return best
 
     def groups_for(self, task: str) -> list[str]:

@@ -178,6 +178,7 @@ class Settings(BaseSettings):
     drain_timeout_seconds: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+    ui_enabled: bool = True
     metrics_on_main_port: bool = False
     metrics_public: bool = False
 

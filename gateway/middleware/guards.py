@@ -64,6 +64,7 @@ class Guard:
         *,
         digests: list[bytes],
         public_paths: Iterable[str],
+        public_prefixes: Iterable[str] = (),
         max_body_bytes: int,
         is_draining: Callable[[], bool],
         is_openai: Callable[[Scope], bool],
@@ -71,6 +72,7 @@ class Guard:
         self.app = app
         self.digests = digests
         self.public = frozenset(public_paths)
+        self.public_prefixes = tuple(public_prefixes)
         self.max_body = max_body_bytes
         self.is_draining = is_draining
         self.is_openai = is_openai
@@ -101,7 +103,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        public = path in self.public
+        public = path in self.public or (bool(self.public_prefixes) and path.startswith(self.public_prefixes))
         if not public and self.is_draining():
             info = ErrorInfo(
                 503,

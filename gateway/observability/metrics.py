@@ -72,6 +72,7 @@ class Observation:
     path: str
     start: float = field(default_factory=time.perf_counter)
     group: str = ""
+    reader: str = ""
     route: str = ""
     status: int = 0
     accepted_at: float | None = None
@@ -95,6 +96,8 @@ class Observation:
             self.first_token_at = now
         self.last_token_at = now
         self.generated_tokens += n
+        if self.reader:
+            LIVE_TOKENS[self.reader] = LIVE_TOKENS.get(self.reader, 0) + n
 
     def record(self) -> None:
         """Update the Prometheus series (once, when the answer is over)."""
@@ -120,6 +123,9 @@ class Observation:
             if self.generated_tokens > 1 and self.last_token_at is not None:
                 ITL.labels(s, g).observe((self.last_token_at - self.first_token_at) / (self.generated_tokens - 1))
 
+
+# tokens generated per reader since start, counted as they stream (the console's tokens/s)
+LIVE_TOKENS: dict[str, int] = {}
 
 _CURRENT: contextvars.ContextVar[Observation | None] = contextvars.ContextVar("observation", default=None)
 

@@ -24,6 +24,7 @@ class GenerationConfig(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)
     max_new_tokens: int | None = Field(None, ge=1)
+    min_new_tokens: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)
     length_penalty: float | None = Field(None, ge=-10.0, le=10.0)
     seed: int | None = None

@@ -55,9 +55,12 @@ def sampling_of(cfg: GenerationConfig | None, settings: Settings) -> SamplingOpt
         raise BadRequest(f"max_new_tokens must be at most {limit}", param="generation_config.max_new_tokens")
     do_sample = c.do_sample if c.do_sample is not None else d.do_sample
     temperature = c.temperature if c.temperature is not None else d.temperature
+    min_new = c.min_new_tokens or 0
+    if min_new > max_new:
+        raise BadRequest("min_new_tokens must not exceed max_new_tokens", param="generation_config.min_new_tokens")
     return SamplingOptions(
         max_new_tokens=max_new,
-        min_new_tokens=0,
+        min_new_tokens=min_new,
         # do_sample false is greedy decoding, as in Hugging Face's generate()
         temperature=temperature if do_sample else 0.0,
         top_p=c.top_p if c.top_p is not None else d.top_p,

@@ -243,11 +243,11 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(http, path, bod
 def test_health_readiness_and_status(gateway, http):
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["readers"] == {"primary-0": "ready"}
+    assert ready.status_code == 200 and ready.json()["readers"] == {"primary-0": "ready", "embed-0": "ready"}
     status = http.get("/status").json()
     reader = status["live_readers"]["primary-0"]
     assert reader["model_name"] == "smollm2-135m-instruct"
     assert reader["max_model_len"] == 2048 and reader["engine"] == "vllm" and reader["device"] == "cpu"
     assert reader["dtype"] == "float32" and reader["has_chat_template"] is True
     # the management port (Takeoff's port + 1) answers /status too
-    assert httpx.get(gateway.management_url + "/status").json()["live_readers"].keys() == {"primary-0"}
+    assert httpx.get(gateway.management_url + "/status").json()["live_readers"].keys() == {"primary-0", "embed-0"}

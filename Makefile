@@ -53,5 +53,16 @@ system-deps:
 test: install system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Speed and memory targets live here, never in the tests (see benchmarks/README.md).
+bench: install
+	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.overhead --profile
+	$(BIN)/python -m benchmarks.embeddings
+	$(BIN)/python -m benchmarks.structured
+
+# Needs a Docker engine (none runs on the build machines of this project).
+image:
+	docker build -f deploy/docker/Dockerfile.$(ACCEL) -t llm-gateway:$(ACCEL) .
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -248,9 +248,10 @@ class ScriptedEngine:
         finish = "length" if k + 1 >= max_tokens else None
         # Stop strings end the sequence as soon as the text so far ends with one; the
         # stop string itself is not returned, as in vLLM.
-        so_far = bytes(reply[j % len(reply)] for j in range(k + 1)).decode(errors="replace")
-        if any(so_far.endswith(st) for st in s.stop):
-            text, finish = "", "stop"
+        if s.stop:
+            so_far = bytes(reply[j % len(reply)] for j in range(k + 1)).decode(errors="replace")
+            if any(so_far.endswith(st) for st in s.stop):
+                text, finish = "", "stop"
         lps = None
         if s.logprobs is not None:
             lps = [TokenLogprob(token_id=tok, token=text, logprob=-0.5, top=[(tok, text, -0.5)])]

@@ -66,6 +66,7 @@ class VLLMEngineConfig:
     enable_prefix_caching: bool = True
     scheduling_policy: str = "fcfs"
     seed: int = 0
+    no_repeat_ngram: bool = True
     lora_adapters: dict[str, str] = field(default_factory=dict)
     max_lora_rank: int = 16
     max_loras: int = 4
@@ -284,7 +285,13 @@ class VLLMEngine:
         if request.constraint is not None:
             c = request.constraint
             structured = StructuredOutputsParams(**{c.kind: c.value})
-        extra = {NO_REPEAT_NGRAM_KEY: s.no_repeat_ngram_size} if s.no_repeat_ngram_size else None
+        extra = None
+        if s.no_repeat_ngram_size:
+            if not self.config.no_repeat_ngram:
+                raise UnsupportedFeatureError(
+                    "no_repeat_ngram_size is turned off on this reader (no_repeat_ngram: false)", "no_repeat_ngram_size"
+                )
+            extra = {NO_REPEAT_NGRAM_KEY: s.no_repeat_ngram_size}
         greedy = s.temperature == 0.0 or s.top_k == 1
         try:
             return SamplingParams(

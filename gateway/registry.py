@@ -192,6 +192,7 @@ def build_engine(reader: ReaderSettings, settings: Settings) -> Any:
             structured_outputs_backend=reader.structured_outputs_backend,
             scheduling_policy=reader.scheduling_policy,
             enable_prefix_caching=reader.enable_prefix_caching,
+            no_repeat_ngram=reader.no_repeat_ngram,
             lora_adapters=reader.lora_adapters,
             max_lora_rank=reader.max_lora_rank,
             max_loras=reader.max_loras,

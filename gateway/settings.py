@@ -54,6 +54,8 @@ class ReaderSettings(BaseModel):
     max_in_flight: int | None = Field(None, ge=1)
     max_queued_prompt_tokens: int | None = Field(None, ge=1)
     max_prompt_tokens: int | None = Field(None, ge=1)
+    # Takeoff's no_repeat_ngram_size needs a logits processor in the engine
+    no_repeat_ngram: bool = True
     # LoRA adapters (vllm readers): name -> local adapter folder, served with the base model
     lora_adapters: dict[str, str] = Field(default_factory=dict)
     max_lora_rank: int = Field(16, ge=1)

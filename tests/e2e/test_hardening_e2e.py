@@ -146,6 +146,15 @@ def test_every_route_refuses_a_missing_or_wrong_key(guarded):
     assert httpx.get(guarded.management_url + "/reader_groups", headers={"X-API-Key": KEY}).status_code == 200
 
 
+def test_a_reader_without_the_no_repeat_processor_says_so(guarded):
+    r = httpx.post(
+        guarded.url + "/generate",
+        headers={"X-API-Key": KEY},
+        json={"text": "hi", "max_new_tokens": 4, "no_repeat_ngram_size": 2},
+    )
+    assert r.status_code == 422 and r.json()["field"] == "no_repeat_ngram_size"
+
+
 def test_overload_gives_only_200_and_429(guarded):
     headers = {"X-API-Key": KEY}
 

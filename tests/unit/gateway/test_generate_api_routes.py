@@ -102,6 +102,15 @@ def test_generate_one_bad_input(client, body, field):
     assert r.json()["field"] == field
 
 
+def test_min_new_tokens(client_factory):
+    with client_factory(scripted={"eos_after": 2}) as c:
+        assert len(one(c, request_id="m1", stream_response=False).text) == 2
+        r = one(c, request_id="m2", stream_response=False, generation_config={"min_new_tokens": 6, "max_new_tokens": 8})
+        assert len(r.text) >= 6
+        r = one(c, request_id="m3", generation_config={"min_new_tokens": 9, "max_new_tokens": 8})
+        assert r.status_code == 400 and r.json()["field"] == "generation_config.min_new_tokens"
+
+
 def test_unknown_generation_config_keys_are_ignored(client):
     r = one(
         client, stream_response=False, generation_config={"max_new_tokens": 2, "pad_token_id": 0, "eos_token_id": 2}

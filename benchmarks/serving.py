@@ -97,7 +97,7 @@ class Server:
             pass
 
 
-def start(kind: str, model: str, log: Path) -> Server:
+def start(kind: str, model: str, log: Path, reader_extra: dict[str, Any] | None = None) -> Server:
     port = free_port()
     env = {**os.environ, **ENGINE_ENV}
     if kind == "vllm":
@@ -489,7 +489,9 @@ def main() -> None:
     for r in range(args.rounds):
         order = ["vllm", "gateway"] if r % 2 == 0 else ["gateway", "vllm"]
         for kind in order:
-            server = start(kind, model, RESULTS / f"serving-{kind}.log")
+            # identical engine settings: the gateway's no_repeat_ngram logits processor (which
+            # vLLM's server does not load) is off; its cost is measured separately
+            server = start(kind, model, RESULTS / f"serving-{kind}.log", {"no_repeat_ngram": False})
             try:
                 surfaces = ["completions", "chat"] + (["takeoff", "generate-one"] if kind == "gateway" else [])
                 for surface in surfaces:

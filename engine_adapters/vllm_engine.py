@@ -23,7 +23,6 @@ from engine_adapters.base import (
     EngineError,
     EngineNotReadyError,
     EngineOverloadedError,
-    EngineStats,
     GenerationOutput,
     GenerationRequest,
     InvalidParameterError,
@@ -37,6 +36,7 @@ from engine_adapters.base import (
     validate_sampling,
 )
 from engine_adapters.logits_processors import NO_REPEAT_NGRAM_KEY
+from engine_adapters.vllm_host import AsyncLLMHost, prepare_cpu_env
 
 log = logging.getLogger(__name__)
 
@@ -75,27 +75,18 @@ class VLLMEngineConfig:
     engine_args: dict[str, Any] = field(default_factory=dict)
 
 
-class VLLMEngine:
+class VLLMEngine(AsyncLLMHost):
     """`GenerativeEngine` backed by vLLM's AsyncLLM."""
 
     def __init__(self, config: VLLMEngineConfig) -> None:
+        super().__init__()
         self.config = config
-        self._engine: Any = None
-        self._tokenizer: Any = None
-        self._info: ModelInfo | None = None
         self._priority_enabled = config.scheduling_policy == "priority"
         self._loras: dict[str, Any] = {}
         # (kind, spec) -> None when the reader's backend accepts it, else the reason
         self._constraint_checks: OrderedDict[tuple[str, str], str | None] = OrderedDict()
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def info(self) -> ModelInfo:
-        """The loaded model."""
-        if self._info is None:
-            raise EngineNotReadyError("the model is still loading")
-        return self._info
 
     async def start(self) -> None:
         """Build the AsyncLLM (about 40 s for the embedded model on 2 CPU cores)."""
@@ -121,12 +112,7 @@ class VLLMEngine:
                 f"{platform!r}; install the matching extra (.[cpu] or .[cuda])"
             )
         if platform == "cpu":
-            # Without an explicit KV cache size vLLM asks for most of NUMA node 0 and fails
-            # to start on small machines; without the reservation override it keeps one of
-            # two cores idle (see vllm-on-cpu.md).
-            if cfg.cpu_kv_cache_gib is not None:
-                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gib)
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            prepare_cpu_env(cfg.cpu_kv_cache_gib)
         args: dict[str, Any] = {
             "model": cfg.model,
             "served_model_name": [cfg.served_name],
@@ -178,30 +164,6 @@ class VLLMEngine:
             eos_token_id=getattr(self._tokenizer, "eos_token_id", None),
             adapters=tuple(self._loras),
         )
-
-    async def shutdown(self) -> None:
-        """Stop the engine core process and its workers."""
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await asyncio.to_thread(engine.shutdown)
-
-    @property
-    def dead(self) -> bool:
-        """Whether the engine core has died (cheap; checked on every readiness probe)."""
-        return self._engine is not None and bool(self._engine.errored)
-
-    async def check_health(self) -> None:
-        """Raise `EngineDeadError` once the engine core has died."""
-        if self._engine is None:
-            raise EngineNotReadyError("the engine is not running")
-        if self._engine.errored:
-            raise EngineDeadError("the vLLM engine core has died")
-
-    def stats(self) -> EngineStats:
-        """Unfinished requests as the front end counts them (aborts drop out at once)."""
-        if self._engine is None:
-            return EngineStats(running=0, waiting=0)
-        return EngineStats(running=self._engine.get_num_unfinished_requests(), waiting=0)
 
     # ------------------------------------------------------------------ tokenizer
 

@@ -7,7 +7,6 @@ the inputs itself (continuous batching), and token-id inputs are embedded exactl
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,15 +16,13 @@ import numpy as np
 from engine_adapters.base import (
     ClassificationResult,
     EmbeddingResult,
-    EngineDeadError,
-    EngineNotReadyError,
-    EngineStats,
     InvalidParameterError,
     ModelInfo,
     PoolingInput,
     TextPair,
     UnsupportedFeatureError,
 )
+from engine_adapters.vllm_host import AsyncLLMHost, prepare_cpu_env
 
 
 @dataclass
@@ -43,21 +40,14 @@ class VLLMPoolingConfig:
     engine_args: dict[str, Any] = field(default_factory=dict)
 
 
-class VLLMPoolingEngine:
+class VLLMPoolingEngine(AsyncLLMHost):
     """`PoolingEngine` backed by an AsyncLLM with the pooling runner."""
 
-    def __init__(self, config: VLLMPoolingConfig) -> None:
-        self.config = config
-        self._engine: Any = None
-        self._tokenizer: Any = None
-        self._info: ModelInfo | None = None
+    _dead_message = "the vLLM pooling engine has died"
 
-    @property
-    def info(self) -> ModelInfo:
-        """The loaded model."""
-        if self._info is None:
-            raise EngineNotReadyError("the model is still loading")
-        return self._info
+    def __init__(self, config: VLLMPoolingConfig) -> None:
+        super().__init__()
+        self.config = config
 
     async def start(self) -> None:
         """Build the pooling engine in a thread."""
@@ -67,9 +57,7 @@ class VLLMPoolingEngine:
 
         cfg = self.config
         if current_platform.is_cpu():
-            if cfg.cpu_kv_cache_gib is not None:
-                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gib)
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            prepare_cpu_env(cfg.cpu_kv_cache_gib)
         args: dict[str, Any] = {
             "model": cfg.model,
             "served_model_name": [cfg.served_name],
@@ -101,30 +89,6 @@ class VLLMPoolingEngine:
             dimensions=int(mc.get_hidden_size()) if cfg.task == "embed" else None,
             labels=labels,
         )
-
-    async def shutdown(self) -> None:
-        """Stop the engine core."""
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await asyncio.to_thread(engine.shutdown)
-
-    @property
-    def dead(self) -> bool:
-        """Whether the engine core has died."""
-        return self._engine is not None and bool(self._engine.errored)
-
-    async def check_health(self) -> None:
-        """Raise once the engine core died."""
-        if self._engine is None:
-            raise EngineNotReadyError("the engine is not running")
-        if self._engine.errored:
-            raise EngineDeadError("the vLLM pooling engine has died")
-
-    def stats(self) -> EngineStats:
-        """Unfinished requests in the engine."""
-        if self._engine is None:
-            return EngineStats(0, 0)
-        return EngineStats(running=self._engine.get_num_unfinished_requests(), waiting=0)
 
     def _ids(self, i: int, x: PoolingInput) -> list[int]:
         ids = list(self._tokenizer.encode(x)) if isinstance(x, str) else list(x)

@@ -126,9 +126,11 @@ class VLLMEngine(AsyncLLMHost):
             "scheduling_policy": cfg.scheduling_policy,
             "seed": cfg.seed,
             "disable_log_stats": False,
-            "logits_processors": ["engine_adapters.logits_processors:NoRepeatNGramLogitsProcessor"],
             "structured_outputs_config": {"backend": cfg.structured_outputs_backend},
         }
+        if cfg.no_repeat_ngram:
+            # a per-step hook in the engine core; readers that never use it can leave it out
+            args["logits_processors"] = ["engine_adapters.logits_processors:NoRepeatNGramLogitsProcessor"]
         if cfg.max_batch_size:
             args["max_num_seqs"] = cfg.max_batch_size
         if cfg.max_queued_prompt_tokens:

@@ -19,6 +19,7 @@ import signal
 import statistics
 import subprocess
 import time
+from collections import Counter
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,32 @@ async def added_latency(url: str, n: int = 200) -> float:
     return statistics.median(samples) * 1e3
 
 
+def profile_summary(path: Path, top: int = 12) -> list[str]:
+    """Markdown rows of the frames that cost most, from py-spy's raw (collapsed) output."""
+    own: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        leaf = stack.split(";")[-1]
+        name, _, where = leaf.partition(" (")
+        own[f"{name} ({where.split(':')[0]})" if where else name] += n
+    if not total:
+        return []
+    rows = [
+        "",
+        f"Where the gateway process spends its time under this load (py-spy, {total} samples, own time):",
+        "",
+        "| share | function |",
+        "|---|---|",
+    ]
+    rows += [f"| {n / total:.1%} | `{name}` |" for name, n in own.most_common(top)]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", action="store_true")
@@ -156,6 +183,8 @@ def main() -> None:
     ]
     for s, r in result["streams"].items():
         lines.append(f"| {s} | {r['tokens_per_s']:.0f} | {r['us_per_token_one_stream']:.0f} |")
+    if args.profile and (RESULTS / "overhead-profile.txt").exists():
+        lines += profile_summary(RESULTS / "overhead-profile.txt")
     md = "\n".join(lines) + "\n"
     (RESULTS / "overhead.md").write_text(md)
     print(md)

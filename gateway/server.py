@@ -4,8 +4,9 @@ Order of events: the listeners bind first (so `/healthz` answers and `/readyz` s
 503 while models load), then the readers load in the background, then one line with
 the URL is printed when the gateway is ready. On SIGTERM or SIGINT readiness turns
 503 at once, new requests get 503, in-flight requests get `drain_timeout_seconds`
-to finish, and the process exits 0. If an engine dies the process exits 1 so that a
-supervisor (Kubernetes) restarts it.
+to finish, and the process exits 0. If an engine dies, or a configured consumer group
+has no reader that loaded, the process exits 1 so that a supervisor (Kubernetes) shows
+the failure and restarts it.
 """
 
 from __future__ import annotations
@@ -155,7 +156,12 @@ async def serve(settings: Settings) -> int:
         for r in readers:
             if r.state == "failed":
                 print(f"Reader {r.id} failed to load: {r.error}", file=sys.stderr, flush=True)
-        if all(r.state == "failed" for r in readers):
+        # A configured consumer group with no reader that loaded can never become ready:
+        # exit with the reasons rather than stay up unready (a supervisor shows the crash).
+        groups = {r.group for r in readers if r.configured}
+        dead_groups = sorted(g for g in groups if not any(r.serving for r in readers if r.group == g))
+        if dead_groups:
+            log.error("no reader of consumer group(s) %s loaded; exiting", ", ".join(dead_groups))
             nonlocal exit_code
             exit_code = 1
             stop.set()

@@ -50,3 +50,31 @@ def test_ready_line_listeners_and_sigterm_exit_0(artifacts):
     log = gw.log_path.read_text()
     assert f"Gateway ready: http://127.0.0.1:{gw.port}" in log
     assert log.count("Gateway ready") == 1
+
+
+def test_a_configured_group_whose_readers_all_fail_exits_1_with_the_reason(tmp_path):
+    # Otherwise the process would stay up with /readyz 503 for ever.
+    config = tmp_path / "broken.yaml"
+    config.write_text(
+        "readers:\n"
+        "  - {id: primary-0, consumer_group: primary, kind: scripted, model: scripted}\n"
+        f"  - {{id: embed-0, consumer_group: embed, kind: sentence-transformers, model: {tmp_path / 'missing'}}}\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "GATEWAY_PORT": str(free_port()),
+        "GATEWAY_OPENAI_PORT": str(free_port()),
+        "GATEWAY_MANAGEMENT_PORT": str(free_port()),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Reader embed-0 failed to load" in proc.stderr
+    assert "no reader of consumer group(s) embed loaded" in proc.stderr
+    assert "Gateway ready" not in proc.stdout + proc.stderr

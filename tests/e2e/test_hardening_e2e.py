@@ -76,8 +76,8 @@ def test_deadline_aborts_the_engine_request(gateway, http):
 
 @pytest.fixture(scope="module")
 def guarded(artifacts):
-    """A gateway of its own: API keys, a limit of 8 requests in flight and SIGTERM are
-    things the shared gateway must not have."""
+    """A gateway of its own: API keys, a limit of 8 requests in flight, a reader without
+    the no-repeat-ngram processor and SIGTERM are things the shared gateway must not have."""
     gw = start_gateway(
         artifacts / "gateway-guarded.log",
         env={
@@ -92,6 +92,7 @@ def guarded(artifacts):
                         "enforce_eager": True,
                         "cpu_kv_cache_gib": 1,
                         "max_in_flight": 8,
+                        "no_repeat_ngram": False,
                     },
                     {
                         "id": "embed-0",

@@ -11,6 +11,7 @@ client (`vllm.benchmarks.serve`).
 
     .venv/bin/python -m benchmarks.serving                  # ~35 min on 2 CPU cores
     .venv/bin/python -m benchmarks.serving --quick          # one round, fewer requests
+    .venv/bin/python -m benchmarks.serving --report-only    # table and plots from results/serving.json
 
 Writes results/serving.json, results/serving.md and results/serving-*.png.
 """
@@ -95,6 +96,13 @@ class Server:
             os.killpg(self.proc.pid, 9)
         except ProcessLookupError:
             pass
+
+
+def settle(timeout: float = 60.0) -> None:
+    """Wait until the previous server's processes have let go of the CPUs."""
+    deadline = time.monotonic() + timeout
+    while psutil.cpu_percent(interval=2.0) > 15 and time.monotonic() < deadline:
+        pass
 
 
 def start(kind: str, model: str, log: Path, reader_extra: dict[str, Any] | None = None) -> Server:
@@ -328,6 +336,8 @@ def vllm_bench(url: str, model: str, concurrency: int, prompts: int, in_len: int
         "inf",
         "--seed",
         "0",
+        "--percentile-metrics",
+        "ttft,tpot,itl,e2el",
         "--save-result",
         "--result-dir",
         str(out.parent),
@@ -372,6 +382,10 @@ def merge_rounds(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in keys}
 
 
+def _ms(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f} ms"
+
+
 def report(results: dict, args: argparse.Namespace) -> str:
     lines = [
         f"Serving benchmark, {results['date']}, `python -m benchmarks.serving{' --quick' if args.quick else ''}` "
@@ -393,6 +407,23 @@ def report(results: dict, args: argparse.Namespace) -> str:
                 f"{g['output_tok_s'] / v['output_tok_s']:.3f} | {v['ttft_p50'] * 1000:.0f} / {g['ttft_p50'] * 1000:.0f} ms "
                 f"({g['ttft_p50'] / v['ttft_p50']:.3f}) | {v['itl_p50'] * 1000:.1f} / {g['itl_p50'] * 1000:.1f} ms "
                 f"({g['itl_p50'] / v['itl_p50']:.3f}) | {v['e2e_p99']:.2f} / {g['e2e_p99']:.2f} s | {v['errors']:.0f}/{g['errors']:.0f} |"
+            )
+    lines += [
+        "",
+        "Tails, vLLM / gateway:",
+        "",
+        "| endpoint | c | TTFT p90 | TTFT p99 | ITL p90 | ITL p99 | e2e p50 | e2e p90 | req/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for surface in ("completions", "chat"):
+        for c in args.concurrency:
+            v = results["vllm"][surface][str(c)]
+            g = results["gateway"][surface][str(c)]
+            lines.append(
+                f"| {surface} | {c} | {v['ttft_p90']:.2f} / {g['ttft_p90']:.2f} s | {v['ttft_p99']:.2f} / {g['ttft_p99']:.2f} s | "
+                f"{v['itl_p90'] * 1000:.0f} / {g['itl_p90'] * 1000:.0f} ms | {v['itl_p99'] * 1000:.0f} / {g['itl_p99'] * 1000:.0f} ms | "
+                f"{v['e2e_p50']:.2f} / {g['e2e_p50']:.2f} s | {v['e2e_p90']:.2f} / {g['e2e_p90']:.2f} s | "
+                f"{v['req_s']:.2f} / {g['req_s']:.2f} |"
             )
     lines += [
         "",
@@ -435,7 +466,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
                 continue
             lines.append(
                 f"| {kind} | {r['output_throughput']:.1f} | {r['request_throughput']:.2f} | "
-                f"{r['median_ttft_ms']:.0f} ms | {r['median_itl_ms']:.1f} ms | {r['median_e2el_ms']:.0f} ms |"
+                f"{_ms(r['median_ttft_ms'], 0)} | {_ms(r['median_itl_ms'], 1)} | {_ms(r.get('median_e2el_ms'), 0)} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -476,7 +507,16 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--bench-concurrency", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="one round, 2x c requests per level, no vllm bench")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the table and plots from serving.json")
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((RESULTS / "serving.json").read_text())
+        args = argparse.Namespace(**{**saved["args"], "report_only": True})
+        md = report(saved, args)
+        (RESULTS / "serving.md").write_text(md)
+        plots(saved, args)
+        print(md)
+        return
     if args.quick:
         args.rounds = 1
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -491,8 +531,11 @@ def main() -> None:
         for kind in order:
             # identical engine settings: the gateway's no_repeat_ngram logits processor (which
             # vLLM's server does not load) is off; its cost is measured separately
+            settle()
             server = start(kind, model, RESULTS / f"serving-{kind}.log", {"no_repeat_ngram": False})
             try:
+                # a burst the results do not count: first runs of new batch shapes are slow on CPU
+                asyncio.run(level(server.url, "completions", 4, 8, prompt, args.output_tokens))
                 surfaces = ["completions", "chat"] + (["takeoff", "generate-one"] if kind == "gateway" else [])
                 for surface in surfaces:
                     for c in args.concurrency:

@@ -55,7 +55,7 @@ test: install system-deps lint
 
 # Speed and memory targets live here, never in the tests (see benchmarks/README.md).
 bench: install
-	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.serving --rounds 3
 	$(BIN)/python -m benchmarks.overhead --profile
 	$(BIN)/python -m benchmarks.embeddings
 	$(BIN)/python -m benchmarks.structured

@@ -9,7 +9,7 @@ lengths (ignore_eos). On the gateway the Takeoff `/generate_stream` and generate
 surfaces get the same load. One comparison is also made with vLLM's own benchmark
 client (`vllm.benchmarks.serve`).
 
-    .venv/bin/python -m benchmarks.serving                  # ~35 min on 2 CPU cores
+    .venv/bin/python -m benchmarks.serving --rounds 3      # ~1 hour on 2 CPU cores
     .venv/bin/python -m benchmarks.serving --quick          # one round, fewer requests
     .venv/bin/python -m benchmarks.serving --report-only    # table and plots from results/serving.json
 
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -386,6 +387,13 @@ def _ms(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f} ms"
 
 
+def _pairs(results: dict, args: argparse.Namespace) -> Iterator[tuple[str, int, dict, dict]]:
+    """(endpoint, concurrency, vLLM figures, gateway figures) for each OpenAI endpoint and level."""
+    for surface in ("completions", "chat"):
+        for c in args.concurrency:
+            yield surface, c, results["vllm"][surface][str(c)], results["gateway"][surface][str(c)]
+
+
 def report(results: dict, args: argparse.Namespace) -> str:
     lines = [
         f"Serving benchmark, {results['date']}, `python -m benchmarks.serving{' --quick' if args.quick else ''}` "
@@ -398,16 +406,13 @@ def report(results: dict, args: argparse.Namespace) -> str:
         "e2e p99 vLLM / gw | errors v/g |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for surface in ("completions", "chat"):
-        for c in args.concurrency:
-            v = results["vllm"][surface][str(c)]
-            g = results["gateway"][surface][str(c)]
-            lines.append(
-                f"| {surface} | {c} | {v['output_tok_s']:.1f} | {g['output_tok_s']:.1f} | "
-                f"{g['output_tok_s'] / v['output_tok_s']:.3f} | {v['ttft_p50'] * 1000:.0f} / {g['ttft_p50'] * 1000:.0f} ms "
-                f"({g['ttft_p50'] / v['ttft_p50']:.3f}) | {v['itl_p50'] * 1000:.1f} / {g['itl_p50'] * 1000:.1f} ms "
-                f"({g['itl_p50'] / v['itl_p50']:.3f}) | {v['e2e_p99']:.2f} / {g['e2e_p99']:.2f} s | {v['errors']:.0f}/{g['errors']:.0f} |"
-            )
+    for surface, c, v, g in _pairs(results, args):
+        lines.append(
+            f"| {surface} | {c} | {v['output_tok_s']:.1f} | {g['output_tok_s']:.1f} | "
+            f"{g['output_tok_s'] / v['output_tok_s']:.3f} | {v['ttft_p50'] * 1000:.0f} / {g['ttft_p50'] * 1000:.0f} ms "
+            f"({g['ttft_p50'] / v['ttft_p50']:.3f}) | {v['itl_p50'] * 1000:.1f} / {g['itl_p50'] * 1000:.1f} ms "
+            f"({g['itl_p50'] / v['itl_p50']:.3f}) | {v['e2e_p99']:.2f} / {g['e2e_p99']:.2f} s | {v['errors']:.0f}/{g['errors']:.0f} |"
+        )
     lines += [
         "",
         "Tails, vLLM / gateway:",
@@ -415,16 +420,13 @@ def report(results: dict, args: argparse.Namespace) -> str:
         "| endpoint | c | TTFT p90 | TTFT p99 | ITL p90 | ITL p99 | e2e p50 | e2e p90 | req/s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for surface in ("completions", "chat"):
-        for c in args.concurrency:
-            v = results["vllm"][surface][str(c)]
-            g = results["gateway"][surface][str(c)]
-            lines.append(
-                f"| {surface} | {c} | {v['ttft_p90']:.2f} / {g['ttft_p90']:.2f} s | {v['ttft_p99']:.2f} / {g['ttft_p99']:.2f} s | "
-                f"{v['itl_p90'] * 1000:.0f} / {g['itl_p90'] * 1000:.0f} ms | {v['itl_p99'] * 1000:.0f} / {g['itl_p99'] * 1000:.0f} ms | "
-                f"{v['e2e_p50']:.2f} / {g['e2e_p50']:.2f} s | {v['e2e_p90']:.2f} / {g['e2e_p90']:.2f} s | "
-                f"{v['req_s']:.2f} / {g['req_s']:.2f} |"
-            )
+    for surface, c, v, g in _pairs(results, args):
+        lines.append(
+            f"| {surface} | {c} | {v['ttft_p90']:.2f} / {g['ttft_p90']:.2f} s | {v['ttft_p99']:.2f} / {g['ttft_p99']:.2f} s | "
+            f"{v['itl_p90'] * 1000:.0f} / {g['itl_p90'] * 1000:.0f} ms | {v['itl_p99'] * 1000:.0f} / {g['itl_p99'] * 1000:.0f} ms | "
+            f"{v['e2e_p50']:.2f} / {g['e2e_p50']:.2f} s | {v['e2e_p90']:.2f} / {g['e2e_p90']:.2f} s | "
+            f"{v['req_s']:.2f} / {g['req_s']:.2f} |"
+        )
     lines += [
         "",
         "Gateway surfaces against the gateway's own OpenAI completions at the same load:",
@@ -502,7 +504,7 @@ def plots(results: dict, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--bench-concurrency", type=int, default=16)

@@ -12,25 +12,30 @@ import httpx
 from tests.servers import ROOT, free_port, start_gateway
 
 
+def run_gateway(config: str, port: int) -> subprocess.CompletedProcess[str]:
+    """A gateway run to its exit (for start-up failures), with its output."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_OPENAI_PORT": str(free_port()),
+        "GATEWAY_MANAGEMENT_PORT": str(free_port()),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", config],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_port_in_use_is_a_clear_error_and_exit_code_2(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_OPENAI_PORT": str(free_port()),
-            "GATEWAY_MANAGEMENT_PORT": str(free_port()),
-        }
-        proc = subprocess.run(
-            [sys.executable, "-m", "gateway", "serve", "--config", "configs/scripted.yaml"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = run_gateway("configs/scripted.yaml", port)
     assert proc.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port} for the main API" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -60,20 +65,7 @@ def test_a_configured_group_whose_readers_all_fail_exits_1_with_the_reason(tmp_p
         "  - {id: primary-0, consumer_group: primary, kind: scripted, model: scripted}\n"
         f"  - {{id: embed-0, consumer_group: embed, kind: sentence-transformers, model: {tmp_path / 'missing'}}}\n"
     )
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "GATEWAY_PORT": str(free_port()),
-        "GATEWAY_OPENAI_PORT": str(free_port()),
-        "GATEWAY_MANAGEMENT_PORT": str(free_port()),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_gateway(str(config), free_port())
     assert proc.returncode == 1
     assert "Reader embed-0 failed to load" in proc.stderr
     assert "no reader of consumer group(s) embed loaded" in proc.stderr

@@ -306,8 +306,13 @@ class Registry:
         fails to load through the management API must not take the whole process out of
         its load balancer.
         """
+        counted = any(r.configured and r.state != "draining" for r in self.readers.values())
+        return counted and not self.unserved_groups()
+
+    def unserved_groups(self) -> list[str]:
+        """The groups of the configured readers that have no ready reader, sorted."""
         groups = {r.group for r in self.readers.values() if r.configured and r.state != "draining"}
-        return bool(groups) and all(any(r.serving for r in self.readers.values() if r.group == g) for g in groups)
+        return sorted(g for g in groups if not any(r.serving for r in self.readers.values() if r.group == g))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -158,8 +158,7 @@ async def serve(settings: Settings) -> int:
                 print(f"Reader {r.id} failed to load: {r.error}", file=sys.stderr, flush=True)
         # A configured consumer group with no reader that loaded can never become ready:
         # exit with the reasons rather than stay up unready (a supervisor shows the crash).
-        groups = {r.group for r in readers if r.configured}
-        dead_groups = sorted(g for g in groups if not any(r.serving for r in readers if r.group == g))
+        dead_groups = runtime.registry.unserved_groups()
         if dead_groups:
             log.error("no reader of consumer group(s) %s loaded; exiting", ", ".join(dead_groups))
             nonlocal exit_code

@@ -141,6 +141,7 @@ def start(kind: str, model: str, log: Path, reader_extra: dict[str, Any] | None 
                 "max_model_len": 2048,
                 "enforce_eager": True,
                 "cpu_kv_cache_gib": 1,
+                **(reader_extra or {}),
             }
         ]
         env.update(

@@ -85,6 +85,11 @@ class Server:
 
         threading.Thread(target=run, daemon=True).start()
 
+    def front_cpu(self) -> float:
+        """CPU seconds the front-end process (HTTP server and AsyncLLM client) has used."""
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
+
     def stop(self) -> None:
         self._stop.set()
         if self.proc.poll() is None:
@@ -428,6 +433,18 @@ def report(results: dict, args: argparse.Namespace) -> str:
             f"{v['e2e_p50']:.2f} / {g['e2e_p50']:.2f} s | {v['e2e_p90']:.2f} / {g['e2e_p90']:.2f} s | "
             f"{v['req_s']:.2f} / {g['req_s']:.2f} |"
         )
+    if "front_cpu_us_per_token" in results["vllm"]["completions"][str(args.concurrency[0])]:
+        lines += [
+            "",
+            "Front-end process CPU per output token (the HTTP server and the AsyncLLM client; the engine "
+            "core is a separate process), vLLM / gateway:",
+            "",
+            "| endpoint | c | vLLM | gateway | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for surface, c, v, g in _pairs(results, args):
+            fv, fg = v["front_cpu_us_per_token"], g["front_cpu_us_per_token"]
+            lines.append(f"| {surface} | {c} | {fv:.0f} µs | {fg:.0f} µs | {fg / fv:.2f} |")
     lines += [
         "",
         "Gateway surfaces against the gateway's own OpenAI completions at the same load:",
@@ -542,7 +559,12 @@ def main() -> None:
                 surfaces = ["completions", "chat"] + (["takeoff", "generate-one"] if kind == "gateway" else [])
                 for surface in surfaces:
                     for c in args.concurrency:
+                        cpu0 = server.front_cpu()
                         result = asyncio.run(level(server.url, surface, c, per_level[c], prompt, args.output_tokens))
+                        # less noisy than throughput on a shared 2-core box: what the front end
+                        # costs per token is CPU taken from the engine core's threads
+                        tokens = result["output_tok_s"] * result["wall_s"]
+                        result["front_cpu_us_per_token"] = (server.front_cpu() - cpu0) / max(tokens, 1) * 1e6
                         runs[kind].setdefault(surface, {}).setdefault(str(c), []).append(result)
                         print(kind, surface, c, json.dumps({k: round(v, 4) for k, v in result.items()}), flush=True)
                 if r == 0 and not args.quick:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -36,6 +37,17 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up allocated (modules, models, apps) out of the collector's sight.
+
+    Otherwise every full collection walks millions of long-lived objects while tokens
+    stream, stealing CPU from the engine core; vLLM's own server does the same.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info("froze %d start-up objects out of the garbage collector's scans", gc.get_freeze_count())
 
 
 def _listeners(runtime: Runtime) -> list[tuple[str, FastAPI, int]]:
@@ -165,6 +177,7 @@ async def serve(settings: Settings) -> int:
             exit_code = 1
             stop.set()
             return
+        freeze_startup_heap()
         print(f"Gateway ready: http://{settings.host}:{settings.port}", flush=True)
 
     announcer = asyncio.create_task(announce())

@@ -10,8 +10,8 @@ with a clear error: 504 (or an error event) for a deadline, 503 for a shutdown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
+from types import TracebackType
 from typing import TypeVar
 
 from starlette.requests import Request
@@ -38,18 +38,13 @@ class Budget:
         """Why the request was stopped."""
         return self._error or DeadlineExceeded(f"the request's deadline of {self.seconds:g} s passed")
 
-    @contextlib.asynccontextmanager
-    async def guard(self) -> AsyncIterator[None]:
-        """Run the block under the deadline; past it, raise the budget's error."""
-        try:
-            async with asyncio.timeout_at(self.at) as timeout:
-                self._timeouts.add(timeout)
-                try:
-                    yield
-                finally:
-                    self._timeouts.discard(timeout)
-        except TimeoutError:
-            raise self.error() from None
+    def guard(self) -> _Guard:
+        """Run the block under the deadline; past it, raise the budget's error.
+
+        A plain class rather than a generator-based context manager: a stream enters it
+        once per token.
+        """
+        return _Guard(self)
 
     async def bound(self, awaitable: Awaitable[T]) -> T:
         """Await under the deadline."""
@@ -63,6 +58,29 @@ class Budget:
         self.at = now
         for t in list(self._timeouts):
             t.reschedule(now)
+
+
+class _Guard:
+    """`Budget.guard()`: an `asyncio.timeout_at` that `Budget.cut` can also fire."""
+
+    __slots__ = ("_budget", "_timeout")
+
+    def __init__(self, budget: Budget) -> None:
+        self._budget = budget
+        self._timeout = asyncio.timeout_at(budget.at)
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+        self._budget._timeouts.add(self._timeout)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._budget._timeouts.discard(self._timeout)
+        try:
+            await self._timeout.__aexit__(exc_type, exc, tb)
+        except TimeoutError:
+            raise self._budget.error() from None
 
 
 def _float_header(request: Request, name: str) -> float | None:

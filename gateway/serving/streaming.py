@@ -16,7 +16,7 @@ from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from engine_adapters.base import GenerationOutput, GenerationRequest
 from gateway.registry import Reader
@@ -57,6 +57,14 @@ class ManagedEventSource(EventSourceResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._on_close()
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        # Called once per event. Without a send timeout (ours never sets one) the
+        # library's cancel scope per event only costs CPU the engine core could use.
+        if self.send_timeout is None:
+            await send(message)
+        else:
+            await super()._send_with_timeout(send, message)
 
 
 class ManagedStreamingResponse(StreamingResponse):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +56,9 @@ def test_ready_line_listeners_and_sigterm_exit_0(artifacts):
     log = gw.log_path.read_text()
     assert f"Gateway ready: http://127.0.0.1:{gw.port}" in log
     assert log.count("Gateway ready") == 1
+    # the start-up heap is frozen once ready, so full collections do not walk it while serving
+    frozen = re.search(r"froze (\d+) start-up objects", log)
+    assert frozen is not None and int(frozen.group(1)) > 10_000
 
 
 def test_a_configured_group_whose_readers_all_fail_exits_1_with_the_reason(tmp_path):

@@ -12,8 +12,10 @@ client (`vllm.benchmarks.serve`).
     .venv/bin/python -m benchmarks.serving --rounds 3      # ~1 hour on 2 CPU cores
     .venv/bin/python -m benchmarks.serving --quick          # one round, fewer requests
     .venv/bin/python -m benchmarks.serving --report-only    # table and plots from results/serving.json
+    .venv/bin/python -m benchmarks.serving --surfaces chat --concurrency 16 --rounds 7 --name chat16
+                                                            # more rounds of one cell, to results/chat16.*
 
-Writes results/serving.json, results/serving.md and results/serving-*.png.
+Writes results/serving.json, results/serving.md and results/serving-*.png (or NAME.* with --name).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tests.servers import ROOT, free_port
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL_NAME = "smollm2-135m-instruct"
+SURFACES = ("completions", "chat", "takeoff", "generate-one")
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
@@ -384,9 +387,11 @@ def vllm_bench(url: str, model: str, concurrency: int, prompts: int, in_len: int
 
 
 def merge_rounds(runs: list[dict]) -> dict:
-    """Median over rounds of every number."""
+    """Median over rounds of every number, and each round's throughput (to show the spread)."""
     keys = runs[0].keys()
-    return {k: statistics.median(r[k] for r in runs) for k in keys}
+    return {k: statistics.median(r[k] for r in runs) for k in keys} | {
+        "output_tok_s_rounds": [r["output_tok_s"] for r in runs]
+    }
 
 
 def _ms(value: float | None, digits: int) -> str:
@@ -396,26 +401,35 @@ def _ms(value: float | None, digits: int) -> str:
 def _pairs(results: dict, args: argparse.Namespace) -> Iterator[tuple[str, int, dict, dict]]:
     """(endpoint, concurrency, vLLM figures, gateway figures) for each OpenAI endpoint and level."""
     for surface in ("completions", "chat"):
-        for c in args.concurrency:
-            yield surface, c, results["vllm"][surface][str(c)], results["gateway"][surface][str(c)]
+        if surface in results["vllm"] and surface in results["gateway"]:
+            for c in args.concurrency:
+                yield surface, c, results["vllm"][surface][str(c)], results["gateway"][surface][str(c)]
+
+
+def _round_ratios(v: dict, g: dict) -> str:
+    """Gateway / vLLM throughput for each round (round r of both servers ran back to back)."""
+    if "output_tok_s_rounds" not in v:
+        return "-"
+    return " ".join(f"{b / a:.2f}" for a, b in zip(v["output_tok_s_rounds"], g["output_tok_s_rounds"], strict=True))
 
 
 def report(results: dict, args: argparse.Namespace) -> str:
     lines = [
-        f"Serving benchmark, {results['date']}, `python -m benchmarks.serving{' --quick' if args.quick else ''}` "
+        f"Serving benchmark, {results['date']}, "
+        f"`{results.get('command', 'python -m benchmarks.serving' + (' --quick' if args.quick else ''))}` "
         f"(SmolLM2-135M fp32 eager on 2 CPU cores; prompt {args.prompt_tokens} tokens, output "
         f"{args.output_tokens} tokens, ignore_eos; median of {args.rounds} alternating rounds)",
         "",
     ]
     lines += [
-        "| endpoint | c | vLLM tok/s | gateway tok/s | ratio | TTFT p50 vLLM / gw (ratio) | ITL p50 vLLM / gw (ratio) | "
-        "e2e p99 vLLM / gw | errors v/g |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| endpoint | c | vLLM tok/s | gateway tok/s | ratio | ratio in each round | TTFT p50 vLLM / gw (ratio) | "
+        "ITL p50 vLLM / gw (ratio) | e2e p99 vLLM / gw | errors v/g |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for surface, c, v, g in _pairs(results, args):
         lines.append(
             f"| {surface} | {c} | {v['output_tok_s']:.1f} | {g['output_tok_s']:.1f} | "
-            f"{g['output_tok_s'] / v['output_tok_s']:.3f} | {v['ttft_p50'] * 1000:.0f} / {g['ttft_p50'] * 1000:.0f} ms "
+            f"{g['output_tok_s'] / v['output_tok_s']:.3f} | {_round_ratios(v, g)} | {v['ttft_p50'] * 1000:.0f} / {g['ttft_p50'] * 1000:.0f} ms "
             f"({g['ttft_p50'] / v['ttft_p50']:.3f}) | {v['itl_p50'] * 1000:.1f} / {g['itl_p50'] * 1000:.1f} ms "
             f"({g['itl_p50'] / v['itl_p50']:.3f}) | {v['e2e_p99']:.2f} / {g['e2e_p99']:.2f} s | {v['errors']:.0f}/{g['errors']:.0f} |"
         )
@@ -433,7 +447,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
             f"{v['e2e_p50']:.2f} / {g['e2e_p50']:.2f} s | {v['e2e_p90']:.2f} / {g['e2e_p90']:.2f} s | "
             f"{v['req_s']:.2f} / {g['req_s']:.2f} |"
         )
-    if "front_cpu_us_per_token" in results["vllm"]["completions"][str(args.concurrency[0])]:
+    if all("front_cpu_us_per_token" in v for _, _, v, _ in _pairs(results, args)):
         lines += [
             "",
             "Front-end process CPU per output token (the HTTP server and the AsyncLLM client; the engine "
@@ -445,14 +459,16 @@ def report(results: dict, args: argparse.Namespace) -> str:
         for surface, c, v, g in _pairs(results, args):
             fv, fg = v["front_cpu_us_per_token"], g["front_cpu_us_per_token"]
             lines.append(f"| {surface} | {c} | {fv:.0f} µs | {fg:.0f} µs | {fg / fv:.2f} |")
-    lines += [
-        "",
-        "Gateway surfaces against the gateway's own OpenAI completions at the same load:",
-        "",
-        "| surface | c | tok/s | TTFT p50 | ITL p50 | ratio tok/s to completions |",
-        "|---|---|---|---|---|---|",
-    ]
-    for surface in ("takeoff", "generate-one"):
+    others = [s for s in ("takeoff", "generate-one") if s in results["gateway"]]
+    if others and "completions" in results["gateway"]:
+        lines += [
+            "",
+            "Gateway surfaces against the gateway's own OpenAI completions at the same load:",
+            "",
+            "| surface | c | tok/s | TTFT p50 | ITL p50 | ratio tok/s to completions |",
+            "|---|---|---|---|---|---|",
+        ]
+    for surface in others if "completions" in results["gateway"] else []:
         for c in args.concurrency:
             g = results["gateway"][surface][str(c)]
             base = results["gateway"]["completions"][str(c)]
@@ -497,7 +513,7 @@ def plots(results: dict, args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for surface in ("completions", "chat"):
+    for surface in [s for s in ("completions", "chat") if s in results["vllm"] and s in results["gateway"]]:
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for ax, (metric, label) in zip(
             axes,
@@ -515,7 +531,7 @@ def plots(results: dict, args: argparse.Namespace) -> None:
             f"/v1/{'completions' if surface == 'completions' else 'chat/completions'}: latency against concurrency"
         )
         fig.tight_layout()
-        fig.savefig(RESULTS / f"serving-{surface}.png", dpi=100)
+        fig.savefig(RESULTS / f"{args.name}-{surface}.png", dpi=100)
         plt.close(fig)
 
 
@@ -527,13 +543,24 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--bench-concurrency", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="one round, 2x c requests per level, no vllm bench")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the table and plots from serving.json")
+    parser.add_argument(
+        "--surfaces",
+        nargs="+",
+        choices=SURFACES,
+        default=list(SURFACES),
+        help="which surfaces to load (takeoff and generate-one exist on the gateway only)",
+    )
+    parser.add_argument("--no-vllm-bench", action="store_true", help="skip the `vllm bench serve` comparison")
+    parser.add_argument("--name", default="serving", help="results file stem: results/NAME.json, NAME.md, NAME-*.png")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the table and plots from NAME.json")
     args = parser.parse_args()
     if args.report_only:
-        saved = json.loads((RESULTS / "serving.json").read_text())
-        args = argparse.Namespace(**{**saved["args"], "report_only": True})
+        saved = json.loads((RESULTS / f"{args.name}.json").read_text())
+        args = argparse.Namespace(
+            **{"surfaces": list(SURFACES), "name": args.name, **saved["args"], "report_only": True}
+        )
         md = report(saved, args)
-        (RESULTS / "serving.md").write_text(md)
+        (RESULTS / f"{args.name}.md").write_text(md)
         plots(saved, args)
         print(md)
         return
@@ -554,9 +581,11 @@ def main() -> None:
             settle()
             server = start(kind, model, RESULTS / f"serving-{kind}.log", {"no_repeat_ngram": False})
             try:
-                # a burst the results do not count: first runs of new batch shapes are slow on CPU
-                asyncio.run(level(server.url, "completions", 4, 8, prompt, args.output_tokens))
-                surfaces = ["completions", "chat"] + (["takeoff", "generate-one"] if kind == "gateway" else [])
+                surfaces = [s for s in args.surfaces if kind == "gateway" or s in ("completions", "chat")]
+                # bursts the results do not count, one at each level: the first runs of new batch
+                # shapes are slow on CPU and would otherwise land in whichever level comes first
+                for c in args.concurrency if surfaces else []:
+                    asyncio.run(level(server.url, surfaces[0], c, c, prompt, args.output_tokens))
                 for surface in surfaces:
                     for c in args.concurrency:
                         cpu0 = server.front_cpu()
@@ -567,7 +596,7 @@ def main() -> None:
                         result["front_cpu_us_per_token"] = (server.front_cpu() - cpu0) / max(tokens, 1) * 1e6
                         runs[kind].setdefault(surface, {}).setdefault(str(c), []).append(result)
                         print(kind, surface, c, json.dumps({k: round(v, 4) for k, v in result.items()}), flush=True)
-                if r == 0 and not args.quick:
+                if r == 0 and not args.quick and not args.no_vllm_bench:
                     bench[kind] = vllm_bench(
                         server.url,
                         model,
@@ -584,15 +613,16 @@ def main() -> None:
             memory[kind] = {k: max(memory.get(kind, {}).get(k, 0), v) for k, v in mem.items()}
     results: dict[str, Any] = {
         "date": str(date.today()),
+        "command": " ".join(["python -m benchmarks.serving", *sys.argv[1:]]),
         "args": vars(args),
         "vllm": {s: {c: merge_rounds(v) for c, v in levels.items()} for s, levels in runs["vllm"].items()},
         "gateway": {s: {c: merge_rounds(v) for c, v in levels.items()} for s, levels in runs["gateway"].items()},
         "memory_mb": memory,
         "vllm_bench": bench,
     }
-    (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2))
     md = report(results, args)
-    (RESULTS / "serving.md").write_text(md)
+    (RESULTS / f"{args.name}.md").write_text(md)
     plots(results, args)
     print(md)
 

@@ -459,8 +459,9 @@ def report(results: dict, args: argparse.Namespace) -> str:
         for surface, c, v, g in _pairs(results, args):
             fv, fg = v["front_cpu_us_per_token"], g["front_cpu_us_per_token"]
             lines.append(f"| {surface} | {c} | {fv:.0f} µs | {fg:.0f} µs | {fg / fv:.2f} |")
-    others = [s for s in ("takeoff", "generate-one") if s in results["gateway"]]
-    if others and "completions" in results["gateway"]:
+    # the gateway's other surfaces, as a ratio to its own completions (when both were measured)
+    others = [s for s in ("takeoff", "generate-one") if s in results["gateway"] and "completions" in results["gateway"]]
+    if others:
         lines += [
             "",
             "Gateway surfaces against the gateway's own OpenAI completions at the same load:",
@@ -468,7 +469,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
             "| surface | c | tok/s | TTFT p50 | ITL p50 | ratio tok/s to completions |",
             "|---|---|---|---|---|---|",
         ]
-    for surface in others if "completions" in results["gateway"] else []:
+    for surface in others:
         for c in args.concurrency:
             g = results["gateway"][surface][str(c)]
             base = results["gateway"]["completions"][str(c)]

@@ -195,18 +195,20 @@ class EngineStats:
 
     running: int
     waiting: int
+    # sizes of the last batches a dynamic batcher ran, newest last (pooling engines)
+    recent_batch_sizes: tuple[int, ...] = ()
 
 
 # --------------------------------------------------------------------------- protocols
 
 
 @runtime_checkable
-class GenerativeEngine(Protocol):
-    """What the gateway needs from a text-generation engine."""
+class Engine(Protocol):
+    """What every engine offers the registry: its model, its life and its health."""
 
     @property
     def info(self) -> ModelInfo:
-        """The loaded model (valid after `start`)."""
+        """The loaded model (valid after `start`); `info.tasks` says what it can do."""
         ...
 
     async def start(self) -> None:
@@ -216,6 +218,24 @@ class GenerativeEngine(Protocol):
     async def shutdown(self) -> None:
         """Abort everything and free the engine's resources."""
         ...
+
+    @property
+    def dead(self) -> bool:
+        """Whether the engine has died (cheap: checked on every readiness probe)."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise `EngineDeadError` if the engine cannot serve any more."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """Requests (or inputs) running and waiting inside the engine."""
+        ...
+
+
+@runtime_checkable
+class GenerativeEngine(Engine, Protocol):
+    """What the gateway needs from a text-generation engine."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
         """Run one generation. Closing or cancelling the iterator aborts it in the engine.
@@ -245,19 +265,6 @@ class GenerativeEngine(Protocol):
         """The prompt text the chat template makes of `messages`."""
         ...
 
-    @property
-    def dead(self) -> bool:
-        """Whether the engine has died (cheap: checked on every readiness probe)."""
-        ...
-
-    async def check_health(self) -> None:
-        """Raise `EngineDeadError` if the engine cannot serve any more."""
-        ...
-
-    def stats(self) -> EngineStats:
-        """Requests running and waiting inside the engine."""
-        ...
-
 
 @dataclass(slots=True)
 class EmbeddingResult:
@@ -281,34 +288,8 @@ TextPair = tuple[str, str]
 
 
 @runtime_checkable
-class PoolingEngine(Protocol):
+class PoolingEngine(Engine, Protocol):
     """What the gateway needs from an embedding / classification / re-ranking model."""
-
-    @property
-    def info(self) -> ModelInfo:
-        """The loaded model; `info.tasks` says which methods below work."""
-        ...
-
-    async def start(self) -> None:
-        """Load the model."""
-        ...
-
-    async def shutdown(self) -> None:
-        """Free the model."""
-        ...
-
-    @property
-    def dead(self) -> bool:
-        """Whether the engine has died."""
-        ...
-
-    async def check_health(self) -> None:
-        """Raise `EngineDeadError` if the engine cannot serve any more."""
-        ...
-
-    def stats(self) -> EngineStats:
-        """Inputs being processed and waiting."""
-        ...
 
     async def embed(self, inputs: list[PoolingInput]) -> EmbeddingResult:
         """Embed texts (or token ids); inputs of one call are batched with other calls."""
@@ -321,16 +302,6 @@ class PoolingEngine(Protocol):
     async def score(self, query: str, documents: list[str]) -> tuple[list[float], int]:
         """Relevance of each document to the query (higher is better), and tokens used."""
         ...
-
-
-def validate_sampling(s: SamplingOptions) -> None:
-    """Range checks every engine shares; raises `InvalidParameterError` naming the field."""
-    if s.max_new_tokens < 1:
-        raise InvalidParameterError("max_new_tokens must be at least 1", "max_new_tokens")
-    if s.min_new_tokens < 0:
-        raise InvalidParameterError("min_new_tokens must be non-negative", "min_new_tokens")
-    if s.min_new_tokens > s.max_new_tokens:
-        raise InvalidParameterError("min_new_tokens must not exceed max_new_tokens", "min_new_tokens")
 
 
 def fit_prompt(

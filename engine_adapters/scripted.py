@@ -29,7 +29,6 @@ from engine_adapters.base import (
     UnsupportedFeatureError,
     check_json_schema,
     fit_prompt,
-    validate_sampling,
 )
 
 EOS = 256
@@ -187,7 +186,6 @@ class ScriptedEngine:
             raise EngineDeadError("the scripted engine was killed")
         if not self._started:
             raise EngineNotReadyError("the model is still loading")
-        validate_sampling(request.sampling)
         if request.lora_id is not None and request.lora_id not in self.config.lora_adapters:
             raise UnknownAdapterError(f"unknown lora_id {request.lora_id!r}")
         s = request.sampling

@@ -39,6 +39,7 @@ class SentenceTransformersConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 20.0
     truncate: bool = True
+    on_batch: Callable[[int], None] | None = None  # called with every batch's size (metrics)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -70,6 +71,7 @@ class SentenceTransformersEngine:
         wait = self.config.max_wait_ms / 1000
         fn = self._embed_batch if self.config.task == "embed" else self._classify_batch
         self._batcher = DynamicBatcher(fn, self.config.max_batch_size, wait)
+        self._batcher.on_batch = self.config.on_batch
 
     def _load(self) -> Any:
         device = "cpu" if self.config.device == "auto" else self.config.device
@@ -122,25 +124,12 @@ class SentenceTransformersEngine:
         if self._model is None:
             raise EngineNotReadyError("the model is not loaded")
 
-    @property
-    def on_batch(self) -> Callable[[int], None] | None:
-        """Called with the size of every batch the model runs (for metrics)."""
-        return self._batcher.on_batch if self._batcher else None
-
-    @on_batch.setter
-    def on_batch(self, fn: Callable[[int], None] | None) -> None:
-        if self._batcher is not None:
-            self._batcher.on_batch = fn
-
-    @property
-    def recent_batch_sizes(self) -> list[int]:
-        """Sizes of the last batches the dynamic batcher ran (newest last)."""
-        return list(self._batcher.batch_sizes[-20:]) if self._batcher else []
-
     def stats(self) -> EngineStats:
         """Inputs in the running batch and waiting for the next."""
         b = self._batcher
-        return EngineStats(running=b.running if b else 0, waiting=b.waiting if b else 0)
+        if b is None:
+            return EngineStats(running=0, waiting=0)
+        return EngineStats(running=b.running, waiting=b.waiting, recent_batch_sizes=tuple(b.batch_sizes[-20:]))
 
     # ---------------------------------------------------------------- batches (threads)
 

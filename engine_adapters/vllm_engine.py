@@ -33,7 +33,6 @@ from engine_adapters.base import (
     UnsupportedFeatureError,
     check_json_schema,
     fit_prompt,
-    validate_sampling,
 )
 from engine_adapters.logits_processors import NO_REPEAT_NGRAM_KEY
 from engine_adapters.vllm_host import AsyncLLMHost, prepare_cpu_env
@@ -298,7 +297,6 @@ class VLLMEngine(AsyncLLMHost):
             raise EngineNotReadyError("the model is still loading")
         if engine.errored:
             raise EngineDeadError("the vLLM engine core has died")
-        validate_sampling(request.sampling)
         lora = None
         if request.lora_id is not None:
             lora = self._loras.get(request.lora_id)

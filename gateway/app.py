@@ -9,7 +9,7 @@ servers; `gateway.server.serve` runs all listeners.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Literal
 
 from fastapi import FastAPI, Request
@@ -18,78 +18,54 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
 
 from engine_adapters.base import EngineError
 from gateway import __version__
-from gateway.errors import ErrorInfo, GatewayError, classify, openai_body, takeoff_body, validation_message
+from gateway.errors import BadRequest, GatewayError, classify, error_body, from_status, shape_for, validation_message
 from gateway.middleware.guards import Guard
 from gateway.observability.access import Observer
 from gateway.observability.metrics import current as observation
-from gateway.registry import EngineFactory, build_engine
+from gateway.protocols.openapi import with_limits
+from gateway.registry import EngineFactory
 from gateway.routes import chat_service, embeddings, generate_api, health, management, openai, takeoff, tokenization, ui
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 
 Surface = Literal["main", "management", "openai"]
 
-# Paths of the main port that speak OpenAI's error shape (seed 003's service included).
-_OPENAI_PREFIXES = ("/v1/", "/chat/completions", "/embeddings", "/rerank")
 
-
-def _is_openai(request: Request) -> bool:
-    return request.app.state.surface == "openai" or request.url.path.startswith(_OPENAI_PREFIXES)
-
-
-def _scope_is_openai(surface: Surface) -> Callable[[Scope], bool]:
-    def check(scope: Scope) -> bool:
-        return surface == "openai" or str(scope.get("path", "")).startswith(_OPENAI_PREFIXES)
-
-    return check
-
-
-def _render(request: Request, info: ErrorInfo) -> JSONResponse:
-    body = openai_body(info) if _is_openai(request) else takeoff_body(info)
-    return JSONResponse(body, status_code=info.status, headers=info.headers or None)
-
-
-def _note(info: ErrorInfo) -> ErrorInfo:
+def _render(request: Request, error: BaseException) -> JSONResponse:
+    """Every error answer of every app: the one table, the path's one shape."""
+    info = classify(error)
     obs = observation()
     if obs is not None:
         obs.error_type = info.type
-    return info
+    shape = shape_for(request.app.state.surface, request.url.path)
+    return JSONResponse(error_body(info, shape), status_code=info.status, headers=info.headers or None)
 
 
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
-    return _render(request, _note(classify(exc)))
+    return _render(request, exc)
 
 
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, field = validation_message(exc.errors())
-    return _render(request, _note(ErrorInfo(400, "invalid_request_error", message, field, {})))
-
-
-_HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "request_too_large"}
+    return _render(request, BadRequest(message, param=field))
 
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    """Errors the framework raises (no route, wrong method, body unreadable)."""
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.__cause__, GatewayError):  # FastAPI wraps errors raised while reading the body
-        return _render(request, _note(classify(exc.__cause__)))
-    info = ErrorInfo(
-        exc.status_code,
-        _HTTP_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "internal_error"),
-        str(exc.detail),
-        None,
-        dict(exc.headers or {}),
-    )
-    return _render(request, _note(info))
+        return _render(request, exc.__cause__)
+    return _render(request, from_status(exc.status_code, str(exc.detail), dict(exc.headers or {})))
 
 
 def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = None) -> FastAPI:
     app = FastAPI(title=title, version=__version__, lifespan=lifespan)  # type: ignore[arg-type]
     app.state.runtime = runtime
+    app.state.pipeline = runtime.pipeline
     app.state.surface = surface
     s = runtime.settings
     ui = surface == "main" and s.ui_enabled
@@ -102,7 +78,7 @@ def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = 
         public_prefixes=("/ui/",) if ui else (),
         max_body_bytes=s.max_body_bytes,
         is_draining=lambda: runtime.draining,
-        is_openai=_scope_is_openai(surface),
+        surface=surface,
     )
     # the console on the main port adds and removes readers through this port
     ui_origin = rf"^https?://[^/]+:{s.port}$" if surface == "management" and s.ui_enabled else None
@@ -122,6 +98,7 @@ def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = 
     app.add_exception_handler(GatewayError, _on_error)
     app.add_exception_handler(EngineError, _on_error)
     app.add_exception_handler(Exception, _on_error)
+    app.openapi = with_limits(app, s)  # type: ignore[method-assign]
     return app
 
 
@@ -162,13 +139,13 @@ def build_openai_app(runtime: Runtime) -> FastAPI:
     return app
 
 
-def create_app(settings: Settings | None = None, factory: EngineFactory = build_engine) -> FastAPI:
+def create_app(settings: Settings | None = None, factory: EngineFactory | None = None) -> FastAPI:
     """A self-contained main app whose lifespan loads and stops the readers."""
     return create_apps(settings, factory)[0]
 
 
 def create_apps(
-    settings: Settings | None = None, factory: EngineFactory = build_engine
+    settings: Settings | None = None, factory: EngineFactory | None = None
 ) -> tuple[FastAPI, FastAPI, FastAPI]:
     """Main, management and OpenAI apps on one runtime; the main app's lifespan loads
     and stops the readers (for tests and single-port ASGI servers)."""

@@ -71,6 +71,10 @@ class ContinuationStore(Protocol):
         """Current size and counters."""
         ...
 
+    def snapshot(self) -> tuple[int, int, int, int, int]:
+        """Entries, bytes, hits, misses, evictions as known without I/O (for metrics)."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...

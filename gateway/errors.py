@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from engine_adapters.base import (
     EngineDeadError,
@@ -45,8 +45,16 @@ class Unauthorized(GatewayError):
     """No valid API key."""
 
 
+class Forbidden(GatewayError):
+    """A valid key whose scope does not cover the request."""
+
+
 class NotFound(GatewayError):
     """An unknown consumer group, reader, model or route."""
+
+
+class MethodNotAllowed(GatewayError):
+    """The route exists, but not for this HTTP method."""
 
 
 class Conflict(GatewayError):
@@ -92,7 +100,9 @@ ERROR_TABLE: dict[type[BaseException], ErrorKind] = {
     InvalidParameterError: ErrorKind(400, "invalid_request_error"),
     PromptTooLongError: ErrorKind(400, "context_length_exceeded"),
     Unauthorized: ErrorKind(401, "authentication_error"),
+    Forbidden: ErrorKind(403, "permission_error"),
     NotFound: ErrorKind(404, "not_found_error"),
+    MethodNotAllowed: ErrorKind(405, "method_not_allowed"),
     UnknownAdapterError: ErrorKind(404, "not_found_error"),
     Conflict: ErrorKind(409, "conflict"),
     PayloadTooLarge: ErrorKind(413, "request_too_large"),
@@ -145,6 +155,45 @@ def classify(exc: BaseException) -> ErrorInfo:
     )
 
 
+# Framework errors (routing, body reading) by HTTP status -> the typed error they mean, so
+# that they go through the same table as every other error.
+_BY_STATUS: dict[int, type[GatewayError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    405: MethodNotAllowed,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: Unprocessable,
+    429: Overloaded,
+    503: NotReady,
+}
+
+
+def from_status(status: int, message: str, headers: dict[str, str] | None = None) -> GatewayError:
+    """The typed error of a framework-raised HTTP status (Starlette's `HTTPException`)."""
+    cls = _BY_STATUS.get(status, BadRequest if status < 500 else GatewayError)
+    return cls(message, headers=headers)
+
+
+ErrorShape = Literal["openai", "takeoff"]
+
+# Paths of the main port that speak OpenAI's error shape (the chat service API included).
+OPENAI_PREFIXES = ("/v1/", "/chat/completions", "/embeddings", "/rerank")
+
+
+def shape_for(app_surface: str, path: str) -> ErrorShape:
+    """The one rule for which error shape a path speaks: everything on the OpenAI port,
+    and the OpenAI-style paths of the main port."""
+    return "openai" if app_surface == "openai" or path.startswith(OPENAI_PREFIXES) else "takeoff"
+
+
+def error_body(info: ErrorInfo, shape: ErrorShape) -> dict[str, Any]:
+    """The error body of `info` in `shape`."""
+    return openai_body(info) if shape == "openai" else takeoff_body(info)
+
+
 def openai_body(info: ErrorInfo) -> dict[str, Any]:
     """OpenAI's error shape, which the openai SDK parses into its exception classes."""
     return {"error": {"message": info.message, "type": info.type, "param": info.param, "code": info.status}}
@@ -165,12 +214,24 @@ def _field_name(loc: Sequence[Any]) -> str:
     out = ""
     if loc and loc[0] in ("body", "query", "path", "header"):  # FastAPI's location prefix
         loc = loc[1:]
+    if "[key]" in loc:  # a bad key of a mapping: name the mapping
+        loc = loc[: list(loc).index("[key]") - 1]
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         elif isinstance(part, str) and not _TAG.search(part) and part not in _TYPE_TAGS:
             out += f".{part}" if out else part
     return out or "body"
+
+
+def _error_field(err: Any) -> str:
+    name = _field_name(err.get("loc", ()))
+    if str(err.get("type", "")).startswith("union_tag"):  # the discriminator itself is wrong
+        # tags are "field=value" (gateway.protocols.common.tag_of)
+        tag = str((err.get("ctx") or {}).get("tag", "")).partition("=")[0]
+        if tag and not _TAG.search(tag):
+            name = f"{name}.{tag}" if name != "body" else tag
+    return name
 
 
 def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
@@ -184,7 +245,7 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     for err in errors:
         if err.get("type") == "json_invalid":
             return "invalid request: the body is not valid JSON", "body"
-        by_field.setdefault(_field_name(err.get("loc", ())), []).append(err)
+        by_field.setdefault(_error_field(err), []).append(err)
     # A union whose list branch failed deeper ("text[1]") explains itself; drop the
     # other branch's bare type mismatch on the parent ("text: should be a string").
     for parent in [f for f in by_field if any(o.startswith((f + "[", f + ".")) for o in by_field)]:

@@ -1,8 +1,10 @@
-"""Readers (loaded models) grouped into consumer groups, and picking one per request.
+"""Readers (loaded models) grouped into consumer groups: their life, and balancing.
 
-A request names a consumer group; inside the group it goes to the ready reader with
-the fewest requests in flight. Readers load in the background so the listeners answer
-`/healthz` and `/readyz` while models load.
+A request's consumer group is resolved by `gateway.serving.routing`; inside the group it
+goes to the ready reader with the fewest requests in flight, unless that reader is at its
+in-flight limit (admission control, 429). Readers load in the background so the listeners
+answer `/healthz` and `/readyz` while models load. Engines are built by
+`engine_adapters.factory`; nothing here knows an engine implementation.
 """
 
 from __future__ import annotations
@@ -10,22 +12,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, cast
 
-from engine_adapters.base import EngineDeadError, UnknownAdapterError
-from engine_adapters.models import display_name, resolve_model
-from engine_adapters.scripted import ScriptedConfig, ScriptedEngine
-from gateway.errors import BadRequest, Conflict, NotFound, NotReady, Overloaded
-from gateway.observability.metrics import EMBED_BATCH, LIVE_TOKENS
+from engine_adapters.base import EngineDeadError, GenerativeEngine, PoolingEngine, UnknownAdapterError
+from engine_adapters.factory import Engine, build_engine, spawns_processes
+from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, NotReady, Overloaded
+from gateway.observability.metrics import EMBED_BATCH
 from gateway.observability.metrics import current as observation
 from gateway.settings import ReaderSettings, Settings
 
 log = logging.getLogger(__name__)
 
 ReaderState = Literal["loading", "ready", "failed", "dead", "draining", "stopped"]
+# (reader settings as data, cache folder, batch-size hook) -> an engine, not started
+EngineFactory = Callable[[dict[str, Any], Path, Callable[[int], None] | None], Engine]
+Cut = Callable[[GatewayError], None]
 
 
 @dataclass(eq=False)
@@ -33,14 +39,16 @@ class Reader:
     """One model instance serving one consumer group."""
 
     settings: ReaderSettings
-    engine: Any = None  # a GenerativeEngine or a PoolingEngine, by `task`
+    engine: Engine | None = None
     state: ReaderState = "loading"
     error: str | None = None
-    in_flight: int = 0
+    in_flight: int = 0  # requests
     configured: bool = True  # from the settings at start-up (False: added at run time)
     load_task: asyncio.Task[None] | None = None
     loaded_at: float | None = None
     started_at: float = field(default_factory=time.time)
+    # how to stop each request in flight (its deadline budget's cut), for removal
+    _cuts: set[Cut] = field(default_factory=set)
 
     @property
     def id(self) -> str:
@@ -73,18 +81,40 @@ class Reader:
         """Whether the reader serves `task` ("score" is served by embed and classify readers)."""
         return self.task == task or (task == "score" and self.task in ("embed", "classify"))
 
-    @contextlib.contextmanager
-    def track(self) -> Iterator[None]:
-        """Count a request as in flight on this reader for the duration of the block."""
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+    def _ready_engine(self) -> Engine:
+        if self.engine is None or self.state != "ready":
+            raise NotReady(f"reader {self.id} is {self.state}", headers={"Retry-After": "5"})
+        return self.engine
 
-    def acquire(self) -> Callable[[], None]:
-        """Count a request as in flight until the returned release is called (once)."""
+    # The task decides the engine's Protocol (the factory builds them together); a cast
+    # rather than isinstance, which walks every Protocol member on each request.
+    def generative(self) -> GenerativeEngine:
+        """The reader's text-generation engine, or a 503 if it is not serving."""
+        engine = self._ready_engine()
+        if self.task != "generate":
+            raise BadRequest(f"reader {self.id!r} ({self.task}) does not generate text", param="reader_id")
+        return cast(GenerativeEngine, engine)
+
+    def pooling(self) -> PoolingEngine:
+        """The reader's embedding/classification engine, or a 503 if it is not serving."""
+        engine = self._ready_engine()
+        if self.task == "generate":
+            raise BadRequest(f"reader {self.id!r} ({self.task}) does not embed or classify", param="reader_id")
+        return cast(PoolingEngine, engine)
+
+    def describe_state(self) -> str:
+        """ "id" when ready, else "id, state"."""
+        return self.id if self.state == "ready" else f"{self.id}, {self.state}"
+
+    def acquire(self, cut: Cut | None = None) -> Callable[[], None]:
+        """Count a request as in flight until the returned release is called (once).
+
+        `cut` stops the request early; the registry calls it when the reader is removed
+        and the request outlives the drain.
+        """
         self.in_flight += 1
+        if cut is not None:
+            self._cuts.add(cut)
         released = False
 
         def release() -> None:
@@ -92,126 +122,45 @@ class Reader:
             if not released:
                 released = True
                 self.in_flight -= 1
+                if cut is not None:
+                    self._cuts.discard(cut)
 
         return release
 
-    def describe_state(self) -> str:
-        """ "id" when ready, else "id, state"."""
-        return self.id if self.state == "ready" else f"{self.id}, {self.state}"
+    @contextlib.contextmanager
+    def track(self, cut: Cut | None = None) -> Iterator[None]:
+        """`acquire` for the duration of a block."""
+        release = self.acquire(cut)
+        try:
+            yield
+        finally:
+            release()
 
-    def describe(self) -> dict[str, Any]:
-        """Public description for /status and the management API."""
-        info: dict[str, Any] = {
-            "reader_id": self.id,
-            "consumer_group": self.group,
-            "engine": self.settings.kind,
-            "task": self.task,
-            "model_name": display_name(self.settings.model),
-            "state": self.state,
-            "requests_in_flight": self.in_flight,
-            "generated_tokens": LIVE_TOKENS.get(self.id, 0),
-        }
-        if self.error:
-            info["error"] = self.error
-        if self.engine is not None and self.state == "ready":
-            m = self.engine.info
-            info.update(
-                {
-                    "model_name": m.name,
-                    "model_path": m.path,
-                    "max_model_len": m.max_model_len,
-                    "device": m.device,
-                    "dtype": m.dtype,
-                    "has_chat_template": m.has_chat_template,
-                    "engine_requests": self.engine.stats().running,
-                }
-            )
-            if m.dimensions is not None:
-                info["dimensions"] = m.dimensions
-            if m.labels:
-                info["labels"] = list(m.labels)
-            sizes = getattr(self.engine, "recent_batch_sizes", None)
-            if sizes is not None:
-                info["recent_batch_sizes"] = sizes
-        return info
+    def cut_all(self, error: GatewayError) -> int:
+        """Stop every request in flight on this reader with `error`."""
+        cuts = list(self._cuts)
+        for cut in cuts:
+            cut(error)
+        return len(cuts)
 
 
-EngineFactory = Callable[[ReaderSettings, Settings], Any]
-
-
-def build_engine(reader: ReaderSettings, settings: Settings) -> Any:
-    """Construct (not start) the engine a reader's settings ask for."""
-    if reader.kind == "scripted":
-        return ScriptedEngine(ScriptedConfig(name=display_name(reader.model), **reader.scripted))
-    task = reader.effective_task
-    if reader.kind == "sentence-transformers":
-        from engine_adapters.sentence_transformers_engine import SentenceTransformersConfig, SentenceTransformersEngine
-
-        return SentenceTransformersEngine(
-            SentenceTransformersConfig(
-                model=resolve_model(reader.model, settings.cache_dir),
-                served_name=display_name(reader.model),
-                task=task,  # type: ignore[arg-type]
-                device=reader.device,
-                max_batch_size=reader.max_batch_size or 64,
-                max_wait_ms=reader.max_batch_wait_ms,
-                truncate=reader.truncate,
-            )
-        )
-    if reader.kind == "pooling":
-        from engine_adapters.vllm_pooling import VLLMPoolingConfig, VLLMPoolingEngine
-
-        return VLLMPoolingEngine(
-            VLLMPoolingConfig(
-                model=resolve_model(reader.model, settings.cache_dir),
-                served_name=display_name(reader.model),
-                task=task,  # type: ignore[arg-type]
-                dtype=reader.dtype,
-                max_model_len=reader.max_model_len,
-                enforce_eager=reader.enforce_eager,
-                cpu_kv_cache_gib=reader.cpu_kv_cache_gib,
-                truncate=reader.truncate,
-                engine_args=reader.engine_args,
-            )
-        )
-    from engine_adapters.vllm_engine import VLLMEngine, VLLMEngineConfig
-
-    return VLLMEngine(
-        VLLMEngineConfig(
-            model=resolve_model(reader.model, settings.cache_dir),
-            served_name=display_name(reader.model),
-            device=reader.device,
-            dtype=reader.dtype,
-            max_model_len=reader.max_model_len,
-            max_batch_size=reader.max_batch_size,
-            enforce_eager=reader.enforce_eager,
-            tensor_parallel_size=reader.tensor_parallel_size,
-            pipeline_parallel_size=reader.pipeline_parallel_size,
-            gpu_memory_utilization=reader.gpu_memory_utilization,
-            cpu_kv_cache_gib=reader.cpu_kv_cache_gib,
-            structured_outputs_backend=reader.structured_outputs_backend,
-            scheduling_policy=reader.scheduling_policy,
-            enable_prefix_caching=reader.enable_prefix_caching,
-            no_repeat_ngram=reader.no_repeat_ngram,
-            lora_adapters=reader.lora_adapters,
-            max_lora_rank=reader.max_lora_rank,
-            max_loras=reader.max_loras,
-            max_queued_prompt_tokens=reader.max_queued_prompt_tokens,
-            max_prompt_tokens=reader.max_prompt_tokens,
-            engine_args=reader.engine_args,
-        )
-    )
+def _default_factory(reader: dict[str, Any], cache_dir: Path, on_batch: Callable[[int], None] | None) -> Engine:
+    return build_engine(reader, cache_dir, on_batch)
 
 
 class Registry:
     """All readers, by id and by consumer group."""
 
-    def __init__(self, settings: Settings, factory: EngineFactory = build_engine) -> None:
+    def __init__(self, settings: Settings, factory: EngineFactory = _default_factory) -> None:
         self.settings = settings
         self._factory = factory
         self.readers: dict[str, Reader] = {r.id: Reader(settings=r) for r in settings.readers}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loading: list[asyncio.Task[None]] = []
+        # Engines that start worker processes start one at a time: the workers inherit the
+        # process environment, and a reader's `cuda_visible_devices` is set there only
+        # while its own engine starts.
+        self._spawn_lock = asyncio.Lock()
         self.rejections = 0  # admission-control refusals (429), for metrics
         self.on_engine_death: Callable[[Reader], None] | None = None
 
@@ -224,20 +173,41 @@ class Registry:
             out.setdefault(r.group, []).append(r)
         return out
 
-    def pick(
+    def groups_for(self, task: str) -> list[str]:
+        """The groups with at least one reader for `task`, in configuration order."""
+        return [g for g, rs in self.groups().items() if any(r.can(task) for r in rs)]
+
+    def model_names(self) -> dict[str, Reader]:
+        """Served model name -> a ready reader of it (OpenAI's `model` may name a model)."""
+        out: dict[str, Reader] = {}
+        for r in self.readers.values():
+            if r.state == "ready" and r.engine is not None:
+                out.setdefault(r.engine.info.name, r)
+        return out
+
+    def adapter_names(self) -> dict[str, Reader]:
+        """LoRA adapter name -> a reader that has it."""
+        out: dict[str, Reader] = {}
+        for r in self.readers.values():
+            for a in r.adapters:
+                out.setdefault(a, r)
+        return out
+
+    def candidates(
         self,
         group: str,
         task: str = "generate",
+        *,
         backend: str | None = None,
         backend_param: str | None = None,
         group_param: str = "consumer_group",
         lora_id: str | None = None,
-    ) -> Reader:
-        """The ready reader of `group` for `task` with the fewest requests in flight.
+    ) -> list[Reader]:
+        """The readers of `group` able to serve the request (ready or not).
 
         A group with no reader for the task is a 400 naming the groups that have one.
         With `backend`, only readers whose structured-output backend it is qualify: none
-        in the group is a 400, none ready yet a 503.
+        in the group is a 400. With `lora_id`, only readers with that adapter.
         """
         members = [r for r in self.readers.values() if r.group == group]
         if not members:
@@ -268,6 +238,14 @@ class Registry:
                 adapters = ", ".join(sorted({a for r in members for a in r.adapters})) or "none"
                 raise UnknownAdapterError(f"unknown lora_id {lora_id!r}; adapters of group {group!r}: {adapters}")
             members = with_adapter
+        return members
+
+    def balance(self, group: str, members: list[Reader], admit: bool = True) -> Reader:
+        """The serving reader of `members` with the fewest requests in flight.
+
+        With `admit`, a reader at its `max_in_flight` refuses (429 with Retry-After);
+        status reads pass `admit=False` and are never refused or counted.
+        """
         ready = [r for r in members if r.serving]
         if not ready:
             states = ", ".join(f"{r.id}: {r.state}" for r in members)
@@ -276,20 +254,18 @@ class Registry:
                 headers={"Retry-After": "5"},
             )
         best = min(ready, key=lambda r: r.in_flight)
-        limit = best.settings.max_in_flight
-        if limit is not None and best.in_flight >= limit:
-            self.rejections += 1
-            raise Overloaded(
-                f"consumer group {group!r} is at capacity ({limit} requests in flight per reader); retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        if obs is not None:
-            obs.reader = best.id
+        if admit:
+            limit = best.settings.max_in_flight
+            if limit is not None and best.in_flight >= limit:
+                self.rejections += 1
+                raise Overloaded(
+                    f"consumer group {group!r} is at capacity ({limit} requests in flight per reader); retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+            obs = observation()
+            if obs is not None:
+                obs.reader = best.id
         return best
-
-    def groups_for(self, task: str) -> list[str]:
-        """The groups with at least one reader for `task`, in configuration order."""
-        return [g for g, rs in self.groups().items() if any(r.can(task) for r in rs)]
 
     def get(self, reader_id: str) -> Reader:
         """A reader by id."""
@@ -314,6 +290,10 @@ class Registry:
         groups = {r.group for r in self.readers.values() if r.configured and r.state != "draining"}
         return sorted(g for g in groups if not any(r.serving for r in self.readers.values() if r.group == g))
 
+    def in_flight(self) -> int:
+        """Requests in flight on every reader."""
+        return sum(r.in_flight for r in self.readers.values())
+
     # ------------------------------------------------------------------ lifecycle
 
     def start_all(self) -> list[asyncio.Task[None]]:
@@ -329,16 +309,36 @@ class Registry:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def _build(self, reader: Reader) -> Engine:
+        data = {**reader.settings.model_dump(), "effective_task": reader.task}
+        on_batch = EMBED_BATCH.labels(reader.group).observe
+        # Provisioning converts the embedded model on first use: keep it off the loop.
+        engine = await asyncio.to_thread(self._factory, data, self.settings.cache_dir, on_batch)
+        reader.engine = engine
+        return engine
+
+    async def _start(self, reader: Reader, engine: Engine) -> None:
+        if not spawns_processes(reader.settings.kind):
+            await engine.start()
+            return
+        async with self._spawn_lock:
+            devices = reader.settings.cuda_visible_devices
+            saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if devices is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = devices
+            try:
+                await engine.start()
+            finally:
+                if devices is not None:
+                    if saved is None:
+                        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                    else:
+                        os.environ["CUDA_VISIBLE_DEVICES"] = saved
+
     async def _load(self, reader: Reader) -> None:
         t0 = time.monotonic()
         try:
-            if reader.settings.cuda_visible_devices is not None:
-                import os
-
-                os.environ["CUDA_VISIBLE_DEVICES"] = reader.settings.cuda_visible_devices
-            # Provisioning converts the embedded model on first use: keep it off the loop.
-            reader.engine = await asyncio.to_thread(self._factory, reader.settings, self.settings)
-            await reader.engine.start()
+            await self._start(reader, await self._build(reader))
         except asyncio.CancelledError:
             if reader.engine is not None:  # removed while loading
                 await reader.engine.shutdown()
@@ -350,9 +350,6 @@ class Registry:
             return
         reader.state = "ready"
         reader.loaded_at = time.time()
-        if hasattr(reader.engine, "on_batch"):  # embedding batches, for metrics
-            histogram = EMBED_BATCH.labels(reader.group)
-            reader.engine.on_batch = histogram.observe
         log.info("reader %s (%s) ready in %.1f s", reader.id, reader.group, time.monotonic() - t0)
         self._spawn(self._watch(reader))
 
@@ -383,7 +380,7 @@ class Registry:
 
     async def remove(self, reader_id: str, drain_timeout: float) -> None:
         """Stop routing to the reader, let its requests finish (up to `drain_timeout`),
-        then stop its engine and forget it."""
+        stop those still running with a clear error, then stop its engine and forget it."""
         reader = self.get(reader_id)
         previous = reader.state
         reader.state = "draining"
@@ -395,7 +392,11 @@ class Registry:
         while reader.in_flight and loop.time() < deadline:  # noqa: ASYNC110 - counts change outside any event
             await asyncio.sleep(0.05)
         if reader.in_flight:
-            log.warning("reader %s: %d request(s) still in flight after the drain timeout", reader_id, reader.in_flight)
+            n = reader.cut_all(NotReady(f"reader {reader_id} was removed; retry", headers={"Retry-After": "1"}))
+            log.warning("reader %s: stopped %d request(s) still in flight after the drain timeout", reader_id, n)
+            deadline = loop.time() + 2.0
+            while reader.in_flight and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         if reader.engine is not None:
             await reader.engine.shutdown()
         reader.state = "stopped"

@@ -1,52 +1,60 @@
-"""The state one gateway process shares between its listeners: settings and readers."""
+"""The state one gateway process shares between its listeners: settings, readers, the
+continuation store and the request pipeline; and the gauges Prometheus reads of them."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 
 from gateway.continuation import ContinuationStore, make_store
 from gateway.errors import GatewayError
 from gateway.middleware.guards import key_digests
-from gateway.observability.metrics import COLLECTOR
-from gateway.registry import EngineFactory, Registry, build_engine
-from gateway.serving.budget import Budget
+from gateway.observability.metrics import attach
+from gateway.registry import EngineFactory, Registry
+from gateway.serving.pipeline import Pipeline
 from gateway.settings import Settings
 
 
 @dataclass(eq=False)
 class Runtime:
-    """Settings, the reader registry and the process's lifecycle flags."""
+    """Settings, the reader registry, the pipeline and the process's lifecycle flags."""
 
     settings: Settings
     registry: Registry
     continuation: ContinuationStore
+    pipeline: Pipeline
     key_digests: list[bytes] = field(default_factory=list)
-    budgets: set[Budget] = field(default_factory=set)  # of the requests in flight
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
     @classmethod
-    def create(cls, settings: Settings, factory: EngineFactory = build_engine) -> Runtime:
+    def create(cls, settings: Settings, factory: EngineFactory | None = None) -> Runtime:
         """A runtime whose readers are not loaded yet (see `Registry.start_all`)."""
         digests = key_digests((k.get_secret_value() for k in settings.api_keys), settings.api_keys_file)
+        registry = Registry(settings, factory) if factory is not None else Registry(settings)
+        store = make_store(settings.continuation)
         runtime = cls(
             settings=settings,
-            registry=Registry(settings, factory),
-            continuation=make_store(settings.continuation),
+            registry=registry,
+            continuation=store,
+            pipeline=Pipeline(settings, registry, store),
             key_digests=digests,
         )
-        COLLECTOR.runtime = runtime  # the scrape-time gauges read the latest runtime
+        attach(RuntimeCollector(runtime))
         return runtime
+
+    def busy(self) -> int:
+        """Requests still being served (for the shutdown drain)."""
+        return self.registry.in_flight() + len(self.pipeline.budgets)
 
     def cut_all(self, error: GatewayError) -> int:
         """Stop every request in flight with `error` (after a drain timed out)."""
-        budgets = list(self.budgets)
-        for b in budgets:
-            b.cut(error)
-        return len(budgets)
+        return self.pipeline.cut_all(error)
 
     async def close(self) -> None:
         """Stop the engines and release the stores."""
@@ -58,3 +66,42 @@ def get_runtime(request: Request) -> Runtime:
     """The runtime of the app serving `request`."""
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+class RuntimeCollector(Collector):
+    """Gauges read at scrape time: readers, requests in flight, the continuation store."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Current values of the runtime."""
+        rt = self.runtime
+        in_flight = GaugeMetricFamily("gateway_requests_in_flight", "Requests in flight", labels=["group", "reader"])
+        up = GaugeMetricFamily("gateway_reader_up", "1 when the reader serves, else 0", labels=["group", "reader"])
+        engine = GaugeMetricFamily(
+            "gateway_engine_requests", "Requests inside the reader's engine", labels=["group", "reader"]
+        )
+        for r in list(rt.registry.readers.values()):
+            in_flight.add_metric([r.group, r.id], r.in_flight)
+            up.add_metric([r.group, r.id], 1.0 if r.serving else 0.0)
+            if r.engine is not None and r.state == "ready":
+                engine.add_metric([r.group, r.id], r.engine.stats().running)
+        yield in_flight
+        yield up
+        yield engine
+        entries, size, hits, misses, evictions = rt.continuation.snapshot()
+        yield GaugeMetricFamily("gateway_continuation_entries", "Sequences in the continuation store", value=entries)
+        yield GaugeMetricFamily("gateway_continuation_bytes", "Bytes in the continuation store", value=size)
+        lookups = GaugeMetricFamily(
+            "gateway_continuation_lookups",
+            "Continuation lookups since start (hit rate = hit / all)",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], hits)
+        lookups.add_metric(["miss"], misses)
+        yield lookups
+        yield GaugeMetricFamily("gateway_continuation_evictions", "Sequences evicted since start", value=evictions)
+        yield GaugeMetricFamily(
+            "gateway_draining", "1 while the process drains for shutdown", value=1.0 if rt.draining else 0.0
+        )

@@ -81,19 +81,16 @@ async def _drain(runtime: Runtime) -> None:
     clear error (503, or an error event on a stream) and give those answers a moment."""
     loop = asyncio.get_running_loop()
 
-    def busy() -> int:
-        return sum(r.in_flight for r in runtime.registry.readers.values()) + len(runtime.budgets)
-
     deadline = loop.time() + runtime.settings.drain_timeout_seconds
-    while busy() and loop.time() < deadline:  # noqa: ASYNC110 - counters, no event to wait on
+    while runtime.busy() and loop.time() < deadline:  # noqa: ASYNC110 - counters, no event to wait on
         await asyncio.sleep(0.05)
-    if busy():
+    if runtime.busy():
         n = runtime.cut_all(
             NotReady("the server is shutting down; the request was stopped", headers={"Retry-After": "1"})
         )
         log.warning("drain timeout: stopped %d request(s) still in flight", n)
         deadline = loop.time() + 2.0
-        while runtime.budgets and loop.time() < deadline:  # noqa: ASYNC110
+        while runtime.pipeline.budgets and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
 

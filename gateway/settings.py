@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 EngineKind = Literal["vllm", "sentence-transformers", "pooling", "scripted"]
+
+# The consumer group a generation goes to when the request names none (Takeoff's name).
+DEFAULT_GROUP = "primary"
 Task = Literal["generate", "embed", "classify"]
 
 
@@ -24,8 +27,8 @@ class ReaderSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field("primary-0", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
-    consumer_group: str = Field("primary", min_length=1, max_length=64)
+    id: str = Field(f"{DEFAULT_GROUP}-0", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    consumer_group: str = Field(DEFAULT_GROUP, min_length=1, max_length=64)
     kind: EngineKind = "vllm"
     # what the reader does; by default "generate" for vllm/scripted, "embed" otherwise
     task: Task | None = None
@@ -84,7 +87,7 @@ class ReaderSettings(BaseModel):
 
 
 # Takeoff's environment variables, kept so existing deployments keep their settings.
-# They set fields of the primary reader (the first reader of the "primary" group).
+# They set fields of the primary reader (the first reader of the default group).
 TAKEOFF_ENV = {
     "TAKEOFF_MODEL_NAME": "model",
     "TAKEOFF_DEVICE": "device",
@@ -236,7 +239,7 @@ def _apply_primary_env(data: dict[str, Any], env: dict[str, str]) -> None:
     readers = data.setdefault("readers", [ReaderSettings().model_dump()])
     if not readers:
         readers.append(ReaderSettings().model_dump())
-    primary = next((r for r in readers if r.get("consumer_group", "primary") == "primary"), readers[0])
+    primary = next((r for r in readers if r.get("consumer_group", DEFAULT_GROUP) == DEFAULT_GROUP), readers[0])
     for key, field in pairs:
         primary[field] = env[key]
 

@@ -22,7 +22,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import ErrorInfo, PayloadTooLarge, openai_body, takeoff_body
+from gateway.errors import (
+    GatewayError,
+    NotReady,
+    PayloadTooLarge,
+    Unauthorized,
+    classify,
+    error_body,
+    shape_for,
+)
 from gateway.observability.metrics import current as observation
 
 log = logging.getLogger(__name__)
@@ -67,7 +75,7 @@ class Guard:
         public_prefixes: Iterable[str] = (),
         max_body_bytes: int,
         is_draining: Callable[[], bool],
-        is_openai: Callable[[Scope], bool],
+        surface: str,
     ) -> None:
         self.app = app
         self.digests = digests
@@ -75,13 +83,14 @@ class Guard:
         self.public_prefixes = tuple(public_prefixes)
         self.max_body = max_body_bytes
         self.is_draining = is_draining
-        self.is_openai = is_openai
+        self.surface = surface
 
-    async def _refuse(self, scope: Scope, send: Send, info: ErrorInfo) -> None:
+    async def _refuse(self, scope: Scope, send: Send, error: GatewayError) -> None:
+        info = classify(error)
         obs = observation()
         if obs is not None:
             obs.error_type = info.type
-        body = json.dumps(openai_body(info) if self.is_openai(scope) else takeoff_body(info)).encode()
+        body = json.dumps(error_body(info, shape_for(self.surface, scope.get("path", "")))).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in info.headers.items()]
         await send({"type": "http.response.start", "status": info.status, "headers": headers})
@@ -105,35 +114,27 @@ class Guard:
         path = scope.get("path", "")
         public = path in self.public or (bool(self.public_prefixes) and path.startswith(self.public_prefixes))
         if not public and self.is_draining():
-            info = ErrorInfo(
-                503,
-                "service_unavailable",
+            error: GatewayError = NotReady(
                 "the server is shutting down; retry on another instance",
-                None,
-                {"Retry-After": "1", "Connection": "close"},
+                headers={"Retry-After": "1", "Connection": "close"},
             )
-            await self._refuse(scope, send, info)
+            await self._refuse(scope, send, error)
             return
         if self.digests and not public and scope.get("method") != "OPTIONS" and not self._authorized(scope):
-            info = ErrorInfo(
-                401,
-                "authentication_error",
+            error = Unauthorized(
                 "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
-                None,
-                {"WWW-Authenticate": "Bearer"},
+                headers={"WWW-Authenticate": "Bearer"},
             )
-            await self._refuse(scope, send, info)
+            await self._refuse(scope, send, error)
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                await self._refuse(scope, send, self._too_large())
+                error = PayloadTooLarge(
+                    f"the body is larger than {self.max_body} bytes", headers={"Connection": "close"}
+                )
+                await self._refuse(scope, send, error)
                 return
         await self.app(scope, self._counting(receive, scope, send), send)
-
-    def _too_large(self) -> ErrorInfo:
-        return ErrorInfo(
-            413, "request_too_large", f"the body is larger than {self.max_body} bytes", None, {"Connection": "close"}
-        )
 
     def _counting(self, receive: Receive, scope: Scope, send: Send) -> Receive:
         """A receive that stops a chunked body at the size limit (no Content-Length)."""

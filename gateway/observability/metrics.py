@@ -12,12 +12,9 @@ from __future__ import annotations
 import contextvars
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -145,54 +142,18 @@ def end(token: contextvars.Token[Observation | None]) -> None:
     _CURRENT.reset(token)
 
 
-class RuntimeCollector(Collector):
-    """Gauges read at scrape time: readers, requests in flight, the continuation store."""
-
-    def __init__(self) -> None:
-        self.runtime: Any = None
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Current values of the runtime attached last (one runtime per process)."""
-        rt = self.runtime
-        if rt is None:
-            return
-        in_flight = GaugeMetricFamily("gateway_requests_in_flight", "Requests in flight", labels=["group", "reader"])
-        up = GaugeMetricFamily("gateway_reader_up", "1 when the reader serves, else 0", labels=["group", "reader"])
-        engine = GaugeMetricFamily(
-            "gateway_engine_requests", "Requests inside the reader's engine", labels=["group", "reader"]
-        )
-        for r in list(rt.registry.readers.values()):
-            in_flight.add_metric([r.group, r.id], r.in_flight)
-            up.add_metric([r.group, r.id], 1.0 if r.serving else 0.0)
-            if r.engine is not None and r.state == "ready":
-                engine.add_metric([r.group, r.id], r.engine.stats().running)
-        yield in_flight
-        yield up
-        yield engine
-        store = rt.continuation
-        snapshot = getattr(store, "snapshot", None)
-        if snapshot is not None:
-            entries, size, hits, misses, evictions = snapshot()
-            yield GaugeMetricFamily(
-                "gateway_continuation_entries", "Sequences in the continuation store", value=entries
-            )
-            yield GaugeMetricFamily("gateway_continuation_bytes", "Bytes in the continuation store", value=size)
-            lookups = GaugeMetricFamily(
-                "gateway_continuation_lookups",
-                "Continuation lookups since start (hit rate = hit / all)",
-                labels=["result"],
-            )
-            lookups.add_metric(["hit"], hits)
-            lookups.add_metric(["miss"], misses)
-            yield lookups
-            yield GaugeMetricFamily("gateway_continuation_evictions", "Sequences evicted since start", value=evictions)
-        yield GaugeMetricFamily(
-            "gateway_draining", "1 while the process drains for shutdown", value=1.0 if rt.draining else 0.0
-        )
+# Scrape-time gauges of the process's runtime (readers, in flight, the store), set by
+# `gateway.runtime` when it starts: this module knows no runtime type.
+_RUNTIME_COLLECTORS: list[Collector] = []
 
 
-COLLECTOR = RuntimeCollector()
-REGISTRY.register(COLLECTOR)
+def attach(collector: Collector) -> None:
+    """Serve `collector`'s gauges on /metrics, replacing the previous runtime's (tests
+    build several runtimes in one process; the latest one is the live one)."""
+    for old in _RUNTIME_COLLECTORS:
+        REGISTRY.unregister(old)
+    _RUNTIME_COLLECTORS[:] = [collector]
+    REGISTRY.register(collector)
 
 
 def exposition() -> bytes:
@@ -208,5 +169,6 @@ def exposition() -> bytes:
 
 def _runtime_only() -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(COLLECTOR)
+    for c in _RUNTIME_COLLECTORS:
+        registry.register(c)
     return registry

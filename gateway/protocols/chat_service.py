@@ -5,16 +5,25 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictStr
+from pydantic import Discriminator, Field, Tag
 
-from gateway.protocols.openai import ChatCompletionRequest, ChatMessage, TextPart
+from gateway.protocols.common import tag_of
+from gateway.protocols.openai import AssistantMessage, ChatCompletionRequest, SystemMessage, UserMessage
 
 
-class ServiceChatMessage(ChatMessage):
-    """A message whose role may be left out (seed 003's Bloom example): it is a user's."""
+class RolelessMessage(UserMessage):
+    """A message without a role (the service's Bloom example): it is the user's."""
 
-    role: Literal["system", "developer", "user", "assistant"] = "user"
-    content: StrictStr | list[TextPart] | None = None
+    role: Literal["user"] = "user"
+
+
+ServiceChatMessage = Annotated[
+    Annotated[SystemMessage, Tag("role=system")]
+    | Annotated[SystemMessage, Tag("role=developer")]
+    | Annotated[AssistantMessage, Tag("role=assistant")]
+    | Annotated[RolelessMessage, Tag("role=user")],
+    Discriminator(tag_of("role", default="user")),
+]
 
 
 class ServiceChatRequest(ChatCompletionRequest):

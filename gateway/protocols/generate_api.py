@@ -6,7 +6,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from gateway.protocols.common import BackendName
+
 RequestId = Annotated[StrictStr, Field(min_length=1)]
+# Documented as non-empty; an empty prompt is accepted when the request_id continues a
+# stored generation (the prompt is ignored then), and is a 400 otherwise.
+ContinuablePrompt = Annotated[StrictStr, Field(json_schema_extra={"minLength": 1})]
 
 
 class GenerationConfig(BaseModel):
@@ -32,7 +37,7 @@ class GenerationConfig(BaseModel):
     regex: str | None = Field(None, min_length=1)
     json_schema: dict[str, Any] | None = None
     choice: list[StrictStr] | None = Field(None, min_length=1)
-    constrained_decoding_backend: str | None = None
+    constrained_decoding_backend: BackendName | None = None
 
 
 class GenerateOneRequest(BaseModel):
@@ -41,7 +46,7 @@ class GenerateOneRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     request_id: RequestId
-    prompt: StrictStr
+    prompt: ContinuablePrompt
     only_new_tokens: bool = True
     stream_response: bool = True
     generation_config: GenerationConfig | None = None
@@ -55,7 +60,7 @@ class BatchPrompt(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     request_id: RequestId
-    prompt: StrictStr
+    prompt: ContinuablePrompt
 
 
 class GenerateBatchRequest(BaseModel):

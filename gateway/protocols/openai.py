@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictStr, StringConstraints, Tag, WithJsonSchema
+
+from gateway.protocols.common import BackendName, tag_of
+from gateway.settings import DEFAULT_GROUP
 
 # Request fields we refuse with a 400 when they are set (not null/absent).
 UNSUPPORTED_CHAT = (
@@ -36,14 +39,43 @@ class TextPart(BaseModel):
     text: StrictStr
 
 
-class ChatMessage(BaseModel):
-    """One message of a conversation."""
+Content = StrictStr | list[TextPart]
 
+
+class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[TextPart] | None = None
     name: str | None = None
+
+
+class SystemMessage(_Message):
+    """Instructions; "developer" is OpenAI's newer name for the system role."""
+
+    role: Literal["system", "developer"]
+    content: Content
+
+
+class UserMessage(_Message):
+    """The user's turn."""
+
+    role: Literal["user"]
+    content: Content
+
+
+class AssistantMessage(_Message):
+    """An earlier answer of the model; its content may be empty."""
+
+    role: Literal["assistant"]
+    content: Content | None = None
+
+
+ChatMessage = Annotated[
+    Annotated[SystemMessage, Tag("role=system")]
+    | Annotated[SystemMessage, Tag("role=developer")]
+    | Annotated[UserMessage, Tag("role=user")]
+    | Annotated[AssistantMessage, Tag("role=assistant")],
+    Discriminator(tag_of("role")),
+]
 
 
 class StreamOptions(BaseModel):
@@ -64,26 +96,57 @@ class JSONSchemaFormat(BaseModel):
     strict: bool | None = None
 
 
-class ResponseFormat(BaseModel):
-    """`response_format`: plain text, any JSON object, or JSON following a schema."""
+class TextFormat(BaseModel):
+    """`response_format` {"type": "text"}: no constraint."""
 
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JSONSchemaFormat | None = None
+    type: Literal["text"]
+
+
+class JSONObjectFormat(BaseModel):
+    """`response_format` {"type": "json_object"}: any JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JSONSchemaResponseFormat(BaseModel):
+    """`response_format` {"type": "json_schema", "json_schema": {...}}: JSON following a schema."""
+
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+ResponseFormat = Annotated[
+    Annotated[TextFormat, Tag("type=text")]
+    | Annotated[JSONObjectFormat, Tag("type=json_object")]
+    | Annotated[JSONSchemaResponseFormat, Tag("type=json_schema")],
+    Discriminator(tag_of("type")),
+]
 
 
 class StructuredOutputs(BaseModel):
     """vLLM-style `structured_outputs` extension: exactly one of its fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": [k]} for k in ("regex", "json", "choice", "grammar")]},
+    )
 
     regex: str | None = None
     json_: dict[str, Any] | str | None = Field(None, alias="json")
     choice: list[StrictStr] | None = Field(None, min_length=1)
     grammar: str | None = None
-    backend: str | None = None
+    backend: BackendName | None = None
 
 
-Stop = StrictStr | Annotated[list[StrictStr], Field(max_length=64)] | None
+StopString = Annotated[StrictStr, Field(min_length=1)]
+Stop = StopString | Annotated[list[StopString], Field(max_length=64)] | None
+# logit_bias is keyed by token ids written as JSON strings
+_TOKEN_ID = r"^[0-9]{1,9}$"
+_BIAS = {"type": "number", "minimum": -100, "maximum": 100}
+LogitBias = Annotated[
+    dict[Annotated[str, StringConstraints(pattern=_TOKEN_ID)], Annotated[float, Field(ge=-100, le=100)]],
+    WithJsonSchema({"type": "object", "patternProperties": {_TOKEN_ID: _BIAS}, "additionalProperties": False}),
+]
 
 
 class _SamplingFields(BaseModel):
@@ -91,7 +154,7 @@ class _SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    model: str = Field("primary", min_length=1, max_length=256)
+    model: str = Field(DEFAULT_GROUP, min_length=1, max_length=256)
     n: int = Field(1, ge=1)
     stop: Stop = None
     seed: int | None = None
@@ -100,7 +163,7 @@ class _SamplingFields(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: LogitBias | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -118,6 +181,15 @@ class _SamplingFields(BaseModel):
 
 class ChatCompletionRequest(_SamplingFields):
     """Body of `POST /v1/chat/completions`."""
+
+    # top_logprobs needs logprobs (OpenAI's rule), stated for schema-driven clients
+    model_config = ConfigDict(
+        json_schema_extra={
+            "dependentSchemas": {
+                "top_logprobs": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}
+            }
+        }
+    )
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)

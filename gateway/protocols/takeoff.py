@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, field_validator
+
+from gateway.protocols.common import BackendName
 
 NonEmptyText = Annotated[StrictStr, Field(min_length=1)]
 
@@ -31,7 +33,7 @@ class GenerateRequest(BaseModel):
     regex_str: str | None = None
     regex_string: str | None = None
     json_schema: dict[str, Any] | StrictStr | None = None
-    constrained_decoding_backend: str | None = None
+    constrained_decoding_backend: BackendName | None = None
     return_metadata: bool | None = None
     use_chat_template: bool | None = None
     consumer_group: str | None = Field(None, min_length=1, max_length=64)
@@ -47,6 +49,24 @@ class GenerateRequest(BaseModel):
         if v is not None and not v:
             raise ValueError("must not be empty")
         return v
+
+    @field_validator("regex_string")
+    @classmethod
+    def _one_regex(cls, v: str | None, info: ValidationInfo) -> str | None:
+        other = info.data.get("regex_str")
+        if v is not None and other is not None and v != other:
+            raise ValueError("differs from regex_str; send one of them")
+        return v
+
+    @property
+    def regex(self) -> tuple[str, str] | None:
+        """The regex constraint and the field that carried it (`regex_str` is the
+        older name of `regex_string`; both are accepted)."""
+        if self.regex_string is not None:
+            return self.regex_string, "regex_string"
+        if self.regex_str is not None:
+            return self.regex_str, "regex_str"
+        return None
 
 
 class GenerationMetadata(BaseModel):

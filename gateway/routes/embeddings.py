@@ -2,50 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
+from starlette.responses import Response
 
 from gateway.protocols.embeddings import ClassifyRequest, EmbeddingRequest, RerankRequest, TakeoffEmbedRequest
-from gateway.runtime import get_runtime
 from gateway.serving import embeddings
-from gateway.serving.budget import make_budget
-from gateway.serving.common import FastJSONResponse
-from gateway.serving.streaming import run_buffered
 
 router = APIRouter(tags=["embeddings"])
 v1_router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-@router.post("/embed")
-async def embed(body: TakeoffEmbedRequest, request: Request) -> FastJSONResponse:
+@router.post("/embed", response_model=None)
+async def embed(body: TakeoffEmbedRequest, request: Request) -> Response:
     """Takeoff: embed a text or a list of texts (default group "embed")."""
-    rt = get_runtime(request)
-    work = embeddings.takeoff_embed(rt.registry, body.text, body.consumer_group, rt.settings)
-    # a response object directly: FastAPI's jsonable_encoder would walk every float
-    return FastJSONResponse(await run_buffered(rt, request, None, make_budget(request, rt.settings), work))
+    return await embeddings.takeoff_embed(request, body)
 
 
-@router.post("/classify")
-async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
+@router.post("/classify", response_model=None)
+async def classify(body: ClassifyRequest, request: Request) -> Response:
     """Takeoff: label probabilities of texts or text pairs (default group "classify")."""
-    rt = get_runtime(request)
-    work = embeddings.classify(rt.registry, body, rt.settings)
-    return await run_buffered(rt, request, None, make_budget(request, rt.settings), work)
+    return await embeddings.classify(request, body)
 
 
-@router.post("/rerank")
-@v1_router.post("/rerank")
-async def rerank(body: RerankRequest, request: Request) -> dict[str, Any]:
+@router.post("/rerank", response_model=None)
+@v1_router.post("/rerank", response_model=None)
+async def rerank(body: RerankRequest, request: Request) -> Response:
     """Documents sorted by relevance to a query (Cohere/Jina/vLLM shape)."""
-    rt = get_runtime(request)
-    work = embeddings.rerank(rt.registry, body, rt.settings)
-    return await run_buffered(rt, request, None, make_budget(request, rt.settings), work)
+    return await embeddings.rerank(request, body)
 
 
-@v1_router.post("/embeddings")
-async def openai_embeddings(body: EmbeddingRequest, request: Request) -> FastJSONResponse:
+@v1_router.post("/embeddings", response_model=None)
+async def openai_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     """OpenAI embeddings; `model` names a group or a model (default group "embed")."""
-    rt = get_runtime(request)
-    work = embeddings.openai_embeddings(rt.registry, body, rt.settings)
-    return FastJSONResponse(await run_buffered(rt, request, None, make_budget(request, rt.settings), work))
+    return await embeddings.openai_embeddings(request, body)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from gateway.errors import Unprocessable
 from gateway.protocols.management import CreateReaderRequest
 from gateway.runtime import get_runtime
-from gateway.serving import management
+from gateway.serving import management, status
 
 router = APIRouter(tags=["management"])
 
@@ -18,7 +16,7 @@ router = APIRouter(tags=["management"])
 @router.get("/reader_groups")
 async def reader_groups(request: Request) -> dict[str, list[dict[str, Any]]]:
     """Consumer groups and their readers."""
-    return management.reader_groups(get_runtime(request).registry)
+    return status.reader_groups(get_runtime(request).registry)
 
 
 @router.post("/reader", status_code=201)
@@ -30,24 +28,17 @@ async def create_reader(body: CreateReaderRequest, request: Request, wait: bool 
     `?wait=false` the answer is immediate and the reader's state says "loading".
     """
     rt = get_runtime(request)
-    reader = rt.registry.add(management.reader_settings(body, rt.settings, rt.registry))
-    if wait and reader.load_task is not None:
-        await asyncio.shield(reader.load_task)  # a client that gives up does not cancel the load
-        if reader.state == "failed":
-            raise Unprocessable(f"reader {reader.id} failed to load: {reader.error}", param="model_name")
-    return reader.describe()
+    return await management.create_reader(rt.registry, body, rt.settings, wait)
 
 
 @router.delete("/reader/{reader_id}")
 async def delete_reader(reader_id: str, request: Request) -> dict[str, Any]:
     """Stop routing to the reader, drain its requests, free its memory."""
     rt = get_runtime(request)
-    await rt.registry.remove(reader_id, rt.settings.drain_timeout_seconds)
-    return {"reader_id": reader_id, "deleted": True}
+    return await management.delete_reader(rt.registry, reader_id, rt.settings)
 
 
 @router.get("/config/{reader_id}")
 async def reader_config(reader_id: str, request: Request) -> dict[str, Any]:
     """The settings the reader runs with."""
-    reader = get_runtime(request).registry.get(reader_id)
-    return {"reader_id": reader.id, **reader.settings.model_dump(mode="json")}
+    return management.reader_config(get_runtime(request).registry, reader_id)

@@ -1,7 +1,7 @@
 """Surface-independent serving helpers: run, collect and merge generations.
 
-Every surface turns its wire request into neutral `GenerationRequest`s, asks for a
-reader of its consumer group, and uses these helpers to run them. Nothing here knows
+The pipeline (gateway/serving/pipeline.py) runs every surface's neutral requests with
+these; surfaces use `Completion` and `merge` to build their answers. Nothing here knows
 a wire format.
 """
 
@@ -18,46 +18,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine, TokenLogprob
-from gateway.errors import BadRequest, ClientGone, NotReady, classify
+from gateway.errors import ClientGone, classify
 from gateway.observability.metrics import Observation
 from gateway.observability.metrics import current as observation
-from gateway.registry import Reader, Registry
 from gateway.serving.budget import Budget
 
 T = TypeVar("T")
 
 
-# Structured-output backend names a request may use -> vLLM's names. Takeoff's client
-# says "outlines" and "lmfe"; vLLM says "lm-format-enforcer".
-BACKENDS = {
-    "auto": "auto",
-    "xgrammar": "xgrammar",
-    "guidance": "guidance",
-    "outlines": "outlines",
-    "lmfe": "lm-format-enforcer",
-    "lm-format-enforcer": "lm-format-enforcer",
-}
-
-
-def backend_name(name: str | None, param: str) -> str | None:
-    """vLLM's name of a requested structured-output backend; unknown names are a 400."""
-    if name is None:
-        return None
-    backend = BACKENDS.get(name.lower())
-    if backend is None:
-        raise BadRequest(f"unknown {param} {name!r}; use one of: {', '.join(BACKENDS)}", param=param)
-    return backend
-
-
-def pick_reader(registry: Registry, group: str, requests: Sequence[GenerationRequest]) -> Reader:
-    """The reader of `group` for `requests`: one whose structured-output backend is the
-    one their constraint asks for, if it asks (vLLM runs one backend per engine)."""
-    lora_id = next((r.lora_id for r in requests if r.lora_id is not None), None)
-    for r in requests:
-        c = r.constraint
-        if c is not None and c.backend not in (None, "auto"):
-            return registry.pick(group, backend=c.backend, backend_param=c.backend_param, lora_id=lora_id)
-    return registry.pick(group, lora_id=lora_id)
+def backend_name(name: str | None) -> str | None:
+    """vLLM's name of a structured-output backend a request named (the protocol checked it)."""
+    return "lm-format-enforcer" if name == "lmfe" else name
 
 
 class FastJSONResponse(JSONResponse):
@@ -69,24 +40,9 @@ class FastJSONResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def set_priority(requests: list[GenerationRequest], priority: int) -> list[GenerationRequest]:
-    """Give every request the same scheduling priority (vLLM's: lower is sooner)."""
-    for r in requests:
-        r.priority = priority
-    return requests
-
-
 def new_request_id(prefix: str) -> str:
     """A unique engine request id (vLLM needs them unique across in-flight requests)."""
     return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def engine_of(reader: Reader) -> GenerativeEngine:
-    """The reader's engine, or a 503 if it is not serving."""
-    if reader.engine is None or reader.state != "ready":
-        raise NotReady(f"reader {reader.id} is {reader.state}", headers={"Retry-After": "5"})
-    engine: GenerativeEngine = reader.engine
-    return engine
 
 
 @dataclass(slots=True)

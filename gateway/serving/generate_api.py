@@ -10,19 +10,102 @@ different caching key").
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 
 from engine_adapters.base import Constraint, GenerationOutput, GenerationRequest, GenerativeEngine, SamplingOptions
 from gateway.continuation import ContinuationStore
 from gateway.errors import BadRequest
-from gateway.protocols.generate_api import GenerationConfig
-from gateway.serving.common import Completion, backend_name, new_request_id
+from gateway.protocols.generate_api import GenerateBatchRequest, GenerateOneRequest, GenerationConfig
+from gateway.serving.common import Completion, FastJSONResponse, backend_name, new_request_id
+from gateway.serving.limits import Fields, check_count
+from gateway.serving.pipeline import Generation, pipeline_of
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+FIELDS = Fields(
+    prompts="prompts",
+    max_new_tokens="generation_config.max_new_tokens",
+    min_new_tokens="generation_config.min_new_tokens",
+    num_beams="generation_config.num_beams",
+)
+
+
+async def generate_one(request: Request, body: GenerateOneRequest) -> Response:
+    """Generate (or continue) one text: plain text, streamed unless `stream_response` is false."""
+    pipeline = pipeline_of(request)
+    settings, store = pipeline.settings, pipeline.store
+    check_request_id(body.request_id, "request_id", settings)
+    sampling = sampling_of(body.generation_config, settings)
+    constraint = constraint_of(body.generation_config)
+    job = await make_job(store, one_key(body.request_id), body.prompt, sampling, constraint, "prompt")
+
+    async def answer(engine: GenerativeEngine, completions: list[Completion]) -> Response:
+        (c,) = completions
+        await remember(store, job, c, engine.info.eos_token_id)
+        new = c.texts[0] if c.texts else ""
+        return PlainTextResponse(new if body.only_new_tokens else await prompt_text(engine, c) + new)
+
+    generation = Generation(
+        requests=[job.request],
+        answer=answer,
+        events=lambda engine, streams: stream_text(engine, store, job, streams[0], body.only_new_tokens),
+        stream=body.stream_response,
+        stream_as="text",
+        timeout=body.timeout,
+        priority=body.priority,
+        fields=FIELDS,
+    )
+    return await pipeline.generate(request, generation)
+
+
+async def generate_batch(request: Request, body: GenerateBatchRequest) -> Response:
+    """Generate (or continue) every prompt at once; answers keep the request's order."""
+    pipeline = pipeline_of(request)
+    settings, store = pipeline.settings, pipeline.store
+    ids = [p.request_id for p in body.prompts]
+    check_count(len(ids), settings, "prompts")
+    seen: set[str] = set()
+    for i, rid in enumerate(ids):
+        check_request_id(rid, f"prompts[{i}].request_id", settings)
+        if rid in seen:
+            raise BadRequest(f"prompts[{i}].request_id repeats an earlier one", param=f"prompts[{i}].request_id")
+        seen.add(rid)
+    sampling = sampling_of(body.generation_config, settings)
+    constraint = constraint_of(body.generation_config)
+    jobs = [
+        await make_job(store, key, p.prompt, sampling, constraint, f"prompts[{i}].prompt")
+        for i, (key, p) in enumerate(zip(batch_keys(ids), body.prompts, strict=True))
+    ]
+
+    async def answer(engine: GenerativeEngine, completions: list[Completion]) -> Response:
+        eos = engine.info.eos_token_id
+        await asyncio.gather(*(remember(store, j, c, eos) for j, c in zip(jobs, completions, strict=True)))
+        out = []
+        for rid, c in zip(ids, completions, strict=True):
+            item: dict[str, Any] = {"request_id": rid, "response": c.texts[0] if c.texts else ""}
+            if not body.only_new_tokens:
+                item["prompt"] = await prompt_text(engine, c)
+            out.append(item)
+        return FastJSONResponse(out)
+
+    generation = Generation(
+        requests=[j.request for j in jobs],
+        answer=answer,
+        timeout=body.timeout,
+        priority=body.priority,
+        fields=FIELDS,
+    )
+    return await pipeline.generate(request, generation)
 
 
 def one_key(request_id: str) -> str:
@@ -46,27 +129,17 @@ def sampling_of(cfg: GenerationConfig | None, settings: Settings) -> SamplingOpt
     """`generation_config` onto neutral sampling, with the gateway's defaults."""
     d = settings.generate_api_defaults
     c = cfg or GenerationConfig()
-    num_beams = c.num_beams if c.num_beams is not None else d.num_beams
-    if num_beams > settings.max_beams:
-        raise BadRequest(f"num_beams must be at most {settings.max_beams}", param="generation_config.num_beams")
-    max_new = c.max_new_tokens if c.max_new_tokens is not None else d.max_new_tokens
-    limit = settings.max_new_tokens_limit
-    if limit is not None and max_new > limit:
-        raise BadRequest(f"max_new_tokens must be at most {limit}", param="generation_config.max_new_tokens")
     do_sample = c.do_sample if c.do_sample is not None else d.do_sample
     temperature = c.temperature if c.temperature is not None else d.temperature
-    min_new = c.min_new_tokens or 0
-    if min_new > max_new:
-        raise BadRequest("min_new_tokens must not exceed max_new_tokens", param="generation_config.min_new_tokens")
     return SamplingOptions(
-        max_new_tokens=max_new,
-        min_new_tokens=min_new,
+        max_new_tokens=c.max_new_tokens if c.max_new_tokens is not None else d.max_new_tokens,
+        min_new_tokens=c.min_new_tokens or 0,
         # do_sample false is greedy decoding, as in Hugging Face's generate()
         temperature=temperature if do_sample else 0.0,
         top_p=c.top_p if c.top_p is not None else d.top_p,
         top_k=c.top_k if c.top_k is not None else d.top_k,
         repetition_penalty=c.repetition_penalty if c.repetition_penalty is not None else d.repetition_penalty,
-        num_beams=num_beams,
+        num_beams=c.num_beams if c.num_beams is not None else d.num_beams,
         length_penalty=c.length_penalty if c.length_penalty is not None else d.length_penalty,
         seed=c.seed,
     )
@@ -81,7 +154,7 @@ def constraint_of(cfg: GenerationConfig | None) -> Constraint | None:
     ]
     if len(given) > 1:
         raise BadRequest("generation_config takes one of regex, json_schema, choice", param="generation_config")
-    backend = backend_name(cfg.constrained_decoding_backend, "generation_config.constrained_decoding_backend")
+    backend = backend_name(cfg.constrained_decoding_backend)
     if not given:
         return None
     kind, value = given[0]

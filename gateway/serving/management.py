@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.errors import BadRequest, validation_message
+from gateway.errors import BadRequest, Unprocessable, validation_message
 from gateway.protocols.management import CreateReaderRequest
 from gateway.registry import Registry
-from gateway.settings import ReaderSettings, Settings
+from gateway.serving.status import describe
+from gateway.settings import DEFAULT_GROUP, ReaderSettings, Settings
 
 # Takeoff's ReaderConfig names -> our reader fields
 _TAKEOFF_FIELDS = {
@@ -60,7 +62,7 @@ def reader_settings(body: CreateReaderRequest, settings: Settings, registry: Reg
         data["kind"], task = detect_kind(data["model"])
         if task is not None:
             data.setdefault("task", task)
-    group = data.setdefault("consumer_group", "primary")
+    group = data.setdefault("consumer_group", DEFAULT_GROUP)
     if "id" not in data:
         n = 0
         while f"{group}-{n}" in registry.readers:
@@ -73,9 +75,28 @@ def reader_settings(body: CreateReaderRequest, settings: Settings, registry: Reg
         raise BadRequest(message, param=field) from None
 
 
-def reader_groups(registry: Registry) -> dict[str, list[dict[str, Any]]]:
-    """Every consumer group and the description of each of its readers."""
-    return {group: [r.describe() for r in readers] for group, readers in registry.groups().items()}
+async def create_reader(
+    registry: Registry, body: CreateReaderRequest, settings: Settings, wait: bool
+) -> dict[str, Any]:
+    """Add a reader; with `wait`, answer when it is ready (or 422 when it failed to load)."""
+    reader = registry.add(reader_settings(body, settings, registry))
+    if wait and reader.load_task is not None:
+        await asyncio.shield(reader.load_task)  # a client that gives up does not cancel the load
+        if reader.state == "failed":
+            raise Unprocessable(f"reader {reader.id} failed to load: {reader.error}", param="model_name")
+    return describe(reader)
+
+
+async def delete_reader(registry: Registry, reader_id: str, settings: Settings) -> dict[str, Any]:
+    """Stop routing to the reader, drain its requests, free its memory."""
+    await registry.remove(reader_id, settings.drain_timeout_seconds)
+    return {"reader_id": reader_id, "deleted": True}
+
+
+def reader_config(registry: Registry, reader_id: str) -> dict[str, Any]:
+    """The settings a reader runs with."""
+    reader = registry.get(reader_id)
+    return {"reader_id": reader.id, **reader.settings.model_dump(mode="json")}
 
 
 def detect_kind(model: str) -> tuple[str, str | None]:

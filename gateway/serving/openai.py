@@ -12,6 +12,9 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from engine_adapters.base import (
     Constraint,
     GenerationOutput,
@@ -24,43 +27,86 @@ from gateway.errors import BadRequest, NotFound, classify, openai_body
 from gateway.protocols.openai import (
     UNSUPPORTED_CHAT,
     UNSUPPORTED_COMPLETION,
+    AssistantMessage,
     ChatCompletionRequest,
-    ChatMessage,
     CompletionRequest,
+    JSONObjectFormat,
+    JSONSchemaResponseFormat,
     ResponseFormat,
     StructuredOutputs,
+    SystemMessage,
+    UserMessage,
     _SamplingFields,
 )
-from gateway.registry import Reader, Registry
-from gateway.serving.common import Completion, backend_name, collect_many, merge, new_request_id, pick_reader
+from gateway.registry import Registry
+from gateway.serving.common import Completion, FastJSONResponse, backend_name, merge, new_request_id
+from gateway.serving.limits import Fields
+from gateway.serving.pipeline import Generation, pipeline_of
+from gateway.serving.routing import Target
 from gateway.settings import Settings
 
 # "As many as fit": fit_prompt clamps this to the room left in the model's context,
 # which is what OpenAI and vLLM do when max_tokens is not given.
 UNLIMITED = 1 << 30
 
-# --------------------------------------------------------------------------- routing
+# --------------------------------------------------------------------------- serving
 
 
-def resolve_reader(registry: Registry, model: str, requests: Sequence[GenerationRequest] = ()) -> Reader:
-    """The reader for OpenAI's `model`: a consumer group name or a loaded model's name."""
-    groups = registry.groups()
-    if model in groups:
-        return pick_reader(registry, model, requests)
-    for r in registry.readers.values():
-        if r.state == "ready" and r.engine is not None and r.engine.info.name == model:
-            return pick_reader(registry, r.group, requests)
-    for r in registry.readers.values():
-        if model in r.adapters:  # OpenAI's way to pick a LoRA adapter: name it as the model
-            for req in requests:
-                req.lora_id = model
-            return pick_reader(registry, r.group, requests)
-    names = sorted(
-        set(groups)
-        | {r.engine.info.name for r in registry.readers.values() if r.state == "ready" and r.engine}
-        | {a for r in registry.readers.values() for a in r.adapters}
+async def chat(
+    request: Request,
+    body: ChatCompletionRequest,
+    neutral: GenerationRequest | None = None,
+    target: Target | None = None,
+) -> Response:
+    """Serve a chat completion, whole or streamed, through the pipeline.
+
+    Another surface speaking OpenAI's chat (the chat service API) passes its own neutral
+    request and target.
+    """
+    pipeline = pipeline_of(request)
+    if neutral is None:
+        neutral = chat_to_neutral(body, pipeline.settings)
+
+    async def answer(_: GenerativeEngine, completions: list[Completion]) -> Response:
+        return FastJSONResponse(chat_response(body, completions[0]))
+
+    generation = Generation(
+        requests=[neutral],
+        answer=answer,
+        events=lambda _, streams: chat_stream(body, streams),
+        stream=body.stream,
+        target=target or Target(body.model, param="model", by_model=True),
+        timeout=body.timeout,
+        priority=body.priority,
+        fields=_fields(body, "messages"),
     )
-    raise NotFound(f"the model {model!r} does not exist; available: {', '.join(names) or 'none'}", param="model")
+    return await pipeline.generate(request, generation)
+
+
+async def completions(request: Request, body: CompletionRequest) -> Response:
+    """Serve a text completion of one prompt or several, whole or streamed."""
+    pipeline = pipeline_of(request)
+    requests = completion_to_neutral(body, pipeline.settings)
+
+    async def answer(engine: GenerativeEngine, completions: list[Completion]) -> Response:
+        return FastJSONResponse(await completion_response(engine, body, requests, completions))
+
+    generation = Generation(
+        requests=requests,
+        answer=answer,
+        events=lambda engine, streams: completion_stream(engine, body, requests, streams),
+        stream=body.stream,
+        target=Target(body.model, param="model", by_model=True),
+        timeout=body.timeout,
+        priority=body.priority,
+        fields=_fields(body, "prompt"),
+    )
+    return await pipeline.generate(request, generation)
+
+
+def _fields(body: _SamplingFields, prompts: str) -> Fields:
+    max_name = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
+    return Fields(prompts=prompts, max_new_tokens=max_name, min_new_tokens="min_tokens", stop="stop", n="n")
 
 
 # --------------------------------------------------------------------------- requests
@@ -76,15 +122,13 @@ def _refuse_unsupported(req: _SamplingFields, names: Sequence[str]) -> None:
 def _constraint(fmt: ResponseFormat | None, so: StructuredOutputs | None) -> Constraint | None:
     if fmt is not None and fmt.type != "text" and so is not None:
         raise BadRequest("send either response_format or structured_outputs, not both", param="structured_outputs")
-    if fmt is not None and fmt.type == "json_object":
+    if isinstance(fmt, JSONObjectFormat):
         return Constraint(kind="json_object", value=True, param="response_format")
-    if fmt is not None and fmt.type == "json_schema":
-        if fmt.json_schema is None:
-            raise BadRequest("response_format.json_schema is required for type json_schema", param="response_format")
+    if isinstance(fmt, JSONSchemaResponseFormat):
         return Constraint(kind="json", value=fmt.json_schema.json_schema, param="response_format.json_schema.schema")
     if so is None:
         return None
-    backend = backend_name(so.backend, "structured_outputs.backend")
+    backend = backend_name(so.backend)
     kinds = [
         (k, v)
         for k, v in (("regex", so.regex), ("json", so.json_), ("choice", so.choice), ("grammar", so.grammar))
@@ -112,31 +156,12 @@ def _constraint(fmt: ResponseFormat | None, so: StructuredOutputs | None) -> Con
 def _sampling(
     req: _SamplingFields, settings: Settings, max_tokens: int | None, logprobs: int | None
 ) -> SamplingOptions:
-    if req.n > settings.max_n:
-        raise BadRequest(f"n must be at most {settings.max_n}", param="n")
     limit = settings.max_new_tokens_limit
-    if max_tokens is not None and limit is not None and max_tokens > limit:
-        raise BadRequest(f"max_tokens must be at most {limit}", param="max_tokens")
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-    if len(stop) > settings.max_stop_sequences:
-        raise BadRequest(f"at most {settings.max_stop_sequences} stop strings are allowed", param="stop")
-    if any(not s for s in stop):
-        raise BadRequest("stop strings must not be empty", param="stop")
-    bias = None
-    if req.logit_bias:
-        try:
-            bias = {int(k): float(v) for k, v in req.logit_bias.items()}
-        except ValueError:
-            raise BadRequest("logit_bias keys must be token ids", param="logit_bias") from None
-        if any(not -100 <= v <= 100 for v in bias.values()):
-            raise BadRequest("logit_bias values must be between -100 and 100", param="logit_bias")
-    max_new = max_tokens if max_tokens is not None else (limit or UNLIMITED)
-    min_new = req.min_tokens or 0
-    if min_new > max_new:
-        raise BadRequest("min_tokens must not exceed max_tokens", param="min_tokens")
+    bias = {int(k): v for k, v in req.logit_bias.items()} if req.logit_bias else None
     return SamplingOptions(
-        max_new_tokens=max_new,
-        min_new_tokens=min_new,
+        max_new_tokens=max_tokens if max_tokens is not None else (limit or UNLIMITED),
+        min_new_tokens=req.min_tokens or 0,
         temperature=req.temperature if req.temperature is not None else 1.0,
         top_p=req.top_p if req.top_p is not None else 1.0,
         top_k=max(req.top_k or 0, 0),
@@ -153,10 +178,8 @@ def _sampling(
     )
 
 
-def _message_dict(i: int, m: ChatMessage) -> dict[str, Any]:
-    if m.content is None:
-        if m.role != "assistant":
-            raise BadRequest(f"messages[{i}].content is required for role {m.role}", param=f"messages[{i}].content")
+def _message_dict(i: int, m: SystemMessage | UserMessage | AssistantMessage) -> dict[str, Any]:
+    if m.content is None:  # only an assistant's may be empty
         content = ""
     elif isinstance(m.content, str):
         content = m.content
@@ -182,7 +205,6 @@ def chat_to_neutral(req: ChatCompletionRequest, settings: Settings) -> Generatio
         add_generation_prompt=req.add_generation_prompt,
         sampling=_sampling(req, settings, max_tokens, logprobs),
         constraint=_constraint(req.response_format, req.structured_outputs),
-        priority=req.priority or 0,
         stream=req.stream,
     )
 
@@ -200,8 +222,6 @@ def completion_to_neutral(req: CompletionRequest, settings: Settings) -> list[Ge
         prompts = [p]  # type: ignore[list-item]
     else:
         prompts = list(p)  # type: ignore[arg-type]
-    if len(prompts) > settings.max_user_batch_size:
-        raise BadRequest(f"at most {settings.max_user_batch_size} prompts are allowed per request", param="prompt")
     sampling = _sampling(req, settings, req.max_tokens, req.logprobs)
     if req.echo and req.logprobs is not None:
         # echo with logprobs scores the prompt too (OpenAI's legacy completions behaviour)
@@ -216,7 +236,6 @@ def completion_to_neutral(req: CompletionRequest, settings: Settings) -> list[Ge
                 prompt_token_ids=prompt if isinstance(prompt, list) else None,
                 sampling=sampling,
                 constraint=constraint,
-                priority=req.priority or 0,
                 stream=req.stream,
             )
         )
@@ -318,10 +337,9 @@ def chat_response(req: ChatCompletionRequest, c: Completion) -> dict[str, Any]:
 
 
 async def completion_response(
-    engine: GenerativeEngine, req: CompletionRequest, requests: list[GenerationRequest]
+    engine: GenerativeEngine, req: CompletionRequest, requests: list[GenerationRequest], completions: list[Completion]
 ) -> dict[str, Any]:
     """A whole `text_completion` object for every prompt (choices prompt-major, then n)."""
-    completions = await collect_many(engine, requests)
     choices = []
     for p, c in enumerate(completions):
         prefix = await _echo_text(engine, requests[p], c.prompt_token_ids) if req.echo else ""
@@ -487,6 +505,19 @@ async def completion_stream(
 
 
 # --------------------------------------------------------------------------- models
+
+
+def model_list(request: Request) -> dict[str, Any]:
+    """`GET /v1/models`."""
+    return {"object": "list", "data": model_cards(pipeline_of(request).registry)}
+
+
+def model_card(request: Request, model_id: str) -> dict[str, Any]:
+    """`GET /v1/models/{id}`: one entry of the model list."""
+    for card in model_cards(pipeline_of(request).registry):
+        if card["id"] == model_id:
+            return card
+    raise NotFound(f"the model {model_id!r} does not exist", param="model")
 
 
 def model_cards(registry: Registry) -> list[dict[str, Any]]:

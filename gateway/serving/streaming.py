@@ -10,22 +10,12 @@ started cannot clean up after itself, so the engine streams are closed here.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
-from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
-
-from engine_adapters.base import GenerationOutput, GenerationRequest
-from gateway.registry import Reader
-from gateway.runtime import Runtime
-from gateway.serving.budget import Budget
-from gateway.serving.common import cancel_on_disconnect, engine_of, open_streams
-
-T = TypeVar("T")
-EventFactory = Callable[[list[AsyncIterator[GenerationOutput]]], AsyncIterator[Any]]
 
 
 def _keepalive() -> ServerSentEvent:
@@ -80,53 +70,3 @@ class ManagedStreamingResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._on_close()
-
-
-async def open_managed(
-    runtime: Runtime, reader: Reader, requests: list[GenerationRequest], budget: Budget
-) -> tuple[list[AsyncIterator[GenerationOutput]], Callable[[], Awaitable[None]]]:
-    """Start `requests` on `reader`; returns the accepted streams and their cleanup.
-
-    The requests are accepted by the engine before this returns, so invalid input is a
-    normal error answer; the reader counts them in flight, and the runtime knows their
-    budget, until the cleanup runs.
-    """
-    release = reader.acquire()
-    runtime.budgets.add(budget)
-    try:
-        streams = await open_streams(engine_of(reader), requests, budget)
-    except BaseException:
-        release()
-        runtime.budgets.discard(budget)
-        raise
-
-    async def close() -> None:
-        release()
-        runtime.budgets.discard(budget)
-        for s in streams:
-            await s.aclose()  # type: ignore[attr-defined]
-
-    return streams, close
-
-
-async def stream_response(
-    runtime: Runtime, reader: Reader, requests: list[GenerationRequest], events: EventFactory, budget: Budget
-) -> ManagedEventSource:
-    """Start `requests` on `reader` and answer with the SSE events `events` makes of them."""
-    streams, close = await open_managed(runtime, reader, requests, budget)
-    return ManagedEventSource(events(streams), on_close=close, keepalive_seconds=runtime.settings.sse_keepalive_seconds)
-
-
-async def run_buffered(
-    runtime: Runtime, request: Request, reader: Reader | None, budget: Budget, work: Awaitable[T]
-) -> T:
-    """A whole answer: counted in flight on `reader` (if given; embedding work counts
-    itself), under the deadline, cancelled if the client goes."""
-    runtime.budgets.add(budget)
-    try:
-        if reader is None:
-            return await cancel_on_disconnect(request, budget.bound(work))
-        with reader.track():
-            return await cancel_on_disconnect(request, budget.bound(work))
-    finally:
-        runtime.budgets.discard(budget)

@@ -17,21 +17,46 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from engine_adapters.base import Constraint, GenerationOutput, GenerationRequest, SamplingOptions
+from starlette.requests import Request
+from starlette.responses import Response
+
+from engine_adapters.base import Constraint, GenerationOutput, GenerationRequest, GenerativeEngine, SamplingOptions
 from gateway.errors import BadRequest, classify, takeoff_body
 from gateway.protocols.takeoff import GenerateRequest, GenerationMetadata
-from gateway.serving.common import Completion, backend_name, collect_many, merge, new_request_id
+from gateway.serving.common import Completion, FastJSONResponse, backend_name, merge, new_request_id
+from gateway.serving.limits import Fields
+from gateway.serving.pipeline import Generation, pipeline_of
+from gateway.serving.routing import Target
 from gateway.settings import Settings
+
+FIELDS = Fields(prompts="text", max_new_tokens="max_new_tokens", min_new_tokens="min_new_tokens", stop="stop")
+
+
+async def generate(request: Request, body: GenerateRequest, stream: bool) -> Response:
+    """Serve `/generate` (whole) or `/generate_stream` (SSE) through the pipeline."""
+    pipeline = pipeline_of(request)
+
+    async def answer(_: GenerativeEngine, completions: list[Completion]) -> Response:
+        return FastJSONResponse(response_of(body, completions))
+
+    generation = Generation(
+        requests=to_neutral(body, pipeline.settings),
+        answer=answer,
+        events=lambda _, streams: stream_events(body, streams),
+        stream=stream,
+        target=Target(body.consumer_group),
+        timeout=body.timeout,
+        priority=body.priority,
+        fields=FIELDS,
+    )
+    return await pipeline.generate(request, generation)
 
 
 def constraint_of(body: GenerateRequest) -> Constraint | None:
-    """The decoding constraint: a regex wins over a JSON schema, as seed 000 says."""
-    backend = backend_name(body.constrained_decoding_backend, "constrained_decoding_backend")
-    if body.regex_string is not None and body.regex_str is not None and body.regex_string != body.regex_str:
-        raise BadRequest("regex_str and regex_string differ; send one of them", param="regex_string")
-    regex = body.regex_string or body.regex_str
-    if regex is not None:
-        param = "regex_string" if body.regex_string is not None else "regex_str"
+    """The decoding constraint: a regex wins over a JSON schema, as Takeoff documents."""
+    backend = backend_name(body.constrained_decoding_backend)
+    if body.regex is not None:
+        regex, param = body.regex
         return Constraint(
             kind="regex", value=regex, backend=backend, param=param, backend_param="constrained_decoding_backend"
         )
@@ -57,47 +82,32 @@ def constraint_of(body: GenerateRequest) -> Constraint | None:
 def to_neutral(body: GenerateRequest, settings: Settings) -> list[GenerationRequest]:
     """One neutral request per prompt, with Takeoff's defaults for missing parameters."""
     prompts = [body.text] if isinstance(body.text, str) else body.text
-    if len(prompts) > settings.max_user_batch_size:
-        raise BadRequest(
-            f"text has {len(prompts)} prompts; at most {settings.max_user_batch_size} are allowed per request",
-            param="text",
-        )
     max_new = body.max_new_tokens if body.max_new_tokens is not None else settings.default_max_new_tokens
-    if settings.max_new_tokens_limit is not None and max_new > settings.max_new_tokens_limit:
-        raise BadRequest(f"max_new_tokens must be at most {settings.max_new_tokens_limit}", param="max_new_tokens")
-    min_new = body.min_new_tokens if body.min_new_tokens is not None else 1
-    if min_new > max_new:
-        raise BadRequest("min_new_tokens must not exceed max_new_tokens", param="min_new_tokens")
-    stop = tuple(body.stop or ())
-    if len(stop) > settings.max_stop_sequences:
-        raise BadRequest(f"at most {settings.max_stop_sequences} stop strings are allowed", param="stop")
+    sampling = SamplingOptions(
+        max_new_tokens=max_new,
+        min_new_tokens=body.min_new_tokens if body.min_new_tokens is not None else 1,
+        # Takeoff's default top-k is 1: greedy unless the client widens it.
+        top_k=body.sampling_topk if body.sampling_topk is not None else 1,
+        temperature=body.sampling_temperature if body.sampling_temperature is not None else 1.0,
+        top_p=body.sampling_topp if body.sampling_topp is not None else 1.0,
+        repetition_penalty=body.repetition_penalty if body.repetition_penalty is not None else 1.0,
+        no_repeat_ngram_size=body.no_repeat_ngram_size or 0,
+        seed=body.seed,
+        stop=tuple(body.stop or ()),
+    )
     constraint = constraint_of(body)
-    requests = []
-    for prompt in prompts:
-        requests.append(
-            GenerationRequest(
-                request_id=new_request_id("takeoff"),
-                prompt=prompt,
-                sampling=SamplingOptions(
-                    max_new_tokens=max_new,
-                    min_new_tokens=min_new,
-                    # Takeoff's default top-k is 1: greedy unless the client widens it.
-                    top_k=body.sampling_topk if body.sampling_topk is not None else 1,
-                    temperature=body.sampling_temperature if body.sampling_temperature is not None else 1.0,
-                    top_p=body.sampling_topp if body.sampling_topp is not None else 1.0,
-                    repetition_penalty=body.repetition_penalty if body.repetition_penalty is not None else 1.0,
-                    no_repeat_ngram_size=body.no_repeat_ngram_size or 0,
-                    seed=body.seed,
-                    stop=stop,
-                ),
-                constraint=constraint,
-                use_chat_template=bool(body.use_chat_template),
-                prompt_max_tokens=body.prompt_max_tokens,
-                lora_id=body.lora_id,
-                priority=body.priority or 0,
-            )
+    return [
+        GenerationRequest(
+            request_id=new_request_id("takeoff"),
+            prompt=prompt,
+            sampling=sampling,
+            constraint=constraint,
+            use_chat_template=bool(body.use_chat_template),
+            prompt_max_tokens=body.prompt_max_tokens,
+            lora_id=body.lora_id,
         )
-    return requests
+        for prompt in prompts
+    ]
 
 
 def metadata_of(c: Completion) -> GenerationMetadata:
@@ -118,11 +128,6 @@ def response_of(body: GenerateRequest, completions: list[Completion]) -> dict[st
         metas = [metadata_of(c).model_dump() for c in completions]
         out["metadata"] = metas[0] if single else metas
     return out
-
-
-async def generate(engine: Any, body: GenerateRequest, requests: list[GenerationRequest]) -> dict[str, Any]:
-    """Buffered generation of every prompt of the request."""
-    return response_of(body, await collect_many(engine, requests))
 
 
 async def stream_events(

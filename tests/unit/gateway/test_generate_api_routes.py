@@ -252,3 +252,16 @@ def test_generate_api_uses_the_primary_group(client_factory):
     with client_factory(readers=readers) as c:
         r = one(c, stream_response=False)
         assert r.status_code == 404 and "primary" in r.json()["detail"]
+
+
+def test_chat_status_answers_while_the_group_is_at_capacity(client_factory):
+    readers = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", max_in_flight=1)]
+    with client_factory(readers=readers) as c:
+        registry = c.app.state.runtime.registry
+        release = registry.readers["primary-0"].acquire()  # one request in flight: the limit
+        assert c.post("/chat/completions", json={"messages": [{"content": "x"}]}).status_code == 429
+        assert registry.rejections == 1
+        status = c.get("/chat")
+        assert status.status_code == 200 and status.json()["status"] == "running"
+        assert registry.rejections == 1  # a status read is neither refused nor counted
+        release()

@@ -1,0 +1,35 @@
+"""Wire types shared by several surfaces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator
+
+BACKEND_NAMES = ("auto", "xgrammar", "guidance", "outlines", "lmfe", "lm-format-enforcer")
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+# A structured-output backend a request may name (any case). Takeoff's client says
+# "outlines" and "lmfe"; vLLM says "lm-format-enforcer".
+BackendName = Annotated[
+    Literal["auto", "xgrammar", "guidance", "outlines", "lmfe", "lm-format-enforcer"], BeforeValidator(_lower)
+]
+
+
+def tag_of(field: str, default: str | None = None) -> Callable[[Any], str]:
+    """A discriminator reading `field` of a dict or model, for unions tagged `"field=value"`.
+
+    The tag is what pydantic puts in an error's location; "=" keeps it out of the field
+    names of error messages (gateway.errors), and a missing or unknown value names `field`.
+    """
+
+    def tag(value: Any) -> str:
+        found = value.get(field, default) if isinstance(value, dict) else getattr(value, field, default)
+        return f"{field}={found if isinstance(found, str) else ''}"
+
+    return tag

@@ -1,0 +1,155 @@
+"""The one request pipeline every surface's routes go through.
+
+A surface supplies only its translation: a `Generation` (neutral requests, which group
+they ask for, how to build the whole answer and the stream events) for text generation,
+or a function of a reader for embeddings and classification. The pipeline does the rest,
+once for everyone, in this order:
+
+    limits -> priority -> deadline budget -> reader pick and admission -> in flight
+      -> buffered answer (cancelled if the client goes) | stream (accepted before the 200)
+
+Cancellation always reaches the engine: a disconnect, a deadline, a shutdown or the
+removal of the reader aborts the engine request (design rule 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine
+from gateway.continuation import ContinuationStore
+from gateway.errors import GatewayError
+from gateway.registry import Reader, Registry
+from gateway.serving.budget import Budget, make_budget, priority_of
+from gateway.serving.common import Completion, cancel_on_disconnect, collect_many, open_streams
+from gateway.serving.limits import Fields, check_count, check_generation
+from gateway.serving.routing import Target, resolve
+from gateway.serving.streaming import ManagedEventSource, ManagedStreamingResponse
+from gateway.settings import Settings
+
+T = TypeVar("T")
+Streams = list[AsyncIterator[GenerationOutput]]
+# the whole answer, from the engine (for detokenizing) and every prompt's completion
+Answer = Callable[[GenerativeEngine, list[Completion]], Awaitable[Response]]
+# the stream's events (dicts or pre-framed bytes for SSE; bytes for plain text)
+Events = Callable[[GenerativeEngine, Streams], AsyncIterator[Any]]
+
+
+@dataclass(slots=True)
+class Generation:
+    """A surface's translation of one generation request."""
+
+    requests: list[GenerationRequest]
+    answer: Answer
+    events: Events | None = None
+    stream: bool = False
+    stream_as: Literal["sse", "text"] = "sse"
+    target: Target = field(default_factory=Target)
+    timeout: float | None = None
+    priority: int | None = None
+    fields: Fields = field(default_factory=Fields)
+
+
+class Pipeline:
+    """Serves generations and pooling work for every surface of one process."""
+
+    def __init__(self, settings: Settings, registry: Registry, store: ContinuationStore) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.budgets: set[Budget] = set()  # of the requests in flight, for shutdown
+
+    # ------------------------------------------------------------------ generation
+
+    async def generate(self, request: Request, gen: Generation) -> Response:
+        """Serve one generation request: the whole answer, or a stream."""
+        settings = self.settings
+        check_generation(gen.requests, settings, gen.fields)
+        priority = priority_of(request, gen.priority)
+        for r in gen.requests:
+            r.priority = priority
+        budget = make_budget(request, settings, gen.timeout)
+        reader = resolve(self.registry, gen.target, gen.requests)
+        engine = reader.generative()
+        if gen.stream and gen.events is not None:
+            return await self._stream(reader, engine, gen, gen.events, budget)
+
+        async def whole() -> Response:
+            return await gen.answer(engine, await collect_many(engine, gen.requests))
+
+        return await self._buffered(request, reader, budget, whole())
+
+    async def _stream(
+        self, reader: Reader, engine: GenerativeEngine, gen: Generation, events: Events, budget: Budget
+    ) -> Response:
+        # Accepted by the engine before the 200: invalid input is a normal error answer.
+        # The reader counts the request in flight, and the shutdown knows its budget,
+        # until the response's cleanup runs, however it ends.
+        release = reader.acquire(budget.cut)
+        self.budgets.add(budget)
+        try:
+            streams = await open_streams(engine, gen.requests, budget)
+        except BaseException:
+            release()
+            self.budgets.discard(budget)
+            raise
+
+        async def close() -> None:
+            release()
+            self.budgets.discard(budget)
+            for s in streams:
+                await s.aclose()  # type: ignore[attr-defined]
+
+        content = events(engine, streams)
+        if gen.stream_as == "text":
+            return ManagedStreamingResponse(content, on_close=close, media_type="text/plain; charset=utf-8")
+        return ManagedEventSource(content, on_close=close, keepalive_seconds=self.settings.sse_keepalive_seconds)
+
+    async def _buffered(self, request: Request, reader: Reader | None, budget: Budget, work: Awaitable[T]) -> T:
+        """A whole answer: in flight on `reader`, under the deadline, cancelled if the client goes."""
+        self.budgets.add(budget)
+        try:
+            if reader is None:
+                return await cancel_on_disconnect(request, budget.bound(work))
+            with reader.track(budget.cut):
+                return await cancel_on_disconnect(request, budget.bound(work))
+        finally:
+            self.budgets.discard(budget)
+
+    # ------------------------------------------------------------------ pooling
+
+    async def pool(
+        self, request: Request, target: Target, inputs: int, field: str, work: Callable[[Reader], Awaitable[T]]
+    ) -> T:
+        """Embeddings, classification, re-ranking: `work` runs on the reader `target` names,
+        counted in flight, under the deadline, cancelled if the client goes. `inputs` is
+        the number of inputs, carried by the request field `field`."""
+        check_count(inputs, self.settings, field, "inputs")
+        budget = make_budget(request, self.settings)
+        reader = resolve(self.registry, target)
+        return await self._buffered(request, reader, budget, work(reader))
+
+    # ------------------------------------------------------------------ reads
+
+    def status_reader(self, target: Target) -> Reader:
+        """The reader a request for `target` would get, without admission control (status
+        reads never count as requests and are never refused for load)."""
+        return resolve(self.registry, target, admit=False)
+
+    def cut_all(self, error: GatewayError) -> int:
+        """Stop every request in flight with `error` (after a drain timed out)."""
+        budgets = list(self.budgets)
+        for b in budgets:
+            b.cut(error)
+        return len(budgets)
+
+
+def pipeline_of(request: Request) -> Pipeline:
+    """The pipeline of the app serving `request`."""
+    pipeline: Pipeline = request.app.state.pipeline
+    return pipeline

@@ -1,0 +1,80 @@
+"""What operators and probes read: readiness, `/status`, reader descriptions.
+
+Status reads never go through admission control and never count as requests.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from engine_adapters.models import display_name
+from gateway import __version__
+from gateway.observability.metrics import LIVE_TOKENS
+from gateway.registry import Reader, Registry
+
+
+def describe(reader: Reader) -> dict[str, Any]:
+    """Public description of a reader, for /status and the management API."""
+    info: dict[str, Any] = {
+        "reader_id": reader.id,
+        "consumer_group": reader.group,
+        "engine": reader.settings.kind,
+        "task": reader.task,
+        "model_name": display_name(reader.settings.model),
+        "state": reader.state,
+        "requests_in_flight": reader.in_flight,
+        "generated_tokens": LIVE_TOKENS.get(reader.id, 0),
+    }
+    if reader.error:
+        info["error"] = reader.error
+    engine = reader.engine
+    if engine is not None and reader.state == "ready":
+        m = engine.info
+        stats = engine.stats()
+        info.update(
+            {
+                "model_name": m.name,
+                "model_path": m.path,
+                "max_model_len": m.max_model_len,
+                "device": m.device,
+                "dtype": m.dtype,
+                "has_chat_template": m.has_chat_template,
+                "engine_requests": stats.running,
+            }
+        )
+        if m.dimensions is not None:
+            info["dimensions"] = m.dimensions
+        if m.labels:
+            info["labels"] = list(m.labels)
+        if reader.task != "generate":
+            info["recent_batch_sizes"] = list(stats.recent_batch_sizes)
+    return info
+
+
+def readiness(registry: Registry, draining: bool) -> JSONResponse:
+    """200 when every configured consumer group has a ready reader and we are not draining."""
+    readers = {r.id: r.state for r in registry.readers.values()}
+    if draining:
+        return JSONResponse({"status": "draining", "readers": readers}, status_code=503)
+    if not registry.ready():
+        return JSONResponse({"status": "not ready", "readers": readers}, status_code=503)
+    return JSONResponse({"status": "ready", "readers": readers})
+
+
+def status(registry: Registry, draining: bool, started_at: float) -> dict[str, Any]:
+    """The loaded models, their consumer groups and their state."""
+    return {
+        "status": "draining" if draining else ("ready" if registry.ready() else "starting"),
+        "version": __version__,
+        "uptime_seconds": round(time.time() - started_at, 1),
+        "live_readers": {r.id: describe(r) for r in registry.readers.values()},
+        "consumer_groups": {g: [r.id for r in rs] for g, rs in registry.groups().items()},
+    }
+
+
+def reader_groups(registry: Registry) -> dict[str, list[dict[str, Any]]]:
+    """Every consumer group and the description of each of its readers."""
+    return {group: [describe(r) for r in readers] for group, readers in registry.groups().items()}

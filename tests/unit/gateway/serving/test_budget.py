@@ -1,0 +1,72 @@
+"""Deadlines and priorities of one request (gateway/serving/budget.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from starlette.requests import Request
+
+from gateway.errors import BadRequest, DeadlineExceeded, NotReady
+from gateway.serving.budget import Budget, make_budget, priority_of
+from gateway.settings import Settings
+
+
+def request(headers: dict[str, str] | None = None) -> Request:
+    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": raw})
+
+
+def test_body_timeout_wins_then_header_then_default():
+    async def go() -> None:
+        s = Settings(request_timeout_seconds=30, max_request_timeout_seconds=60)
+        assert make_budget(request({"X-Request-Timeout": "5"}), s, 2).seconds == 2
+        assert make_budget(request({"X-Request-Timeout": "5"}), s).seconds == 5
+        assert make_budget(request(), s).seconds == 30
+        assert make_budget(request(), Settings()).at is None  # no default deadline
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "param"),
+    [({"X-Request-Timeout": "soon"}, None, "x-request-timeout"), ({}, 61.0, "timeout"), ({}, -1.0, "timeout")],
+)
+def test_bad_timeouts_name_their_field(headers, body, param):
+    async def go() -> None:
+        with pytest.raises(BadRequest) as exc:
+            make_budget(request(headers), Settings(max_request_timeout_seconds=60), body)
+        assert exc.value.param == param
+
+    asyncio.run(go())
+
+
+def test_the_deadline_stops_a_wait():
+    async def go() -> None:
+        budget = make_budget(request(), Settings(), 0.05)
+        with pytest.raises(DeadlineExceeded) as exc:
+            await budget.bound(asyncio.sleep(5))
+        assert "0.05 s" in str(exc.value)
+
+    asyncio.run(go())
+
+
+def test_a_cut_stops_every_wait_with_its_error():
+    async def go() -> None:
+        budget = Budget(None, None)
+        waits = [asyncio.ensure_future(budget.bound(asyncio.sleep(5))) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        budget.cut(NotReady("shutting down"))
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        assert all(isinstance(r, NotReady) for r in results)
+
+    asyncio.run(go())
+
+
+def test_priority_from_body_or_header():
+    assert priority_of(request({"X-Priority": "3"}), None) == 3
+    assert priority_of(request({"X-Priority": "3"}), -1) == -1
+    assert priority_of(request(), None) == 0
+    with pytest.raises(BadRequest) as exc:
+        priority_of(request({"X-Priority": "high"}), None)
+    assert exc.value.param == "x-priority"

@@ -129,6 +129,12 @@ class GenerationRequest:
     lora_id: str | None = None
     priority: int = 0
     stream: bool = False
+    # chat: tools the chat template sees (OpenAI function-tool dicts), whether the
+    # engine's tool-call parser reads the output ("auto"), template controls
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required", "function"] = "none"
+    chat_template_kwargs: dict[str, Any] | None = None
+    continue_final_message: bool = False
 
 
 # --------------------------------------------------------------------------- output
@@ -199,6 +205,55 @@ class EngineStats:
     recent_batch_sizes: tuple[int, ...] = ()
 
 
+@dataclass(slots=True)
+class ToolCall:
+    """A complete function call the model made; `arguments` is JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class ParsedOutput:
+    """A whole answer split into reasoning, content and tool calls."""
+
+    content: str | None
+    reasoning: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of the tool call number `index`: its id and name come first, once."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class ParsedDelta:
+    """A piece of a streamed answer split into reasoning, content and tool calls."""
+
+    content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+
+
+class OutputParser(Protocol):
+    """Splits one sequence's output (stateful: one per sequence, whole or streamed)."""
+
+    def parse(self, text: str, token_ids: Sequence[int]) -> ParsedOutput:
+        """The whole output."""
+        ...
+
+    def parse_delta(self, text: str, token_ids: Sequence[int], finished: bool) -> ParsedDelta | None:
+        """The next piece of a streamed output; None when nothing can be sent yet."""
+        ...
+
+
 # --------------------------------------------------------------------------- protocols
 
 
@@ -263,6 +318,11 @@ class GenerativeEngine(Engine, Protocol):
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """The prompt text the chat template makes of `messages`."""
+        ...
+
+    def output_parser(self, request: GenerationRequest, prompt_token_ids: Sequence[int]) -> OutputParser | None:
+        """A parser of the reader's reasoning and tool-call markup for one sequence of
+        `request`, or None when the reader has neither (the output is plain content)."""
         ...
 
 
@@ -345,3 +405,13 @@ def check_json_schema(schema: Any) -> None:
         validator_for(schema).check_schema(schema)
     except SchemaError as exc:
         raise ValueError(f"not a valid JSON schema: {exc.message}") from None
+
+
+def load_chat_template(path: str) -> str:
+    """A chat template file's text (a reader's `chat_template` setting)."""
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise EngineError(f"chat_template: no such file: {path}")
+    return file.read_text()

@@ -8,6 +8,7 @@ tests. It never stands in for vLLM in e2e tests.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -23,6 +24,7 @@ from engine_adapters.base import (
     GenerationRequest,
     InvalidParameterError,
     ModelInfo,
+    OutputParser,
     SequenceDelta,
     TokenLogprob,
     UnknownAdapterError,
@@ -49,6 +51,11 @@ class ScriptedConfig:
     has_chat_template: bool = True
     lora_adapters: list[str] = field(default_factory=list)
     max_prompt_tokens: int | None = None
+    # A real tokenizer folder: the reply is emitted as its tokens (one per step), so
+    # vLLM's reasoning and tool-call parsers (named below) can read it, as on a real model.
+    markup_tokenizer: str | None = None
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
 
 
 class ScriptedEngine:
@@ -56,6 +63,8 @@ class ScriptedEngine:
 
     def __init__(self, config: ScriptedConfig | None = None) -> None:
         self.config = config or ScriptedConfig()
+        self._tokenizer: Any = None
+        self._parser_cls: Any = None
         self._started = False
         self._dead = False
         self.running: set[str] = set()
@@ -80,7 +89,23 @@ class ScriptedEngine:
     async def start(self) -> None:
         """Become ready after `start_delay` seconds."""
         await asyncio.sleep(self.config.start_delay)
+        cfg = self.config
+        if cfg.markup_tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            from engine_adapters.vllm_parsing import parser_class
+
+            self._tokenizer = AutoTokenizer.from_pretrained(cfg.markup_tokenizer)
+            self._parser_cls = parser_class(cfg.tool_call_parser, cfg.reasoning_parser, self._tokenizer)
         self._started = True
+
+    def output_parser(self, request: GenerationRequest, prompt_token_ids: Sequence[int]) -> OutputParser | None:
+        """vLLM's parsers over the markup tokenizer, when configured."""
+        if self._parser_cls is None:
+            return None
+        from engine_adapters.vllm_parsing import VLLMOutputParser
+
+        return VLLMOutputParser(self._parser_cls, self._tokenizer, request, prompt_token_ids)
 
     async def shutdown(self) -> None:
         """Stop serving."""
@@ -108,15 +133,25 @@ class ScriptedEngine:
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """A minimal chat template: `<|role|>content` lines."""
+        return self._render(
+            GenerationRequest(request_id="", messages=messages, add_generation_prompt=add_generation_prompt)
+        )
+
+    def _render(self, request: GenerationRequest) -> str:
         if not self.config.has_chat_template:
             raise UnsupportedFeatureError("this model has no chat template; send a plain prompt instead", "messages")
         parts = []
-        for m in messages:
+        if request.tools:  # the template sees the tools
+            parts.append("<|tools|>" + ",".join(t["function"]["name"] for t in request.tools) + "\n")
+        for m in request.messages or []:
             content = m.get("content")
             if not isinstance(content, str):
                 raise InvalidParameterError("message content must be text", "messages")
-            parts.append(f"<|{m.get('role', 'user')}|>{content}\n")
-        if add_generation_prompt:
+            calls = "".join(f"<|call|>{c['function']['name']}" for c in m.get("tool_calls") or [])
+            parts.append(f"<|{m.get('role', 'user')}|>{content}{calls}\n")
+        if request.continue_final_message and parts:
+            parts[-1] = parts[-1].removesuffix("\n")
+        elif request.add_generation_prompt:
             parts.append("<|assistant|>")
         return "".join(parts)
 
@@ -166,7 +201,9 @@ class ScriptedEngine:
                 raise InvalidParameterError(f"{c.param or c.kind}: {exc}", c.param) from exc
             if c.kind == "choice":
                 return str(c.value[0])
-            if c.kind in ("json", "json_object"):
+            if c.kind == "json":
+                return json.dumps(example_of(c.value))
+            if c.kind == "json_object":
                 return "{}"
             raise InvalidParameterError(f"the scripted engine cannot follow a {c.kind} constraint")
         if self.config.reply is not None:
@@ -192,14 +229,17 @@ class ScriptedEngine:
         if request.prompt_token_ids is not None:
             raw = list(request.prompt_token_ids)
         elif request.messages is not None:
-            raw = list(self.render_chat(request.messages, request.add_generation_prompt).encode())
+            raw = list(self._render(request).encode())
         else:
             raw = await self.tokenize(request.prompt or "", request.use_chat_template)
         param = "messages" if request.messages is not None else "prompt"
         ids, max_tokens = fit_prompt(raw, request, self.config.max_model_len, param, self.config.max_prompt_tokens)
-        replies = [self._reply(request, ids, i).encode() for i in range(s.n)]
+        texts = [self._reply(request, ids, i) for i in range(s.n)]
         if request.lora_id is not None:  # an adapter visibly changes the output
-            replies = [r.upper() for r in replies]
+            texts = [t.upper() for t in texts]
+        replies = [self._pieces(t) for t in texts]
+        # a constrained reply is emitted whole, as a grammar makes a real model finish it
+        length = None if request.constraint is not None else self.config.eos_after
         rid = request.request_id
         self.running.add(rid)
         produced = [0] * s.n
@@ -222,7 +262,7 @@ class ScriptedEngine:
                 for i in range(s.n):
                     if done[i]:
                         continue
-                    delta = self._step(replies[i], produced[i], max_tokens, s)
+                    delta = self._step(replies[i], produced[i], max_tokens, s, length)
                     produced[i] += 1
                     done[i] = delta.finish_reason is not None
                     delta.index = i
@@ -236,21 +276,55 @@ class ScriptedEngine:
         finally:
             self.running.discard(rid)
 
-    def _step(self, reply: bytes, k: int, max_tokens: int, s: Any) -> SequenceDelta:
-        """Token number `k` of `reply`: a byte, or EOS once the reply is used up."""
-        at_eos = k >= min(self.config.eos_after, len(reply))
+    def _pieces(self, text: str) -> list[tuple[str, int]]:
+        """The reply as (text, token id) steps: bytes, or the markup tokenizer's tokens."""
+        if self._tokenizer is None:
+            return [(bytes([b]).decode(errors="replace"), b) for b in text.encode()]
+        ids = self._tokenizer.encode(text, add_special_tokens=False)
+        return [(self._tokenizer.decode([t]), t) for t in ids]
+
+    def _step(self, reply: list[tuple[str, int]], k: int, max_tokens: int, s: Any, length: int | None) -> SequenceDelta:
+        """Token number `k` of `reply`, or EOS once the reply is used up."""
+        at_eos = k >= min(length if length is not None else len(reply), len(reply))
         if at_eos and k >= s.min_new_tokens and not s.ignore_eos:
             return SequenceDelta(index=0, text="", token_ids=[EOS], finish_reason="stop")
-        tok = reply[k % len(reply)]
-        text = bytes([tok]).decode(errors="replace")
+        text, tok = reply[k % len(reply)]
         finish = "length" if k + 1 >= max_tokens else None
         # Stop strings end the sequence as soon as the text so far ends with one; the
         # stop string itself is not returned, as in vLLM.
         if s.stop:
-            so_far = bytes(reply[j % len(reply)] for j in range(k + 1)).decode(errors="replace")
+            so_far = "".join(reply[j % len(reply)][0] for j in range(k + 1))
             if any(so_far.endswith(st) for st in s.stop):
                 text, finish = "", "stop"
         lps = None
         if s.logprobs is not None:
             lps = [TokenLogprob(token_id=tok, token=text, logprob=-0.5, top=[(tok, text, -0.5)])]
         return SequenceDelta(index=0, text=text, token_ids=[tok], finish_reason=finish, logprobs=lps)
+
+
+def example_of(schema: Any) -> Any:
+    """A small value valid for a JSON schema (what constrained decoding would make)."""
+    if not isinstance(schema, dict):
+        return {}
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return example_of(schema[key][0])
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: example_of(props.get(k, {})) for k in schema.get("required", list(props))}
+    if kind == "array":
+        return [example_of(schema.get("items", {})) for _ in range(max(1, schema.get("minItems", 1)))]
+    if kind == "string":
+        return "x" * max(1, schema.get("minLength", 1))
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 1)
+    if kind == "boolean":
+        return True
+    return None

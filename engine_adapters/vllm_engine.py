@@ -33,9 +33,11 @@ from engine_adapters.base import (
     UnsupportedFeatureError,
     check_json_schema,
     fit_prompt,
+    load_chat_template,
 )
 from engine_adapters.logits_processors import NO_REPEAT_NGRAM_KEY
 from engine_adapters.vllm_host import AsyncLLMHost, prepare_cpu_env
+from engine_adapters.vllm_parsing import VLLMOutputParser, parser_class
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,9 @@ class VLLMEngineConfig:
     max_loras: int = 4
     max_queued_prompt_tokens: int | None = None
     max_prompt_tokens: int | None = None
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    chat_template: str | None = None  # a template file that replaces the model's
     engine_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,6 +89,8 @@ class VLLMEngine(AsyncLLMHost):
         self._loras: dict[str, Any] = {}
         # (kind, spec) -> None when the reader's backend accepts it, else the reason
         self._constraint_checks: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+        self._chat_template: str | None = None
+        self._parser_cls: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -153,6 +160,9 @@ class VLLMEngine(AsyncLLMHost):
         # keeps the HTTP listeners answering /healthz and /readyz meanwhile.
         self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
         self._tokenizer = self._engine.get_tokenizer()
+        if cfg.chat_template is not None:
+            self._chat_template = load_chat_template(cfg.chat_template)
+        self._parser_cls = parser_class(cfg.tool_call_parser, cfg.reasoning_parser, self._tokenizer)
         mc = self._engine.model_config
         self._info = ModelInfo(
             name=cfg.served_name,
@@ -161,7 +171,7 @@ class VLLMEngine(AsyncLLMHost):
             engine="vllm",
             device=platform,
             dtype=str(mc.dtype).removeprefix("torch."),
-            has_chat_template=bool(getattr(self._tokenizer, "chat_template", None)),
+            has_chat_template=bool(self._chat_template or getattr(self._tokenizer, "chat_template", None)),
             eos_token_id=getattr(self._tokenizer, "eos_token_id", None),
             adapters=tuple(self._loras),
         )
@@ -175,16 +185,40 @@ class VLLMEngine(AsyncLLMHost):
         return list(await asyncio.to_thread(tok.encode, text, add_special_tokens=add_special_tokens))
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """Render `messages` with the model's chat template."""
+        """Render `messages` with the reader's chat template."""
+        return self._render(
+            GenerationRequest(request_id="", messages=messages, add_generation_prompt=add_generation_prompt)
+        )
+
+    def _render(self, request: GenerationRequest) -> str:
         tok = self._tokenizer
         if tok is None:
             raise EngineNotReadyError("the model is still loading")
-        if not getattr(tok, "chat_template", None):
+        template = self._chat_template or getattr(tok, "chat_template", None)
+        if not template:
             raise UnsupportedFeatureError("this model has no chat template; send a plain prompt instead", "messages")
         try:
-            return str(tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False))
+            return str(
+                tok.apply_chat_template(
+                    request.messages,
+                    tools=request.tools,
+                    chat_template=template,
+                    add_generation_prompt=request.add_generation_prompt,
+                    continue_final_message=request.continue_final_message,
+                    tokenize=False,
+                    **(request.chat_template_kwargs or {}),
+                )
+            )
         except Exception as exc:  # jinja errors: bad roles, template raise_exception()
-            raise InvalidParameterError(f"the chat template rejected the messages: {exc}", "messages") from exc
+            raise InvalidParameterError(
+                f"the chat template rejected the messages: {_short(str(exc))}", "messages"
+            ) from exc
+
+    def output_parser(self, request: GenerationRequest, prompt_token_ids: Sequence[int]) -> VLLMOutputParser | None:
+        """The reader's reasoning and tool-call parsers for one sequence, if it has any."""
+        if self._parser_cls is None:
+            return None
+        return VLLMOutputParser(self._parser_cls, self._tokenizer, request, prompt_token_ids)
 
     async def tokenize(self, text: str, use_chat_template: bool = False) -> list[int]:
         """Token ids of `text`, optionally as one user message in the chat template."""
@@ -232,8 +266,7 @@ class VLLMEngine(AsyncLLMHost):
                 raise InvalidParameterError("a prompt token id is outside the vocabulary", "prompt")
             return list(request.prompt_token_ids)
         if request.messages is not None:
-            rendered = self.render_chat(request.messages, request.add_generation_prompt)
-            return await self._encode(rendered, add_special_tokens=False)
+            return await self._encode(self._render(request), add_special_tokens=False)
         assert request.prompt is not None
         return await self.tokenize(request.prompt, request.use_chat_template)
 
@@ -256,6 +289,10 @@ class VLLMEngine(AsyncLLMHost):
                 )
             extra = {NO_REPEAT_NGRAM_KEY: s.no_repeat_ngram_size}
         greedy = s.temperature == 0.0 or s.top_k == 1
+        # tool-call markup is a special token in some models: the parser must see it
+        skip_special = s.skip_special_tokens and not (
+            request.tool_choice == "auto" and request.tools and self.config.tool_call_parser
+        )
         try:
             return SamplingParams(
                 n=s.n,
@@ -273,7 +310,7 @@ class VLLMEngine(AsyncLLMHost):
                 min_tokens=s.min_new_tokens,
                 logprobs=s.logprobs,
                 prompt_logprobs=s.prompt_logprobs,
-                skip_special_tokens=s.skip_special_tokens,
+                skip_special_tokens=skip_special,
                 output_kind=RequestOutputKind.DELTA,
                 structured_outputs=structured,
                 logit_bias=s.logit_bias,

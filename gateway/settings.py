@@ -63,6 +63,11 @@ class ReaderSettings(BaseModel):
     lora_adapters: dict[str, str] = Field(default_factory=dict)
     max_lora_rank: int = Field(16, ge=1)
     max_loras: int = Field(4, ge=1)
+    # chat (vllm readers): vLLM's parser names for "auto" tool calls and for reasoning
+    # output, and a chat template file that replaces the model's
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    chat_template: str | None = None
     max_batch_wait_ms: float = Field(20.0, ge=0, description="dynamic batching: longest wait for more inputs")
     truncate: bool = True
     allow_dimensions: bool = True

@@ -65,3 +65,42 @@ def make_lora_adapter(base_model: Path, folder: Path, seed: int = 0, rank: int =
     folder.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(folder)
     return folder
+
+
+MARKUP_TOKENS = ["<think>", "</think>", "<tool_call>", "</tool_call>"]
+
+
+def make_markup_tokenizer(folder: Path) -> Path:
+    """A small byte-level BPE tokenizer whose vocabulary has the think and tool-call
+    tokens of reasoning and Hermes-style models (as Qwen's has), with a ChatML template
+    that renders tools. Trained here on a few sentences: nothing is fetched."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [
+        "The weather in Paris is sunny today. Let me think about the answer first.",
+        '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}',
+        "I will call a tool to find out. The capital of France is Paris.",
+    ]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", *MARKUP_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    template = (
+        "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}"
+        "{% if m.tool_calls %}{{ m.tool_calls | tojson }}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = template
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    return folder

@@ -8,7 +8,14 @@ from typing import Annotated, Literal
 from pydantic import Discriminator, Field, Tag
 
 from gateway.protocols.common import tag_of
-from gateway.protocols.openai import AssistantMessage, ChatCompletionRequest, SystemMessage, UserMessage
+from gateway.protocols.openai import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    FunctionMessage,
+    SystemMessage,
+    ToolMessage,
+    UserMessage,
+)
 
 
 class RolelessMessage(UserMessage):
@@ -21,6 +28,8 @@ ServiceChatMessage = Annotated[
     Annotated[SystemMessage, Tag("role=system")]
     | Annotated[SystemMessage, Tag("role=developer")]
     | Annotated[AssistantMessage, Tag("role=assistant")]
+    | Annotated[ToolMessage, Tag("role=tool")]
+    | Annotated[FunctionMessage, Tag("role=function")]
     | Annotated[RolelessMessage, Tag("role=user")],
     Discriminator(tag_of("role", default="user")),
 ]

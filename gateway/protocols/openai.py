@@ -15,18 +15,7 @@ from gateway.protocols.common import BackendName, tag_of
 from gateway.settings import DEFAULT_GROUP
 
 # Request fields we refuse with a 400 when they are set (not null/absent).
-UNSUPPORTED_CHAT = (
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "parallel_tool_calls",
-    "audio",
-    "modalities",
-    "prediction",
-    "web_search_options",
-    "reasoning_effort",
-)
+UNSUPPORTED_CHAT = ("audio", "modalities", "prediction", "web_search_options")
 UNSUPPORTED_COMPLETION = ("suffix",)
 
 
@@ -62,20 +51,99 @@ class UserMessage(_Message):
     content: Content
 
 
+class FunctionCallOut(BaseModel):
+    """A call's function: its name and its arguments as JSON text."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr
+    arguments: StrictStr = "{}"
+
+
+class ToolCallOut(BaseModel):
+    """A tool call of an earlier assistant message."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr = ""
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(_Message):
-    """An earlier answer of the model; its content may be empty."""
+    """An earlier answer of the model; its content may be empty when it called tools."""
 
     role: Literal["assistant"]
     content: Content | None = None
+    tool_calls: list[ToolCallOut] | None = None
+    function_call: FunctionCallOut | None = None  # the legacy single call
+    reasoning_content: StrictStr | None = None
 
+
+class ToolMessage(_Message):
+    """A tool's result, answering the call `tool_call_id`."""
+
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: StrictStr
+
+
+class FunctionMessage(_Message):
+    """A function's result in the legacy `functions` protocol."""
+
+    role: Literal["function"]
+    name: StrictStr  # type: ignore[assignment]
+    content: StrictStr | None = None
+
+
+AnyMessage = SystemMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage
 
 ChatMessage = Annotated[
     Annotated[SystemMessage, Tag("role=system")]
     | Annotated[SystemMessage, Tag("role=developer")]
     | Annotated[UserMessage, Tag("role=user")]
-    | Annotated[AssistantMessage, Tag("role=assistant")],
+    | Annotated[AssistantMessage, Tag("role=assistant")]
+    | Annotated[ToolMessage, Tag("role=tool")]
+    | Annotated[FunctionMessage, Tag("role=function")],
     Discriminator(tag_of("role")),
 ]
+
+
+class FunctionDefinition(BaseModel):
+    """A function the model may call (`tools[].function`, or an item of `functions`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    """An item of `tools`: a function tool."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    """`{"name": ...}`."""
+
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    """`tool_choice` naming one function: `{"type": "function", "function": {"name": ...}}`."""
+
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+FunctionCallChoice = Literal["none", "auto"] | NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -196,7 +264,19 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    # function calling (and its legacy form)
+    tools: Annotated[list[ToolDefinition], Field(max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: Annotated[list[FunctionDefinition], Field(max_length=128)] | None = None
+    function_call: FunctionCallChoice | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    # chat template controls (vLLM's)
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    echo: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+    include_reasoning: bool = True
 
 
 PromptInput = (

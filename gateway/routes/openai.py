@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.protocols.openai import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from gateway.serving import openai
+from gateway.serving import openai, openai_chat
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     """Chat completion, whole or streamed (`stream: true`)."""
-    return await openai.chat(request, body)
+    return await openai_chat.chat(request, body)
 
 
 @router.post("/completions", response_model=None)

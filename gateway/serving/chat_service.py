@@ -18,7 +18,7 @@ from starlette.responses import Response
 from gateway.errors import NotFound, NotReady
 from gateway.protocols.chat_service import ServiceChatRequest
 from gateway.protocols.embeddings import EmbeddingRequest
-from gateway.serving import embeddings, openai
+from gateway.serving import embeddings, openai_chat
 from gateway.serving.pipeline import pipeline_of
 from gateway.serving.routing import Target
 
@@ -30,7 +30,8 @@ def _target(model: str | None, task: str = "generate") -> Target:
 async def chat_completions(request: Request, body: ServiceChatRequest) -> Response:
     """OpenAI's chat completion with the service's defaults."""
     settings = pipeline_of(request).settings
-    neutral = openai.chat_to_neutral(body, settings)
+    plan = openai_chat.chat_plan(body, settings)
+    neutral = plan.request
     if body.max_tokens is None and body.max_completion_tokens is None:
         default = settings.default_max_new_tokens
         limit = settings.max_new_tokens_limit
@@ -39,7 +40,7 @@ async def chat_completions(request: Request, body: ServiceChatRequest) -> Respon
     assert neutral.messages is not None
     if system and not any(m["role"] == "system" for m in neutral.messages):
         neutral.messages.insert(0, {"role": "system", "content": system})
-    return await openai.chat(request, body, neutral, _target(body.model))
+    return await openai_chat.chat(request, body, plan, _target(body.model))
 
 
 def status(request: Request) -> dict[str, Any]:

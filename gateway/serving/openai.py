@@ -1,4 +1,5 @@
-"""OpenAI surface: chat and text completions onto neutral requests, and back.
+"""OpenAI surface: text completions and the models list onto neutral requests, and back;
+the sampling, constraint and logprobs translation chat shares (chat in openai_chat.py).
 
 Streaming chunks are assembled from pre-rendered JSON prefixes with only the text
 `json.dumps`-ed per token: the per-token path is the hot path of the gateway.
@@ -25,17 +26,12 @@ from engine_adapters.base import (
 )
 from gateway.errors import BadRequest, NotFound, classify, openai_body
 from gateway.protocols.openai import (
-    UNSUPPORTED_CHAT,
     UNSUPPORTED_COMPLETION,
-    AssistantMessage,
-    ChatCompletionRequest,
     CompletionRequest,
     JSONObjectFormat,
     JSONSchemaResponseFormat,
     ResponseFormat,
     StructuredOutputs,
-    SystemMessage,
-    UserMessage,
     _SamplingFields,
 )
 from gateway.registry import Registry
@@ -50,37 +46,6 @@ from gateway.settings import Settings
 UNLIMITED = 1 << 30
 
 # --------------------------------------------------------------------------- serving
-
-
-async def chat(
-    request: Request,
-    body: ChatCompletionRequest,
-    neutral: GenerationRequest | None = None,
-    target: Target | None = None,
-) -> Response:
-    """Serve a chat completion, whole or streamed, through the pipeline.
-
-    Another surface speaking OpenAI's chat (the chat service API) passes its own neutral
-    request and target.
-    """
-    pipeline = pipeline_of(request)
-    if neutral is None:
-        neutral = chat_to_neutral(body, pipeline.settings)
-
-    async def answer(_: GenerativeEngine, completions: list[Completion]) -> Response:
-        return FastJSONResponse(chat_response(body, completions[0]))
-
-    generation = Generation(
-        requests=[neutral],
-        answer=answer,
-        events=lambda _, streams: chat_stream(body, streams),
-        stream=body.stream,
-        target=target or Target(body.model, param="model", by_model=True),
-        timeout=body.timeout,
-        priority=body.priority,
-        fields=_fields(body, "messages"),
-    )
-    return await pipeline.generate(request, generation)
 
 
 async def completions(request: Request, body: CompletionRequest) -> Response:
@@ -99,12 +64,12 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
         target=Target(body.model, param="model", by_model=True),
         timeout=body.timeout,
         priority=body.priority,
-        fields=_fields(body, "prompt"),
+        fields=fields_of(body, "prompt"),
     )
     return await pipeline.generate(request, generation)
 
 
-def _fields(body: _SamplingFields, prompts: str) -> Fields:
+def fields_of(body: _SamplingFields, prompts: str) -> Fields:
     max_name = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
     return Fields(prompts=prompts, max_new_tokens=max_name, min_new_tokens="min_tokens", stop="stop", n="n")
 
@@ -112,14 +77,14 @@ def _fields(body: _SamplingFields, prompts: str) -> Fields:
 # --------------------------------------------------------------------------- requests
 
 
-def _refuse_unsupported(req: _SamplingFields, names: Sequence[str]) -> None:
+def refuse_unsupported(req: _SamplingFields, names: Sequence[str]) -> None:
     extra = req.model_extra or {}
     for name in names:
         if extra.get(name) not in (None, [], "none", False):
             raise BadRequest(f"{name} is not supported by this server", param=name)
 
 
-def _constraint(fmt: ResponseFormat | None, so: StructuredOutputs | None) -> Constraint | None:
+def constraint_of(fmt: ResponseFormat | None, so: StructuredOutputs | None) -> Constraint | None:
     if fmt is not None and fmt.type != "text" and so is not None:
         raise BadRequest("send either response_format or structured_outputs, not both", param="structured_outputs")
     if isinstance(fmt, JSONObjectFormat):
@@ -153,7 +118,7 @@ def _constraint(fmt: ResponseFormat | None, so: StructuredOutputs | None) -> Con
     )  # type: ignore[arg-type]
 
 
-def _sampling(
+def sampling_of(
     req: _SamplingFields, settings: Settings, max_tokens: int | None, logprobs: int | None
 ) -> SamplingOptions:
     limit = settings.max_new_tokens_limit
@@ -178,40 +143,9 @@ def _sampling(
     )
 
 
-def _message_dict(i: int, m: SystemMessage | UserMessage | AssistantMessage) -> dict[str, Any]:
-    if m.content is None:  # only an assistant's may be empty
-        content = ""
-    elif isinstance(m.content, str):
-        content = m.content
-    else:
-        content = "\n".join(p.text for p in m.content)
-    # "developer" is OpenAI's newer name for the system role; chat templates know "system".
-    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": content}
-    if m.name:
-        out["name"] = m.name
-    return out
-
-
-def chat_to_neutral(req: ChatCompletionRequest, settings: Settings) -> GenerationRequest:
-    """The neutral request of a chat completion."""
-    _refuse_unsupported(req, UNSUPPORTED_CHAT)
-    if req.top_logprobs is not None and not req.logprobs:
-        raise BadRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return GenerationRequest(
-        request_id=new_request_id("chatcmpl"),
-        messages=[_message_dict(i, m) for i, m in enumerate(req.messages)],
-        add_generation_prompt=req.add_generation_prompt,
-        sampling=_sampling(req, settings, max_tokens, logprobs),
-        constraint=_constraint(req.response_format, req.structured_outputs),
-        stream=req.stream,
-    )
-
-
 def completion_to_neutral(req: CompletionRequest, settings: Settings) -> list[GenerationRequest]:
     """One neutral request per prompt of a text completion."""
-    _refuse_unsupported(req, UNSUPPORTED_COMPLETION)
+    refuse_unsupported(req, UNSUPPORTED_COMPLETION)
     if req.best_of is not None and req.best_of != req.n:
         raise BadRequest("best_of is not supported (only best_of equal to n)", param="best_of")
     p = req.prompt
@@ -222,11 +156,11 @@ def completion_to_neutral(req: CompletionRequest, settings: Settings) -> list[Ge
         prompts = [p]  # type: ignore[list-item]
     else:
         prompts = list(p)  # type: ignore[arg-type]
-    sampling = _sampling(req, settings, req.max_tokens, req.logprobs)
+    sampling = sampling_of(req, settings, req.max_tokens, req.logprobs)
     if req.echo and req.logprobs is not None:
         # echo with logprobs scores the prompt too (OpenAI's legacy completions behaviour)
         sampling.prompt_logprobs = req.logprobs
-    constraint = _constraint(req.response_format, req.structured_outputs)
+    constraint = constraint_of(req.response_format, req.structured_outputs)
     out = []
     for prompt in prompts:
         out.append(
@@ -245,7 +179,7 @@ def completion_to_neutral(req: CompletionRequest, settings: Settings) -> list[Ge
 # --------------------------------------------------------------------------- responses
 
 
-def _usage(completions: Sequence[Completion]) -> dict[str, int]:
+def usage_of(completions: Sequence[Completion]) -> dict[str, int]:
     prompt = sum(len(c.prompt_token_ids) for c in completions)
     gen = sum(c.completion_tokens for c in completions)
     return {"prompt_tokens": prompt, "completion_tokens": gen, "total_tokens": prompt + gen}
@@ -313,29 +247,6 @@ async def _echo_logprobs(engine: GenerativeEngine, c: Completion, k: int, as_ids
     return completion_logprobs(c.prompt_logprobs or [], k, 0, first, as_ids)
 
 
-def chat_response(req: ChatCompletionRequest, c: Completion) -> dict[str, Any]:
-    """A whole `chat.completion` object."""
-    k = req.top_logprobs or 0
-    choices = []
-    for i, text in enumerate(c.texts):
-        choices.append(
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": chat_logprobs(c.logprobs[i], k, req.return_tokens_as_token_ids) if req.logprobs else None,
-                "finish_reason": _finish(c.finish_reasons[i]),
-            }
-        )
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": req.model,
-        "choices": choices,
-        "usage": _usage([c]),
-    }
-
-
 async def completion_response(
     engine: GenerativeEngine, req: CompletionRequest, requests: list[GenerationRequest], completions: list[Completion]
 ) -> dict[str, Any]:
@@ -367,7 +278,7 @@ async def completion_response(
         "created": int(time.time()),
         "model": req.model,
         "choices": choices,
-        "usage": _usage(completions),
+        "usage": usage_of(completions),
     }
 
 
@@ -380,66 +291,15 @@ async def _echo_text(engine: GenerativeEngine, request: GenerationRequest, promp
 # --------------------------------------------------------------------------- streaming
 
 
-def _sse(payload: str) -> bytes:
+def sse(payload: str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
-_DONE = b"data: [DONE]\n\n"
+DONE = b"data: [DONE]\n\n"
 
 
-def _error_event(exc: Exception) -> bytes:
+def error_event(exc: Exception) -> bytes:
     return f"event: error\ndata: {json.dumps(openai_body(classify(exc)))}\n\n".encode()
-
-
-async def chat_stream(
-    req: ChatCompletionRequest, streams: list[AsyncIterator[GenerationOutput]]
-) -> AsyncIterator[bytes]:
-    """`chat.completion.chunk` events, then usage (if asked for) and `[DONE]`."""
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    usage_tail = ',"usage":null' if include_usage else ""
-    head = json.dumps(
-        {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": req.model,
-        }
-    )[:-1]
-    k = req.top_logprobs or 0
-    tokens = 0
-    prompt_tokens = 0
-    try:
-        for i in range(req.n):
-            yield _sse(
-                f'{head},"choices":[{{"index":{i},"delta":{{"role":"assistant","content":""}},'
-                f'"logprobs":null,"finish_reason":null}}]{usage_tail}}}'
-            )
-        async for _, out in merge(streams):
-            prompt_tokens = len(out.prompt_token_ids)
-            for d in out.deltas:
-                tokens += len(d.token_ids)
-                if not d.text and d.finish_reason is None:
-                    continue
-                lp = (
-                    json.dumps(chat_logprobs(d.logprobs or [], k, req.return_tokens_as_token_ids))
-                    if req.logprobs
-                    else "null"
-                )
-                fin = json.dumps(d.finish_reason) if d.finish_reason is not None else "null"
-                delta = f'{{"content":{json.dumps(d.text)}}}' if d.text else "{}"
-                yield _sse(
-                    f'{head},"choices":[{{"index":{d.index},"delta":{delta},"logprobs":{lp},"finish_reason":{fin}}}]{usage_tail}}}'
-                )
-        if include_usage:
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": tokens,
-                "total_tokens": prompt_tokens + tokens,
-            }
-            yield _sse(f'{head},"choices":[],"usage":{json.dumps(usage)}}}')
-    except Exception as exc:  # after the 200 the only way to report is an error event
-        yield _error_event(exc)
-    yield _DONE
 
 
 async def completion_stream(
@@ -475,7 +335,7 @@ async def completion_stream(
                     echo_lp = json.dumps(await _echo_logprobs(engine, first, k, req.return_tokens_as_token_ids))
                 for i in range(n):
                     offsets[p * n + i] = len(text)
-                    yield _sse(
+                    yield sse(
                         f'{head},"choices":[{{"index":{p * n + i},"text":{json.dumps(text)},'
                         f'"logprobs":{echo_lp},"finish_reason":null}}]{usage_tail}}}'
                     )
@@ -492,16 +352,16 @@ async def completion_stream(
                     )
                     offsets[index] = start + len(d.text)
                 fin = json.dumps(d.finish_reason) if d.finish_reason is not None else "null"
-                yield _sse(
+                yield sse(
                     f'{head},"choices":[{{"index":{index},"text":{json.dumps(d.text)},"logprobs":{lp},"finish_reason":{fin}}}]{usage_tail}}}'
                 )
         if include_usage:
             total_prompt = sum(prompt_tokens)
             usage = {"prompt_tokens": total_prompt, "completion_tokens": tokens, "total_tokens": total_prompt + tokens}
-            yield _sse(f'{head},"choices":[],"usage":{json.dumps(usage)}}}')
+            yield sse(f'{head},"choices":[],"usage":{json.dumps(usage)}}}')
     except Exception as exc:  # after the 200 the only way to report is an error event
-        yield _error_event(exc)
-    yield _DONE
+        yield error_event(exc)
+    yield DONE
 
 
 # --------------------------------------------------------------------------- models

@@ -135,12 +135,23 @@ def test_model_name_routes_to_its_group(sdk):
     assert chat(sdk, model="scripted", max_tokens=2).model == "scripted"
 
 
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}]},
+            "tools[0].function.parameters",
+        ),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        ({"tools": [TOOL, TOOL]}, "tools[1]"),
+        ({"tools": [TOOL], "functions": [{"name": "f"}]}, "functions"),
+        ({"tools": [TOOL], "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+        ({"extra_body": {"continue_final_message": True}}, "continue_final_message"),
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
         ({"temperature": 3}, "temperature"),
         ({"top_p": 0}, "top_p"),
@@ -152,7 +163,7 @@ def test_model_name_routes_to_its_group(sdk):
         ({"logit_bias": {"x": 1}}, "logit_bias"),
         ({"stop": [""]}, "stop[0]"),
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
@@ -166,6 +177,9 @@ def test_bad_chat_requests_raise_bad_request_naming_the_param(sdk, kwargs, param
     assert err["type"] == "invalid_request_error"
     if param is not None:
         assert err["param"] == param
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
 
 
 @pytest.mark.parametrize(

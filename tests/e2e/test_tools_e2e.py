@@ -1,0 +1,120 @@
+"""Function calling on the real engine with the embedded model (no tool-call parser):
+"required" and named choices are constrained decoding, so the arguments validate
+against the tool's schema; "auto" answers in text; conversations carry tool results."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather forecast of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7},
+            },
+            "required": ["city", "days"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Current time in a time zone",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "enum": ["UTC", "CET", "JST"]}},
+            "required": ["zone"],
+        },
+    },
+}
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+ASK = [{"role": "user", "content": "What is the weather in Paris for the next 3 days?"}]
+
+
+@pytest.fixture(scope="module")
+def sdk(gateway):
+    return openai.OpenAI(base_url=gateway.openai_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def accumulate(chunks):
+    calls: dict[int, dict] = {}
+    finish = None
+    for chunk in chunks:
+        for choice in chunk.choices:
+            for tc in choice.delta.tool_calls or []:
+                call = calls.setdefault(tc.index, {"name": None, "arguments": ""})
+                if tc.function.name:
+                    assert not call["arguments"], "the name comes first"
+                    call["name"] = tc.function.name
+                call["arguments"] += tc.function.arguments or ""
+            finish = choice.finish_reason or finish
+    return [calls[i] for i in sorted(calls)], finish
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
+def test_forced_tool_calls_have_arguments_valid_for_the_schema(sdk, stream, choice):
+    kw = {"model": "primary", "messages": ASK, "tools": [WEATHER, TIME], "tool_choice": choice, "max_tokens": 120}
+    if stream:
+        calls, finish = accumulate(sdk.chat.completions.create(stream=True, **kw))
+    else:
+        r = sdk.chat.completions.create(**kw)
+        finish = r.choices[0].finish_reason
+        calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in r.choices[0].message.tool_calls]
+    assert finish == "tool_calls" and calls
+    if isinstance(choice, dict):
+        assert [c["name"] for c in calls] == ["get_time"]
+    for call in calls:
+        arguments = json.loads(call["arguments"])
+        assert isinstance(arguments, dict), "the parameters object, not a JSON string"
+        jsonschema.validate(arguments, SCHEMAS[call["name"]])
+
+
+def test_a_tool_result_conversation_is_answered(sdk):
+    first = sdk.chat.completions.create(
+        model="primary", messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=120
+    )
+    (call,) = first.choices[0].message.tool_calls[:1]
+    messages = [
+        *ASK,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 24 degrees, all three days."},
+    ]
+    second = sdk.chat.completions.create(model="primary", messages=messages, tools=[WEATHER], max_tokens=24)
+    assert second.choices[0].message.tool_calls is None
+    assert second.choices[0].message.content.strip()
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens  # the call and its result were rendered
+
+
+def test_auto_without_a_parser_answers_in_text(sdk):
+    r = sdk.chat.completions.create(model="primary", messages=ASK, tools=[WEATHER], max_tokens=16)
+    assert r.choices[0].message.tool_calls is None and r.choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 1}}}]},
+            "tools[0].function.parameters",
+        ),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+    ],
+)
+def test_bad_tool_requests_are_400_naming_the_field(sdk, extra, param):
+    with pytest.raises(openai.BadRequestError) as exc:
+        sdk.chat.completions.create(model="primary", messages=ASK, max_tokens=4, **extra)
+    assert exc.value.body["param"] == param

@@ -205,6 +205,8 @@ class ScriptedEngine:
                 return json.dumps(example_of(c.value))
             if c.kind == "json_object":
                 return "{}"
+            if c.kind == "regex":
+                return example_of_regex(c.value)
             raise InvalidParameterError(f"the scripted engine cannot follow a {c.kind} constraint")
         if self.config.reply is not None:
             return self.config.reply
@@ -328,3 +330,48 @@ def example_of(schema: Any) -> Any:
     if kind == "boolean":
         return True
     return None
+
+
+def example_of_regex(pattern: str) -> str:
+    """A short string the regex fully matches, for common regexes (else "")."""
+    import re._parser as sre  # the standard library's own regex parser
+
+    def walk(items: Any) -> str:
+        out = []
+        for op, arg in items:
+            name = str(op)
+            if name == "LITERAL":
+                out.append(chr(arg))
+            elif name == "ANY":
+                out.append("a")
+            elif name == "IN":
+                out.append(pick(arg))
+            elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                low, _, sub = arg
+                out.append(walk(sub) * low)
+            elif name == "SUBPATTERN":
+                out.append(walk(arg[-1]))
+            elif name == "BRANCH":
+                out.append(walk(arg[1][0]))
+            elif name in ("AT", "ASSERT", "ASSERT_NOT"):
+                continue
+            else:
+                raise ValueError(name)
+        return "".join(out)
+
+    def pick(items: Any) -> str:
+        for op, arg in items:
+            name = str(op)
+            if name == "LITERAL":
+                return chr(arg)
+            if name == "RANGE":
+                return chr(arg[0])
+            if name == "CATEGORY":
+                return {"CATEGORY_DIGIT": "0", "CATEGORY_SPACE": " "}.get(str(arg), "a")
+        return "a"
+
+    try:
+        text = walk(sre.parse(pattern))
+    except (ValueError, TypeError, re.error):
+        return ""
+    return text if re.fullmatch(pattern, text) else ""

@@ -8,6 +8,8 @@ back, and makes sure an abandoned request is aborted inside the engine.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import hashlib
 import json
 import logging
 import os
@@ -41,7 +43,10 @@ from engine_adapters.vllm_parsing import VLLMOutputParser, parser_class
 
 log = logging.getLogger(__name__)
 
-_CONSTRAINT_CACHE_SIZE = 1024
+_CONSTRAINT_CACHE_SIZE = 4096  # verdicts keyed by digest: small entries
+# Constraint checks get two threads of their own: a slow one cannot starve the default
+# pool (tokenizing, model start-up) nor run without bound in parallel.
+_CONSTRAINT_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="constraint-check")
 
 # Prompts shorter than this are tokenized on the event loop (tens of microseconds);
 # longer ones go to a thread so one big prompt cannot stall every stream.
@@ -75,6 +80,7 @@ class VLLMEngineConfig:
     max_prompt_tokens: int | None = None
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
+    constraint_check_timeout: float = 10.0
     chat_template: str | None = None  # a template file that replaces the model's
     engine_args: dict[str, Any] = field(default_factory=dict)
 
@@ -90,6 +96,7 @@ class VLLMEngine(AsyncLLMHost):
         # (kind, spec) -> None when the reader's backend accepts it, else the reason
         self._constraint_checks: OrderedDict[tuple[str, str], str | None] = OrderedDict()
         self._chat_template: str | None = None
+        self._vocab: dict[str, int] | None = None
         self._parser_cls: Any = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -234,7 +241,10 @@ class VLLMEngine(AsyncLLMHost):
         if self._tokenizer is None:
             raise EngineNotReadyError("the model is still loading")
         self._check_ids(token_ids, "tokens")
-        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens))
+        ids = list(token_ids)
+        if len(ids) <= _INLINE_TOKENIZE_CHARS // 4:
+            return str(self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
+        return str(await asyncio.to_thread(self._tokenizer.decode, ids, skip_special_tokens=skip_special_tokens))
 
     def token_strings(self, token_ids: Sequence[int]) -> list[str]:
         """Vocabulary entries of the ids."""
@@ -247,7 +257,9 @@ class VLLMEngine(AsyncLLMHost):
         """Ids of vocabulary entries; entries not in the vocabulary are a 400."""
         if self._tokenizer is None:
             raise EngineNotReadyError("the model is still loading")
-        vocab = self._tokenizer.get_vocab()
+        if self._vocab is None:  # built once: get_vocab() copies the whole vocabulary
+            self._vocab = self._tokenizer.get_vocab()
+        vocab = self._vocab
         unknown = [t for t in tokens if t not in vocab]
         if unknown:
             raise InvalidParameterError(f"{len(unknown)} token(s) are not in the vocabulary", "tokens")
@@ -348,7 +360,7 @@ class VLLMEngine(AsyncLLMHost):
                 yield out
             return
         if request.constraint is not None:
-            self._check_constraint(request.constraint)
+            await self._check_constraint(request.constraint)
         params = self._sampling_params(request, max_tokens)
         kwargs: dict[str, Any] = {}
         if request.priority:
@@ -375,6 +387,7 @@ class VLLMEngine(AsyncLLMHost):
             raise InvalidParameterError(str(exc)) from exc
         want_logprobs = request.sampling.logprobs is not None
         finished = False
+        produced = 0
         try:
             yield GenerationOutput(prompt_token_ids=ids, deltas=[], finished=False)
             while not finished:
@@ -384,8 +397,18 @@ class VLLMEngine(AsyncLLMHost):
                 if any(c.finish_reason == "error" for c in out.outputs):
                     # vLLM ends a request it could not serve (e.g. a grammar that failed to
                     # compile in the engine) with finish reason "error"; never pass that off
-                    # as an answer.
+                    # as an answer. A constraint that fails before the first token is one
+                    # the model's vocabulary cannot follow (xgrammar rejects every token):
+                    # the client's input, so a 400 naming the field.
+                    c = request.constraint
+                    if c is not None and produced == 0:
+                        raise InvalidParameterError(
+                            f"{c.param or c.kind}: the model cannot produce any text that matches this constraint",
+                            c.param,
+                        )
                     raise EngineError("the engine failed this request; the server log has the details")
+                for c_out in out.outputs:
+                    produced += len(c_out.token_ids)
                 deltas = [
                     SequenceDelta(
                         index=c.index,
@@ -412,33 +435,47 @@ class VLLMEngine(AsyncLLMHost):
                 await engine.abort(queue.request_id, internal=True)
             queue.close()
 
-    def _check_constraint(self, c: Constraint) -> None:
-        """Reject a constraint the reader's backend cannot compile, before the engine sees it.
-
-        The verdict is cached per (kind, spec): a repeated schema is checked once here,
-        and vLLM's backends keep their compiled grammars in their own caches.
-        """
+    def _verdict(self, c: Constraint) -> str | None:
+        """Why the reader's backend cannot use `c`, or None (blocking: runs in a thread)."""
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import SamplingParams, StructuredOutputsParams
 
+        try:
+            if c.kind == "json":
+                check_json_schema(c.value)
+            params = SamplingParams(max_tokens=1, structured_outputs=StructuredOutputsParams(**{c.kind: c.value}))
+            params._validate_structured_outputs(
+                self._engine.model_config, self._engine.vllm_config.structured_outputs_config, self._tokenizer
+            )
+        except (ValueError, VLLMValidationError) as exc:
+            return _short(str(exc))
+        return None
+
+    async def _check_constraint(self, c: Constraint) -> None:
+        """Reject a constraint the reader's backend cannot compile, before the engine sees it.
+
+        The check runs off the event loop, on a small pool of its own (a pathological
+        regex or schema must not stall every stream, nor take every worker thread),
+        under `constraint_check_timeout`. The verdict is cached by the spec's digest: a
+        repeated schema is checked once here, and vLLM's backends keep their compiled
+        grammars in their own caches.
+        """
         backend = self.config.structured_outputs_backend
         if c.backend not in (None, "auto", backend):
             raise InvalidParameterError(f"this reader decodes constraints with {backend!r}", c.backend_param)
-        key = (c.kind, c.value if isinstance(c.value, str) else json.dumps(c.value, sort_keys=True))
+        spec = c.value if isinstance(c.value, str) else json.dumps(c.value, sort_keys=True)
+        key = (c.kind, hashlib.sha256(spec.encode()).hexdigest())
         if key in self._constraint_checks:
             self._constraint_checks.move_to_end(key)
             reason = self._constraint_checks[key]
         else:
-            reason = None
+            loop = asyncio.get_running_loop()
             try:
-                if c.kind == "json":
-                    check_json_schema(c.value)
-                params = SamplingParams(max_tokens=1, structured_outputs=StructuredOutputsParams(**{c.kind: c.value}))
-                params._validate_structured_outputs(
-                    self._engine.model_config, self._engine.vllm_config.structured_outputs_config, self._tokenizer
+                reason = await asyncio.wait_for(
+                    loop.run_in_executor(_CONSTRAINT_POOL, self._verdict, c), self.config.constraint_check_timeout
                 )
-            except (ValueError, VLLMValidationError) as exc:
-                reason = _short(str(exc))
+            except TimeoutError:
+                reason = f"checking it took longer than {self.config.constraint_check_timeout:g} s"
             self._constraint_checks[key] = reason
             if len(self._constraint_checks) > _CONSTRAINT_CACHE_SIZE:
                 self._constraint_checks.popitem(last=False)

@@ -17,7 +17,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.staticfiles import StaticFiles
 
 from engine_adapters.base import EngineError
 from gateway import __version__
@@ -72,7 +71,9 @@ def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = 
     # Added last = outermost: CORS answers preflights before the guard asks for a key.
     app.add_middleware(
         Guard,
-        digests=runtime.key_digests,
+        keys=runtime.keys,
+        local_only=not s.allow_unauthenticated,
+        trusted_hosts=s.trusted_hosts,
         public_paths=[*s.public_paths, *(["/metrics"] if s.metrics_public else []), *(["/"] if ui else [])],
         # the page and its files load without a key; the page asks for one for the API
         public_prefixes=("/ui/",) if ui else (),
@@ -81,7 +82,9 @@ def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = 
         surface=surface,
     )
     # the console on the main port adds and removes readers through this port
-    ui_origin = rf"^https?://[^/]+:{s.port}$" if surface == "management" and s.ui_enabled else None
+    ui_origin = (
+        rf"^https?://(127\.0\.0\.1|localhost|\[::1\]):{s.port}$" if surface == "management" and s.ui_enabled else None
+    )
     if s.cors_allow_origins or ui_origin:
         app.add_middleware(
             CORSMiddleware,
@@ -117,7 +120,7 @@ def build_main_app(runtime: Runtime, lifespan: object = None) -> FastAPI:
         app.include_router(health.metrics_router)
     if runtime.settings.ui_enabled:
         app.include_router(ui.router)
-        app.mount("/ui", StaticFiles(directory=ui.STATIC), name="ui")
+        app.mount("/ui", ui.UIFiles(directory=ui.STATIC), name="ui")
     return app
 
 
@@ -139,6 +142,25 @@ def build_openai_app(runtime: Runtime) -> FastAPI:
     return app
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def open_to_the_network(settings: Settings) -> str | None:
+    """Why these settings would serve an open API beyond this machine, or None.
+
+    No keys and a non-loopback host is refused (the process exits 2 before loading any
+    model) unless `allow_unauthenticated` says it is meant.
+    """
+    has_keys = bool(settings.api_keys or settings.admin_api_keys or settings.api_keys_file)
+    hosts = {settings.host, settings.management_host}
+    if has_keys or settings.allow_unauthenticated or hosts <= set(LOOPBACK):
+        return None
+    return (
+        f"refusing to serve {', '.join(sorted(hosts - set(LOOPBACK)))} without API keys: set GATEWAY_API_KEYS "
+        "(or api_keys_file), or GATEWAY_ALLOW_UNAUTHENTICATED=true to serve without keys"
+    )
+
+
 def create_app(settings: Settings | None = None, factory: EngineFactory | None = None) -> FastAPI:
     """A self-contained main app whose lifespan loads and stops the readers."""
     return create_apps(settings, factory)[0]
@@ -149,7 +171,11 @@ def create_apps(
 ) -> tuple[FastAPI, FastAPI, FastAPI]:
     """Main, management and OpenAI apps on one runtime; the main app's lifespan loads
     and stops the readers (for tests and single-port ASGI servers)."""
-    runtime = Runtime.create(settings or load_settings(), factory)
+    settings = settings or load_settings()
+    reason = open_to_the_network(settings)
+    if reason is not None:
+        raise RuntimeError(reason)
+    runtime = Runtime.create(settings, factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -43,6 +43,7 @@ class Reader:
     state: ReaderState = "loading"
     error: str | None = None
     in_flight: int = 0  # requests
+    sequences: int = 0  # sequences of those requests (prompts x n x beams): what admission counts
     configured: bool = True  # from the settings at start-up (False: added at run time)
     load_task: asyncio.Task[None] | None = None
     loaded_at: float | None = None
@@ -106,13 +107,15 @@ class Reader:
         """ "id" when ready, else "id, state"."""
         return self.id if self.state == "ready" else f"{self.id}, {self.state}"
 
-    def acquire(self, cut: Cut | None = None) -> Callable[[], None]:
-        """Count a request as in flight until the returned release is called (once).
+    def acquire(self, cut: Cut | None = None, weight: int = 1) -> Callable[[], None]:
+        """Count a request of `weight` sequences as in flight until the returned release
+        is called (once).
 
         `cut` stops the request early; the registry calls it when the reader is removed
         and the request outlives the drain.
         """
         self.in_flight += 1
+        self.sequences += weight
         if cut is not None:
             self._cuts.add(cut)
         released = False
@@ -122,15 +125,16 @@ class Reader:
             if not released:
                 released = True
                 self.in_flight -= 1
+                self.sequences -= weight
                 if cut is not None:
                     self._cuts.discard(cut)
 
         return release
 
     @contextlib.contextmanager
-    def track(self, cut: Cut | None = None) -> Iterator[None]:
+    def track(self, cut: Cut | None = None, weight: int = 1) -> Iterator[None]:
         """`acquire` for the duration of a block."""
-        release = self.acquire(cut)
+        release = self.acquire(cut, weight)
         try:
             yield
         finally:
@@ -240,11 +244,13 @@ class Registry:
             members = with_adapter
         return members
 
-    def balance(self, group: str, members: list[Reader], admit: bool = True) -> Reader:
-        """The serving reader of `members` with the fewest requests in flight.
+    def balance(self, group: str, members: list[Reader], admit: bool = True, weight: int = 1) -> Reader:
+        """The serving reader of `members` with the fewest sequences in flight.
 
-        With `admit`, a reader at its `max_in_flight` refuses (429 with Retry-After);
-        status reads pass `admit=False` and are never refused or counted.
+        With `admit`, a reader whose `max_in_flight` sequences would be exceeded by the
+        request's `weight` refuses (429 with Retry-After), unless it is idle (a request
+        larger than the limit still runs alone); status reads pass `admit=False` and are
+        never refused or counted.
         """
         ready = [r for r in members if r.serving]
         if not ready:
@@ -253,13 +259,13 @@ class Registry:
                 f"consumer group {group!r} has no ready reader ({states}); retry shortly",
                 headers={"Retry-After": "5"},
             )
-        best = min(ready, key=lambda r: r.in_flight)
+        best = min(ready, key=lambda r: r.sequences)
         if admit:
             limit = best.settings.max_in_flight
-            if limit is not None and best.in_flight >= limit:
+            if limit is not None and best.sequences and best.sequences + weight > limit:
                 self.rejections += 1
                 raise Overloaded(
-                    f"consumer group {group!r} is at capacity ({limit} requests in flight per reader); retry shortly",
+                    f"consumer group {group!r} is at capacity ({limit} sequences in flight per reader); retry shortly",
                     headers={"Retry-After": "1"},
                 )
             obs = observation()

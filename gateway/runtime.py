@@ -11,9 +11,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 
+from gateway.auth import KeyRing
 from gateway.continuation import ContinuationStore, make_store
 from gateway.errors import GatewayError
-from gateway.middleware.guards import key_digests
 from gateway.observability.metrics import attach
 from gateway.registry import EngineFactory, Registry
 from gateway.serving.pipeline import Pipeline
@@ -28,14 +28,18 @@ class Runtime:
     registry: Registry
     continuation: ContinuationStore
     pipeline: Pipeline
-    key_digests: list[bytes] = field(default_factory=list)
+    keys: KeyRing
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
     @classmethod
     def create(cls, settings: Settings, factory: EngineFactory | None = None) -> Runtime:
         """A runtime whose readers are not loaded yet (see `Registry.start_all`)."""
-        digests = key_digests((k.get_secret_value() for k in settings.api_keys), settings.api_keys_file)
+        keys = KeyRing(
+            (k.get_secret_value() for k in settings.api_keys),
+            (k.get_secret_value() for k in settings.admin_api_keys),
+            settings.api_keys_file,
+        )
         registry = Registry(settings, factory) if factory is not None else Registry(settings)
         store = make_store(settings.continuation)
         runtime = cls(
@@ -43,7 +47,7 @@ class Runtime:
             registry=registry,
             continuation=store,
             pipeline=Pipeline(settings, registry, store),
-            key_digests=digests,
+            keys=keys,
         )
         attach(RuntimeCollector(runtime))
         return runtime

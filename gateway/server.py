@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from gateway.app import build_main_app, build_management_app, build_openai_app
+from gateway.app import build_main_app, build_management_app, build_openai_app, open_to_the_network
 from gateway.errors import NotReady
 from gateway.registry import Reader
 from gateway.runtime import Runtime
@@ -94,23 +94,19 @@ async def _drain(runtime: Runtime) -> None:
             await asyncio.sleep(0.05)
 
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ENGINE_DEATH_GRACE_SECONDS = 2.0
 
 
 async def serve(settings: Settings) -> int:
     """Serve until a signal or an engine death; return the process exit code."""
+    refusal = open_to_the_network(settings)
+    if refusal is not None:
+        # Deny by default: an open API is only ever offered to this machine. Exit before
+        # loading any model, so a misconfigured deployment fails at once, visibly.
+        log.error(refusal)
+        return 2
     runtime = Runtime.create(settings)
-    if not runtime.key_digests and settings.host not in _LOOPBACK and not settings.allow_unauthenticated:
-        # Deny by default: an open API is only ever offered to this machine.
-        log.warning(
-            "no API keys are configured: listening on 127.0.0.1 only, not %s. Set GATEWAY_API_KEYS "
-            "(or api_keys_file), or GATEWAY_ALLOW_UNAUTHENTICATED=true to serve without keys.",
-            settings.host,
-        )
-        settings = settings.model_copy(update={"host": "127.0.0.1"})
-        runtime.settings = settings
-    elif not runtime.key_digests:
+    if not runtime.keys.configured:
         log.warning("no API keys are configured: every route is open to this machine")
     changed = non_default(settings)
     if changed:
@@ -134,7 +130,10 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    servers = [(name, _server(app, settings.host, port, settings)) for name, app, port in _listeners(runtime)]
+    servers = [
+        (name, _server(app, settings.management_host if name == "management" else settings.host, port, settings))
+        for name, app, port in _listeners(runtime)
+    ]
     # Bind every port before serving any, so a port in use is one clear error and exit.
     sockets = []
     for name, srv in servers:
@@ -142,7 +141,7 @@ async def serve(settings: Settings) -> int:
             sockets.append(srv.config.bind_socket())
         except SystemExit:  # uvicorn logs the OSError and exits
             log.error(
-                "cannot listen on %s:%d for the %s API; is the port in use?", settings.host, srv.config.port, name
+                "cannot listen on %s:%d for the %s API; is the port in use?", srv.config.host, srv.config.port, name
             )
             for sock in sockets:
                 sock.close()
@@ -154,7 +153,7 @@ async def serve(settings: Settings) -> int:
     ]
     while not all(srv.started for _, srv in servers):  # noqa: ASYNC110 - uvicorn offers only this flag
         await asyncio.sleep(0.02)
-    ports = ", ".join(f"{name} {settings.host}:{srv.config.port}" for name, srv in servers)
+    ports = ", ".join(f"{name} {srv.config.host}:{srv.config.port}" for name, srv in servers)
     log.info("listening: %s; loading models", ports)
 
     runtime.registry.start_all()

@@ -17,6 +17,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 EngineKind = Literal["vllm", "sentence-transformers", "pooling", "scripted"]
 
+# Reader kinds the management API may create by default ("scripted" answers with canned
+# text: only test configurations allow it).
+_SAFE_KINDS: tuple[EngineKind, ...] = ("vllm", "sentence-transformers", "pooling")
+
 # The consumer group a generation goes to when the request names none (Takeoff's name).
 DEFAULT_GROUP = "primary"
 Task = Literal["generate", "embed", "classify"]
@@ -139,6 +143,9 @@ class ContinuationSettings(BaseModel):
     max_entries: int = Field(10_000, ge=1)
     max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     ttl_seconds: float = Field(3600.0, gt=0)
+    # keys are HMAC(secret, caller's key name + request_id): set the same secret on every
+    # replica sharing a Redis store; the built-in default only separates callers
+    secret: SecretStr = SecretStr("llm-gateway-continuation")
 
 
 class Settings(BaseSettings):
@@ -192,16 +199,42 @@ class Settings(BaseSettings):
     metrics_on_main_port: bool = False
     metrics_public: bool = False
 
-    # authentication: deny by default once keys exist
-    api_keys: list[SecretStr] = Field(default_factory=list)
-    api_keys_file: Path | None = None
-    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz"])
+    # authentication: deny by default once keys exist (see gateway/auth.py)
+    api_keys: list[SecretStr] = Field(default_factory=list)  # inference scope, every group
+    admin_api_keys: list[SecretStr] = Field(default_factory=list)  # the management port too
+    api_keys_file: Path | None = None  # named keys with scopes, groups and limits
+    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/health", "/version"])
     allow_unauthenticated: bool = False
+    # without keys, Host names besides the loopback ones that may reach the server
+    trusted_hosts: list[str] = Field(default_factory=list)
+    management_host: str = "127.0.0.1"
+
+    # the management API: what POST /reader may create
+    allowed_reader_kinds: list[EngineKind] = Field(default_factory=lambda: list(_SAFE_KINDS))
+    allowed_engine_args: list[str] = Field(
+        default_factory=lambda: [
+            "max_num_batched_tokens",
+            "max_num_seqs",
+            "block_size",
+            "kv_cache_dtype",
+            "quantization",
+            "swap_space",
+            "enable_chunked_prefill",
+            "seed",
+        ]
+    )
+    model_roots: list[Path] = Field(default_factory=list)  # folders POST /reader may load models from
+    max_readers: int = Field(16, ge=1)
+    max_concurrent_loads: int = Field(2, ge=1)
 
     # limits and admission
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     request_timeout_seconds: float | None = Field(None, gt=0)
     max_request_timeout_seconds: float = Field(3600.0, gt=0)
+    min_request_timeout_seconds: float = Field(0.01, gt=0)
+    max_stop_length: int = Field(1024, ge=1)
+    max_constraint_bytes: int = Field(256 * 1024, ge=1024)
+    max_tokenize_chars: int = Field(1_000_000, ge=1)
     cors_allow_origins: list[str] = Field(default_factory=list)
 
     @field_validator("cache_dir")
@@ -267,6 +300,8 @@ def redacted(settings: Settings) -> dict[str, Any]:
     """Settings as plain data with secrets hidden (for `gateway config` and logs)."""
     data = settings.model_dump(mode="json")
     data["api_keys"] = ["**********" for _ in settings.api_keys]
+    data["admin_api_keys"] = ["**********" for _ in settings.admin_api_keys]
+    data["continuation"]["secret"] = "**********"
     data["continuation"]["redis_url"] = _redact_url(settings.continuation.redis_url.get_secret_value())
     return data
 

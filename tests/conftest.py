@@ -8,6 +8,8 @@ one and say why.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,11 @@ def artifacts() -> Path:
 def gateway(artifacts: Path) -> Iterator[GatewayProcess]:
     """The shared gateway on the default config (real vLLM, embedded model)."""
     # A small continuation store, so that eviction at the bound can be shown on it.
+    # Readers added by the tests load their models from temporary folders.
+    roots = json.dumps(["/models", tempfile.gettempdir()])
     gw = start_gateway(
-        artifacts / "gateway-e2e.log", env={"GATEWAY_CONTINUATION__MAX_ENTRIES": str(SHARED_MAX_ENTRIES)}
+        artifacts / "gateway-e2e.log",
+        env={"GATEWAY_CONTINUATION__MAX_ENTRIES": str(SHARED_MAX_ENTRIES), "GATEWAY_MODEL_ROOTS": roots},
     )
     try:
         yield gw

@@ -6,23 +6,24 @@ and broke request cancellation in vLLM (vllm-project/vllm#10087) and SGLang (#20
 * `Guard` refuses, in the order a request meets them: a server that is draining (503),
   a missing or wrong API key (401), a body over the size limit (413). Public paths
   (health probes, by default) skip the key check and the draining check.
-* API keys are compared as SHA-256 digests with `hmac.compare_digest`, against every
-  configured key, so the time taken does not tell how much of a key was right.
+* Keys and their scopes are in `gateway.auth`: the management port needs an admin key,
+  the others an inference key (403 otherwise). Without keys (local mode) only requests
+  with a loopback Host pass, against DNS rebinding. Real CORS preflights skip the key.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.auth import ADMIN, INFERENCE, LOCAL, KeyRing, Principal
 from gateway.errors import (
+    Forbidden,
     GatewayError,
     NotReady,
     PayloadTooLarge,
@@ -36,19 +37,30 @@ from gateway.observability.metrics import current as observation
 log = logging.getLogger(__name__)
 
 
-def key_digests(keys: Iterable[str], keys_file: Path | None) -> list[bytes]:
-    """SHA-256 digests of the configured keys; file lines may be `sha256:<hex>` already."""
-    digests = [hashlib.sha256(k.encode()).digest() for k in keys if k]
-    if keys_file is not None:
-        for raw in keys_file.read_text().splitlines():
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("sha256:"):
-                digests.append(bytes.fromhex(line.removeprefix("sha256:")))
-            else:
-                digests.append(hashlib.sha256(line.encode()).digest())
-    return digests
+_LOOPBACK_HOST = re.compile(r"^(127\.0\.0\.1|localhost|\[::1\])(:\d+)?$", re.IGNORECASE)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _is_preflight(scope: Scope) -> bool:
+    """A real CORS preflight (OPTIONS with Origin and Access-Control-Request-Method),
+    the only request that passes without a key (CORS answers it; nothing else runs)."""
+    return (
+        scope.get("method") == "OPTIONS"
+        and _header(scope, b"origin") is not None
+        and _header(scope, b"access-control-request-method") is not None
+    )
+
+
+def principal_of(scope: Scope) -> Principal:
+    """The caller the guard found for this request ("local" without keys)."""
+    principal: Principal = scope.get("state", {}).get("principal", LOCAL)
+    return principal
 
 
 def presented_key(scope: Scope) -> str | None:
@@ -70,7 +82,9 @@ class Guard:
         self,
         app: ASGIApp,
         *,
-        digests: list[bytes],
+        keys: KeyRing,
+        local_only: bool = True,
+        trusted_hosts: Iterable[str] = (),
         public_paths: Iterable[str],
         public_prefixes: Iterable[str] = (),
         max_body_bytes: int,
@@ -78,12 +92,17 @@ class Guard:
         surface: str,
     ) -> None:
         self.app = app
-        self.digests = digests
+        self.keys = keys
+        self.local_only = local_only
+        self.trusted_hosts = frozenset(h.lower() for h in trusted_hosts)
         self.public = frozenset(public_paths)
         self.public_prefixes = tuple(public_prefixes)
         self.max_body = max_body_bytes
         self.is_draining = is_draining
         self.surface = surface
+
+    def _trusted_host(self, host: str) -> bool:
+        return bool(_LOOPBACK_HOST.match(host)) or host.lower().rsplit(":", 1)[0] in self.trusted_hosts
 
     async def _refuse(self, scope: Scope, send: Send, error: GatewayError) -> None:
         info = classify(error)
@@ -96,15 +115,27 @@ class Guard:
         await send({"type": "http.response.start", "status": info.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def _authorized(self, scope: Scope) -> bool:
-        key = presented_key(scope)
-        if key is None:
-            return False
-        digest = hashlib.sha256(key.encode()).digest()
-        ok = False
-        for d in self.digests:  # no early exit: every key is compared
-            ok |= hmac.compare_digest(digest, d)
-        return ok
+    def _caller(self, scope: Scope, public: bool) -> Principal | GatewayError:
+        """The request's principal, or why it is refused."""
+        if not self.keys.configured:
+            # Local mode: no keys, so only this machine may call, by a loopback name. A
+            # web page cannot rebind another name to 127.0.0.1 and drive the API.
+            host = _header(scope, b"host")
+            if self.local_only and host is not None and not self._trusted_host(host):
+                return Forbidden("this server has no API keys and answers only to a loopback Host", param="host")
+            return LOCAL
+        if public or _is_preflight(scope):
+            return LOCAL if public else Principal("preflight", frozenset())
+        principal = self.keys.authenticate(presented_key(scope))
+        if principal is None:
+            return Unauthorized(
+                "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        scope_needed = ADMIN if self.surface == "management" else INFERENCE
+        if not principal.can(scope_needed):
+            return Forbidden(f"the key {principal.name!r} has no {scope_needed} scope for this port")
+        return principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check, then pass the request on (with a body-size-counting receive)."""
@@ -120,13 +151,14 @@ class Guard:
             )
             await self._refuse(scope, send, error)
             return
-        if self.digests and not public and scope.get("method") != "OPTIONS" and not self._authorized(scope):
-            error = Unauthorized(
-                "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-            await self._refuse(scope, send, error)
+        caller = self._caller(scope, public)
+        if isinstance(caller, GatewayError):
+            await self._refuse(scope, send, caller)
             return
+        scope.setdefault("state", {})["principal"] = caller
+        obs = observation()
+        if obs is not None:
+            obs.key = caller.name
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
                 error = PayloadTooLarge(

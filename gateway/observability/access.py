@@ -104,6 +104,7 @@ def access_line(obs: Observation, scope: Scope) -> str:
         "route": obs.route,
         "surface": obs.surface,
         "group": obs.group or None,
+        "key": obs.key or None,
         "status": obs.status,
         "duration_ms": round((now - obs.start) * 1000, 1),
         "queue_ms": round((obs.accepted_at - obs.start) * 1000, 1) if obs.accepted_at else None,

@@ -51,6 +51,12 @@ QUEUE = Histogram(
 )
 PROMPT_TOKENS = Counter("gateway_prompt_tokens", "Prompt tokens of answered requests", ["surface", "group"])
 GENERATED_TOKENS = Counter("gateway_generated_tokens", "Generated tokens", ["surface", "group"])
+KEY_REQUESTS = Counter("gateway_key_requests", "Requests answered, per API key name", ["key", "status"])
+KEY_TOKENS = Counter("gateway_key_tokens", "Tokens per API key name", ["key", "kind"])
+KEY_REJECTIONS = Counter("gateway_key_rejections", "Requests refused with 429, per API key name", ["key"])
+STORE_WRITE_ERRORS = Counter(
+    "gateway_continuation_write_errors", "Finished answers whose sequence could not be stored (answer still sent)"
+)
 EMBED_BATCH = Histogram(
     "gateway_embedding_batch_size",
     "Inputs per dynamic batch of an embedding model",
@@ -70,6 +76,7 @@ class Observation:
     start: float = field(default_factory=time.perf_counter)
     group: str = ""
     reader: str = ""
+    key: str = ""  # the API key's name (never the key)
     route: str = ""
     status: int = 0
     accepted_at: float | None = None
@@ -115,6 +122,14 @@ class Observation:
             PROMPT_TOKENS.labels(s, g).inc(self.prompt_tokens)
         if self.generated_tokens:
             GENERATED_TOKENS.labels(s, g).inc(self.generated_tokens)
+        if self.key:
+            KEY_REQUESTS.labels(self.key, str(self.status)).inc()
+            if self.prompt_tokens:
+                KEY_TOKENS.labels(self.key, "prompt").inc(self.prompt_tokens)
+            if self.generated_tokens:
+                KEY_TOKENS.labels(self.key, "generated").inc(self.generated_tokens)
+            if self.status == 429:
+                KEY_REJECTIONS.labels(self.key).inc()
         if self.first_token_at is not None:
             TTFT.labels(s, g).observe(self.first_token_at - self.start)
             if self.generated_tokens > 1 and self.last_token_at is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
 BACKEND_NAMES = ("auto", "xgrammar", "guidance", "outlines", "lmfe", "lm-format-enforcer")
 
@@ -33,3 +33,9 @@ def tag_of(field: str, default: str | None = None) -> Callable[[Any], str]:
         return f"{field}={found if isinstance(found, str) else ''}"
 
     return tag
+
+
+# vLLM's scheduling priority (lower is sooner), bounded so no client can starve the rest
+# by more than the server allows.
+PRIORITY_RANGE = 1_000_000
+Priority = Annotated[int, Field(ge=-PRIORITY_RANGE, le=PRIORITY_RANGE)]

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from gateway.protocols.common import BackendName
+from gateway.protocols.common import BackendName, Priority
 
 RequestId = Annotated[StrictStr, Field(min_length=1)]
 # Documented as non-empty; an empty prompt is accepted when the request_id continues a
@@ -36,7 +36,7 @@ class GenerationConfig(BaseModel):
     # extension: constrained decoding (at most one of regex, json_schema, choice)
     regex: str | None = Field(None, min_length=1)
     json_schema: dict[str, Any] | None = None
-    choice: list[StrictStr] | None = Field(None, min_length=1)
+    choice: list[StrictStr] | None = Field(None, min_length=1, max_length=1024)
     constrained_decoding_backend: BackendName | None = None
 
 
@@ -50,7 +50,7 @@ class GenerateOneRequest(BaseModel):
     only_new_tokens: bool = True
     stream_response: bool = True
     generation_config: GenerationConfig | None = None
-    priority: int | None = None
+    priority: Priority | None = None
     timeout: float | None = Field(None, gt=0)
 
 
@@ -71,7 +71,7 @@ class GenerateBatchRequest(BaseModel):
     prompts: Annotated[list[BatchPrompt], Field(min_length=1)]
     only_new_tokens: bool = True
     generation_config: GenerationConfig | None = None
-    priority: int | None = None
+    priority: Priority | None = None
     timeout: float | None = Field(None, gt=0)
 
 

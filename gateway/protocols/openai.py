@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictStr, StringConstraints, Tag, WithJsonSchema
 
-from gateway.protocols.common import BackendName, tag_of
+from gateway.protocols.common import BackendName, Priority, tag_of
 from gateway.settings import DEFAULT_GROUP
 
 # Request fields we refuse with a 400 when they are set (not null/absent).
@@ -201,7 +201,7 @@ class StructuredOutputs(BaseModel):
 
     regex: str | None = None
     json_: dict[str, Any] | str | None = Field(None, alias="json")
-    choice: list[StrictStr] | None = Field(None, min_length=1)
+    choice: list[StrictStr] | None = Field(None, min_length=1, max_length=1024)
     grammar: str | None = None
     backend: BackendName | None = None
 
@@ -213,7 +213,15 @@ _TOKEN_ID = r"^[0-9]{1,9}$"
 _BIAS = {"type": "number", "minimum": -100, "maximum": 100}
 LogitBias = Annotated[
     dict[Annotated[str, StringConstraints(pattern=_TOKEN_ID)], Annotated[float, Field(ge=-100, le=100)]],
-    WithJsonSchema({"type": "object", "patternProperties": {_TOKEN_ID: _BIAS}, "additionalProperties": False}),
+    Field(max_length=1024),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "patternProperties": {_TOKEN_ID: _BIAS},
+            "additionalProperties": False,
+            "maxProperties": 1024,
+        }
+    ),
 ]
 
 
@@ -241,7 +249,7 @@ class _SamplingFields(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)
     min_tokens: int | None = Field(None, ge=0)
     ignore_eos: bool | None = None
-    priority: int | None = None
+    priority: Priority | None = None
     structured_outputs: StructuredOutputs | None = None
     return_tokens_as_token_ids: bool = False
     timeout: float | None = Field(None, gt=0)
@@ -255,7 +263,13 @@ class ChatCompletionRequest(_SamplingFields):
         json_schema_extra={
             "dependentSchemas": {
                 "top_logprobs": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}
-            }
+            },
+            # a tool choice needs tools; tools or the legacy functions, not both
+            "dependentRequired": {"tool_choice": ["tools"], "function_call": ["functions"]},
+            "not": {"required": ["tools", "functions"]},
+            # continuing the final message means no new assistant turn
+            "if": {"properties": {"continue_final_message": {"const": True}}, "required": ["continue_final_message"]},
+            "then": {"properties": {"add_generation_prompt": {"const": False}}, "required": ["add_generation_prompt"]},
         }
     )
 
@@ -265,10 +279,10 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     # function calling (and its legacy form)
-    tools: Annotated[list[ToolDefinition], Field(max_length=128)] | None = None
+    tools: Annotated[list[ToolDefinition], Field(min_length=1, max_length=128)] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    functions: Annotated[list[FunctionDefinition], Field(max_length=128)] | None = None
+    functions: Annotated[list[FunctionDefinition], Field(min_length=1, max_length=128)] | None = None
     function_call: FunctionCallChoice | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     # chat template controls (vLLM's)

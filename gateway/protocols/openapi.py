@@ -32,10 +32,30 @@ def _limit_arrays(prop: dict[str, Any], count: int, of_ints_too: bool = False) -
             branch["maxItems"] = min(count, branch.get("maxItems", count))
 
 
-def _set(prop: dict[str, Any], keyword: str, value: int) -> None:
+def _set(prop: dict[str, Any], keyword: str, value: float) -> None:
     for branch in _branches(prop):
-        if branch.get("type") == "integer" or (keyword == "maxLength" and branch.get("type") == "string"):
-            branch[keyword] = min(value, branch.get(keyword, value))
+        kind = branch.get("type")
+        if kind in ("integer", "number") or (keyword == "maxLength" and kind == "string"):
+            if keyword == "minimum":
+                branch.pop("exclusiveMinimum", None)
+                branch[keyword] = max(value, branch.get(keyword, value))
+            else:
+                branch[keyword] = min(value, branch.get(keyword, value))
+
+
+def _backends(settings: Settings) -> list[str]:
+    """The structured-output backend names a request may use on this server's readers."""
+    names = ["auto"]
+    for reader in settings.readers:
+        backend = reader.structured_outputs_backend
+        names += [backend] + (["lmfe"] if backend == "lm-format-enforcer" else [])
+    return list(dict.fromkeys(names))
+
+
+def _set_enum(prop: dict[str, Any], values: list[str]) -> None:
+    for branch in _branches(prop):
+        if "enum" in branch:
+            branch["enum"] = [v for v in branch["enum"] if v in values]
 
 
 def document_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -52,6 +72,11 @@ def document_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any
                 _set(prop, "maximum", settings.max_beams)
             elif name == "request_id":
                 _set(prop, "maxLength", settings.max_request_id_length)
+            elif name in ("constrained_decoding_backend", "backend"):
+                _set_enum(prop, _backends(settings))
+            elif name == "timeout":
+                _set(prop, "minimum", settings.min_request_timeout_seconds)
+                _set(prop, "maximum", settings.max_request_timeout_seconds)
             elif name in _NEW_TOKENS and settings.max_new_tokens_limit is not None:
                 _set(prop, "maximum", settings.max_new_tokens_limit)
     return schema

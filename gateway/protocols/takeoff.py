@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, WithJsonSchema, field_validator
 
-from gateway.protocols.common import BackendName
+from gateway.protocols.common import BackendName, Priority
 
 NonEmptyText = Annotated[StrictStr, Field(min_length=1)]
 
@@ -32,7 +32,10 @@ class GenerateRequest(BaseModel):
     prompt_max_tokens: int | None = Field(None, ge=1)
     regex_str: str | None = None
     regex_string: str | None = None
-    json_schema: dict[str, Any] | StrictStr | None = None
+    # documented as an object; a string of JSON is accepted too (the Takeoff client sends one)
+    json_schema: (
+        Annotated[dict[str, Any] | StrictStr, WithJsonSchema({"type": "object", "description": "a JSON schema"})] | None
+    ) = None
     constrained_decoding_backend: BackendName | None = None
     return_metadata: bool | None = None
     use_chat_template: bool | None = None
@@ -40,7 +43,7 @@ class GenerateRequest(BaseModel):
     lora_id: str | None = Field(None, min_length=1, max_length=128)
     seed: int | None = None
     stop: list[StrictStr] | None = None
-    priority: int | None = None
+    priority: Priority | None = None
     timeout: float | None = Field(None, gt=0)
 
     @field_validator("regex_string", "regex_str")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from gateway.protocols.management import CreateReaderRequest
 from gateway.runtime import get_runtime
@@ -32,10 +32,13 @@ async def create_reader(body: CreateReaderRequest, request: Request, wait: bool 
 
 
 @router.delete("/reader/{reader_id}")
-async def delete_reader(reader_id: str, request: Request) -> dict[str, Any]:
-    """Stop routing to the reader, drain its requests, free its memory."""
+async def delete_reader(
+    reader_id: str, request: Request, drain_seconds: Annotated[float | None, Query(ge=0)] = None
+) -> dict[str, Any]:
+    """Stop routing to the reader, drain its requests (`drain_seconds`, at most the server's
+    drain timeout), end the rest with an error, free its memory."""
     rt = get_runtime(request)
-    return await management.delete_reader(rt.registry, reader_id, rt.settings)
+    return await management.delete_reader(rt.registry, reader_id, rt.settings, drain_seconds)
 
 
 @router.get("/config/{reader_id}")

@@ -16,16 +16,19 @@ router = APIRouter(tags=["tokenizer"])
 @router.post("/tokenize/{reader_id}")
 async def tokenize(reader_id: str, body: TokenizeRequest, request: Request) -> dict[str, Any]:
     """Tokens of a text: vocabulary entries, their ids and their count."""
-    return await tokenizer.tokenize(get_runtime(request).registry, reader_id, body)
+    rt = get_runtime(request)
+    return await tokenizer.tokenize(rt.registry, reader_id, body, rt.settings.max_tokenize_chars)
 
 
 @router.post("/detokenize/{reader_id}")
 async def detokenize(reader_id: str, body: DetokenizeRequest, request: Request) -> dict[str, str]:
     """Text of token ids or vocabulary entries."""
-    return await tokenizer.detokenize(get_runtime(request).registry, reader_id, body)
+    rt = get_runtime(request)
+    return await tokenizer.detokenize(rt.registry, reader_id, body, rt.settings.max_tokenize_chars)
 
 
 @router.post("/chat_template/{reader_id}")
 async def chat_template(reader_id: str, body: ChatTemplateRequest, request: Request) -> dict[str, list[str]]:
     """Each conversation rendered with the reader's chat template."""
-    return tokenizer.chat_template(get_runtime(request).registry, reader_id, body)
+    rt = get_runtime(request)
+    return await tokenizer.chat_template(rt.registry, reader_id, body, rt.settings.max_tokenize_chars)

@@ -17,6 +17,7 @@ from typing import TypeVar
 from starlette.requests import Request
 
 from gateway.errors import BadRequest, DeadlineExceeded, GatewayError
+from gateway.protocols.common import PRIORITY_RANGE
 from gateway.settings import Settings
 
 T = TypeVar("T")
@@ -99,9 +100,11 @@ def make_budget(request: Request, settings: Settings, body_timeout: float | None
     param = "timeout" if body_timeout is not None else TIMEOUT_HEADER
     if seconds is None:
         seconds = settings.request_timeout_seconds
-    elif not 0 < seconds <= settings.max_request_timeout_seconds:
+    elif not settings.min_request_timeout_seconds <= seconds <= settings.max_request_timeout_seconds:
         raise BadRequest(
-            f"{param} must be more than 0 and at most {settings.max_request_timeout_seconds:g} seconds", param=param
+            f"{param} must be between {settings.min_request_timeout_seconds:g} and "
+            f"{settings.max_request_timeout_seconds:g} seconds",
+            param=param,
         )
     at = None if seconds is None else asyncio.get_running_loop().time() + seconds
     return Budget(at, seconds)
@@ -115,6 +118,9 @@ def priority_of(request: Request, body_priority: int | None) -> int:
     if raw is None:
         return 0
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise BadRequest("the X-Priority header must be an integer", param=PRIORITY_HEADER) from None
+    if not -PRIORITY_RANGE <= value <= PRIORITY_RANGE:
+        raise BadRequest(f"the X-Priority header must be within ±{PRIORITY_RANGE}", param=PRIORITY_HEADER)
+    return value

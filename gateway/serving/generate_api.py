@@ -2,16 +2,17 @@
 
 A request whose key is in the continuation store continues from the stored token
 sequence and ignores its prompt; every finished generation stores its full sequence
-(prompt + new tokens, without a final end-of-sequence token) under its key. For
-generate-one the key is the request_id; in a batch the key also depends on the ids of
-the whole batch in order, as seed 004 notes ("different order of prompts will produce
-different caching key").
+(prompt + new tokens, without a final end-of-sequence token) under its key. The key is
+an HMAC of the caller's API key name and the request_id, so one caller's conversations
+are invisible to another's; in a batch the key also depends on the ids of the whole
+batch in order ("a different order of prompts produces a different caching key").
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from starlette.responses import PlainTextResponse, Response
 from engine_adapters.base import Constraint, GenerationOutput, GenerationRequest, GenerativeEngine, SamplingOptions
 from gateway.continuation import ContinuationStore
 from gateway.errors import BadRequest
+from gateway.middleware.guards import principal_of
+from gateway.observability.metrics import STORE_WRITE_ERRORS
 from gateway.protocols.generate_api import GenerateBatchRequest, GenerateOneRequest, GenerationConfig
 from gateway.serving.common import Completion, FastJSONResponse, backend_name, new_request_id
 from gateway.serving.limits import Fields, check_count
@@ -47,7 +50,8 @@ async def generate_one(request: Request, body: GenerateOneRequest) -> Response:
     check_request_id(body.request_id, "request_id", settings)
     sampling = sampling_of(body.generation_config, settings)
     constraint = constraint_of(body.generation_config)
-    job = await make_job(store, one_key(body.request_id), body.prompt, sampling, constraint, "prompt")
+    key = one_key(_secret(settings), principal_of(request.scope).name, body.request_id)
+    job = await make_job(store, key, body.prompt, sampling, constraint, "prompt")
 
     async def answer(engine: GenerativeEngine, completions: list[Completion]) -> Response:
         (c,) = completions
@@ -84,7 +88,9 @@ async def generate_batch(request: Request, body: GenerateBatchRequest) -> Respon
     constraint = constraint_of(body.generation_config)
     jobs = [
         await make_job(store, key, p.prompt, sampling, constraint, f"prompts[{i}].prompt")
-        for i, (key, p) in enumerate(zip(batch_keys(ids), body.prompts, strict=True))
+        for i, (key, p) in enumerate(
+            zip(batch_keys(_secret(settings), principal_of(request.scope).name, ids), body.prompts, strict=True)
+        )
     ]
 
     async def answer(engine: GenerativeEngine, completions: list[Completion]) -> Response:
@@ -108,15 +114,25 @@ async def generate_batch(request: Request, body: GenerateBatchRequest) -> Respon
     return await pipeline.generate(request, generation)
 
 
-def one_key(request_id: str) -> str:
-    """Store key of a generate-one request."""
-    return "one:" + request_id
+def _secret(settings: Settings) -> bytes:
+    return settings.continuation.secret.get_secret_value().encode()
 
 
-def batch_keys(request_ids: Sequence[str]) -> list[str]:
+def _scoped(secret: bytes, tenant: str, name: str) -> str:
+    # One caller's keys cannot be named by another: the caller's key name is part of
+    # the HMAC input, and the secret keeps request ids unreadable in a shared store.
+    return hmac.new(secret, f"{tenant}\x1f{name}".encode(), hashlib.sha256).hexdigest()
+
+
+def one_key(secret: bytes, tenant: str, request_id: str) -> str:
+    """Store key of a generate-one request of `tenant` (the caller's key name)."""
+    return "one:" + _scoped(secret, tenant, request_id)
+
+
+def batch_keys(secret: bytes, tenant: str, request_ids: Sequence[str]) -> list[str]:
     """Store keys of a batch: the batch's ids, in order, are part of every key."""
-    digest = hashlib.sha256("\x1f".join(request_ids).encode()).hexdigest()[:32]
-    return [f"batch:{digest}:{rid}" for rid in request_ids]
+    batch = "\x1f".join(request_ids)
+    return ["batch:" + _scoped(secret, tenant, f"{batch}\x1e{rid}") for rid in request_ids]
 
 
 def check_request_id(request_id: str, field: str, settings: Settings) -> None:
@@ -204,9 +220,16 @@ def full_sequence(prompt_ids: Sequence[int], generated: Sequence[int], eos: int 
 
 
 async def remember(store: ContinuationStore, job: Job, c: Completion, eos: int | None) -> None:
-    """Store the job's full sequence after a generation that ended normally."""
+    """Store the job's full sequence after a generation that ended normally.
+
+    Best effort: the client gets its answer even if the store fails (logged, counted).
+    """
     if c.finish_reasons and c.finish_reasons[0] in ("stop", "length"):
-        await store.put(job.key, full_sequence(c.prompt_token_ids, c.token_ids[0], eos))
+        try:
+            await store.put(job.key, full_sequence(c.prompt_token_ids, c.token_ids[0], eos))
+        except Exception as exc:
+            STORE_WRITE_ERRORS.inc()
+            log.error("could not store the continuation (the answer was sent): %s", exc)
 
 
 async def prompt_text(engine: GenerativeEngine, c: Completion) -> str:

@@ -8,6 +8,7 @@ on generate-one), through the surface's `Fields`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,3 +66,15 @@ def check_generation(requests: Sequence[GenerationRequest], settings: Settings, 
             )
         if any(not x for x in s.stop):
             raise BadRequest(f"{fields.stop} strings must not be empty", param=fields.stop)
+        if any(len(x) > settings.max_stop_length for x in s.stop):
+            raise BadRequest(
+                f"{fields.stop} strings must have at most {settings.max_stop_length} characters", param=fields.stop
+            )
+    constraints = {id(r.constraint): r.constraint for r in requests if r.constraint is not None}
+    for c in constraints.values():
+        size = len(c.value) if isinstance(c.value, str) else len(json.dumps(c.value))
+        if size > settings.max_constraint_bytes:
+            raise BadRequest(
+                f"{c.param or c.kind} has {size} characters; at most {settings.max_constraint_bytes} are allowed",
+                param=c.param,
+            )

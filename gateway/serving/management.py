@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.errors import BadRequest, Unprocessable, validation_message
+from gateway.errors import BadRequest, Conflict, Overloaded, Unprocessable, validation_message
 from gateway.protocols.management import CreateReaderRequest
 from gateway.registry import Registry
 from gateway.serving.status import describe
@@ -78,8 +78,22 @@ def reader_settings(body: CreateReaderRequest, settings: Settings, registry: Reg
 async def create_reader(
     registry: Registry, body: CreateReaderRequest, settings: Settings, wait: bool
 ) -> dict[str, Any]:
-    """Add a reader; with `wait`, answer when it is ready (or 422 when it failed to load)."""
-    reader = registry.add(reader_settings(body, settings, registry))
+    """Add a reader; with `wait`, answer when it is ready (or 422 when it failed to load).
+
+    Only what the settings allow: reader kinds, `engine_args` keys, models from the
+    model roots (or hub ids when online); at most `max_readers` readers and
+    `max_concurrent_loads` loads at once.
+    """
+    new = reader_settings(body, settings, registry)
+    check_allowed(new, settings)
+    if len(registry.readers) >= settings.max_readers:
+        raise Conflict(f"this server has its maximum of {settings.max_readers} readers", param="model_name")
+    loading = sum(r.state == "loading" for r in registry.readers.values())
+    if loading >= settings.max_concurrent_loads:
+        raise Overloaded(
+            f"{loading} readers are loading, the most at once; retry when one is ready", headers={"Retry-After": "10"}
+        )
+    reader = registry.add(new)
     if wait and reader.load_task is not None:
         await asyncio.shield(reader.load_task)  # a client that gives up does not cancel the load
         if reader.state == "failed":
@@ -87,9 +101,13 @@ async def create_reader(
     return describe(reader)
 
 
-async def delete_reader(registry: Registry, reader_id: str, settings: Settings) -> dict[str, Any]:
-    """Stop routing to the reader, drain its requests, free its memory."""
-    await registry.remove(reader_id, settings.drain_timeout_seconds)
+async def delete_reader(
+    registry: Registry, reader_id: str, settings: Settings, drain_seconds: float | None = None
+) -> dict[str, Any]:
+    """Stop routing to the reader, drain its requests (up to `drain_seconds`, at most the
+    server's drain timeout), stop those still running with an error, free its memory."""
+    limit = settings.drain_timeout_seconds
+    await registry.remove(reader_id, min(drain_seconds, limit) if drain_seconds is not None else limit)
     return {"reader_id": reader_id, "deleted": True}
 
 
@@ -97,6 +115,42 @@ def reader_config(registry: Registry, reader_id: str) -> dict[str, Any]:
     """The settings a reader runs with."""
     reader = registry.get(reader_id)
     return {"reader_id": reader.id, **reader.settings.model_dump(mode="json")}
+
+
+def _under(path: Path, roots: list[Path]) -> bool:
+    real = path.expanduser().resolve()
+    return any(real.is_relative_to(root.expanduser().resolve()) for root in roots)
+
+
+def check_model(model: str, settings: Settings, field: str) -> None:
+    """A model (or adapter) a new reader may load: embedded, under a model root, or a hub
+    id when the server is online; else a 400 naming the field."""
+    from engine_adapters.models import is_embedded
+
+    if is_embedded(model):
+        return
+    if model.startswith(("/", ".", "~")) or Path(model).exists():
+        if not _under(Path(model), settings.model_roots):
+            roots = ", ".join(str(r) for r in settings.model_roots) or "none configured"
+            raise BadRequest(f"{field}: models load only from the model roots ({roots})", param=field)
+        return
+    if settings.offline:
+        raise BadRequest(f"{field}: {model!r} is a hub id and this server is offline (offline: true)", param=field)
+
+
+def check_allowed(reader: ReaderSettings, settings: Settings) -> None:
+    """The management API's allow-lists (a 400 naming the field)."""
+    if reader.kind not in settings.allowed_reader_kinds:
+        allowed = ", ".join(settings.allowed_reader_kinds)
+        raise BadRequest(f"kind {reader.kind!r} may not be created here; allowed: {allowed}", param="kind")
+    for key in reader.engine_args:
+        if key not in settings.allowed_engine_args:
+            allowed = ", ".join(settings.allowed_engine_args)
+            raise BadRequest(f"engine_args.{key} is not allowed here (allowed: {allowed})", param=f"engine_args.{key}")
+    if reader.kind != "scripted":
+        check_model(reader.model, settings, "model_name")
+        for name, path in reader.lora_adapters.items():
+            check_model(path, settings, f"lora_adapters.{name}")
 
 
 def detect_kind(model: str) -> tuple[str, str | None]:

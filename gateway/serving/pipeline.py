@@ -14,6 +14,7 @@ removal of the reader aborts the engine request (design rule 8).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -22,8 +23,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine
+from gateway.auth import Principal
 from gateway.continuation import ContinuationStore
 from gateway.errors import GatewayError
+from gateway.middleware.guards import principal_of
+from gateway.observability.metrics import Observation
+from gateway.observability.metrics import current as observation
 from gateway.registry import Reader, Registry
 from gateway.serving.budget import Budget, make_budget, priority_of
 from gateway.serving.common import Completion, cancel_on_disconnect, collect_many, open_streams
@@ -74,33 +79,46 @@ class Pipeline:
         for r in gen.requests:
             r.priority = priority
         budget = make_budget(request, settings, gen.timeout)
-        reader = resolve(self.registry, gen.target, gen.requests)
+        caller = principal_of(request.scope)
+        weight = sum(r.sampling.n * r.sampling.num_beams for r in gen.requests)
+        reader = resolve(self.registry, gen.target, gen.requests, allow=caller.check_group, weight=weight)
         engine = reader.generative()
         if gen.stream and gen.events is not None:
-            return await self._stream(reader, engine, gen, gen.events, budget)
+            return await self._stream(reader, engine, gen, gen.events, budget, caller, weight)
 
         async def whole() -> Response:
             return await gen.answer(engine, await collect_many(engine, gen.requests))
 
-        return await self._buffered(request, reader, budget, whole())
+        return await self._buffered(request, reader, budget, whole(), caller, weight)
 
     async def _stream(
-        self, reader: Reader, engine: GenerativeEngine, gen: Generation, events: Events, budget: Budget
+        self,
+        reader: Reader,
+        engine: GenerativeEngine,
+        gen: Generation,
+        events: Events,
+        budget: Budget,
+        caller: Principal,
+        weight: int,
     ) -> Response:
         # Accepted by the engine before the 200: invalid input is a normal error answer.
-        # The reader counts the request in flight, and the shutdown knows its budget,
-        # until the response's cleanup runs, however it ends.
-        release = reader.acquire(budget.cut)
+        # The reader and the caller's key count the request in flight, and the shutdown
+        # knows its budget, until the response's cleanup runs, however it ends.
+        caller.admit()
+        release = reader.acquire(budget.cut, weight)
         self.budgets.add(budget)
+        obs = observation()
         try:
             streams = await open_streams(engine, gen.requests, budget)
         except BaseException:
             release()
+            caller.release(0)
             self.budgets.discard(budget)
             raise
 
         async def close() -> None:
             release()
+            caller.release(_tokens(obs))
             self.budgets.discard(budget)
             for s in streams:
                 await s.aclose()  # type: ignore[attr-defined]
@@ -110,16 +128,25 @@ class Pipeline:
             return ManagedStreamingResponse(content, on_close=close, media_type="text/plain; charset=utf-8")
         return ManagedEventSource(content, on_close=close, keepalive_seconds=self.settings.sse_keepalive_seconds)
 
-    async def _buffered(self, request: Request, reader: Reader | None, budget: Budget, work: Awaitable[T]) -> T:
-        """A whole answer: in flight on `reader`, under the deadline, cancelled if the client goes."""
-        self.budgets.add(budget)
+    async def _buffered(
+        self, request: Request, reader: Reader, budget: Budget, work: Awaitable[T], caller: Principal, weight: int
+    ) -> T:
+        """A whole answer: in flight on `reader` and the caller's key, under the deadline,
+        cancelled if the client goes."""
         try:
-            if reader is None:
-                return await cancel_on_disconnect(request, budget.bound(work))
-            with reader.track(budget.cut):
+            caller.admit()
+        except BaseException:
+            if inspect.iscoroutine(work):
+                work.close()  # never started
+            raise
+        self.budgets.add(budget)
+        obs = observation()
+        try:
+            with reader.track(budget.cut, weight):
                 return await cancel_on_disconnect(request, budget.bound(work))
         finally:
             self.budgets.discard(budget)
+            caller.release(_tokens(obs))
 
     # ------------------------------------------------------------------ pooling
 
@@ -131,8 +158,9 @@ class Pipeline:
         the number of inputs, carried by the request field `field`."""
         check_count(inputs, self.settings, field, "inputs")
         budget = make_budget(request, self.settings)
-        reader = resolve(self.registry, target)
-        return await self._buffered(request, reader, budget, work(reader))
+        caller = principal_of(request.scope)
+        reader = resolve(self.registry, target, allow=caller.check_group, weight=inputs)
+        return await self._buffered(request, reader, budget, work(reader), caller, inputs)
 
     # ------------------------------------------------------------------ reads
 
@@ -147,6 +175,10 @@ class Pipeline:
         for b in budgets:
             b.cut(error)
         return len(budgets)
+
+
+def _tokens(obs: Observation | None) -> int:
+    return obs.prompt_tokens + obs.generated_tokens if obs is not None else 0
 
 
 def pipeline_of(request: Request) -> Pipeline:

@@ -8,7 +8,7 @@ balances and applies admission control.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine_adapters.base import GenerationRequest
@@ -78,15 +78,24 @@ def group_of(registry: Registry, target: Target) -> tuple[str, str | None]:
 
 
 def resolve(
-    registry: Registry, target: Target, requests: Sequence[GenerationRequest] = (), admit: bool = True
+    registry: Registry,
+    target: Target,
+    requests: Sequence[GenerationRequest] = (),
+    admit: bool = True,
+    allow: Callable[[str], None] | None = None,
+    weight: int = 1,
 ) -> Reader:
     """The reader for `requests` (which may be empty: pooling work, status reads).
 
     Requests whose constraint names a structured-output backend go to a reader with that
     backend (vLLM runs one per engine); a LoRA adapter named as the model is set on them.
     With `admit=False` (status reads) the reader's in-flight limit does not apply.
+    `allow` may refuse the group (the caller's key may not use it); `weight` is the
+    request's sequences, for admission.
     """
     group, adapter = group_of(registry, target)
+    if allow is not None:
+        allow(group)
     if adapter is not None:
         for r in requests:
             r.lora_id = adapter
@@ -100,4 +109,4 @@ def resolve(
     members = registry.candidates(
         group, target.task, backend=backend, backend_param=backend_param, group_param=target.param, lora_id=lora_id
     )
-    return registry.balance(group, members, admit)
+    return registry.balance(group, members, admit, weight)

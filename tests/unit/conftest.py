@@ -19,6 +19,9 @@ def make_settings(scripted: dict[str, Any] | None = None, **overrides: Any) -> S
     readers = overrides.pop(
         "readers", [ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted=scripted or {})]
     )
+    # The in-process client calls itself "testserver"; test readers are scripted.
+    overrides.setdefault("trusted_hosts", ["testserver"])
+    overrides.setdefault("allowed_reader_kinds", ["vllm", "sentence-transformers", "pooling", "scripted"])
     return Settings(readers=readers, **overrides)
 
 

@@ -18,11 +18,12 @@ from tests.sse import sse_events
 from tests.unit.conftest import make_settings
 
 KEY = "sk-test-4711"
+ADMIN = "sk-admin-0815"
 
 
 @pytest.fixture
 def apps():
-    settings = make_settings(api_keys=[KEY, "sk-other"])
+    settings = make_settings(api_keys=[KEY, "sk-other"], admin_api_keys=[ADMIN])
     main, management, oai = create_apps(settings)
     with TestClient(main, raise_server_exceptions=False) as m:
         yield m, TestClient(management, raise_server_exceptions=False), TestClient(oai, raise_server_exceptions=False)
@@ -60,9 +61,13 @@ def test_right_keys_pass_in_either_header(apps):
     body = {"text": "x", "max_new_tokens": 2}
     assert main.post("/generate", json=body, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     assert main.post("/generate", json=body, headers={"X-API-Key": "sk-other"}).status_code == 200
-    assert management.get("/reader_groups", headers={"X-API-Key": KEY}).status_code == 200
     r = oai.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200
+    # the management port takes admin keys only; admin keys may also infer
+    denied = management.get("/reader_groups", headers={"X-API-Key": KEY})
+    assert denied.status_code == 403 and denied.json()["type"] == "permission_error"
+    assert management.get("/reader_groups", headers={"X-API-Key": ADMIN}).status_code == 200
+    assert main.post("/generate", json=body, headers={"X-API-Key": ADMIN}).status_code == 200
 
 
 def test_401_bodies_in_each_surface_shape(apps):
@@ -219,13 +224,18 @@ def test_cors_allow_list(client_factory):
         assert "access-control-allow-origin" not in other.headers
 
 
-def test_no_keys_means_loopback_only(artifacts):
+def test_no_keys_on_a_public_host_exits_2_before_loading(artifacts):
     from tests.servers import start_gateway
 
-    gw = start_gateway(artifacts / "gateway-open.log", "configs/scripted.yaml", {"GATEWAY_HOST": "0.0.0.0"})
+    gw = start_gateway(artifacts / "gateway-open.log", "configs/scripted.yaml", {"GATEWAY_HOST": "0.0.0.0"}, wait=False)
     try:
+        assert gw.proc.wait(60) == 2
         log = gw.log_path.read_text()
-        assert "no API keys are configured: listening on 127.0.0.1 only, not 0.0.0.0" in log
-        assert f"Uvicorn running on http://127.0.0.1:{gw.port}" in log
+        assert "refusing to serve 0.0.0.0 without API keys" in log
+        assert "GATEWAY_API_KEYS" in log and "GATEWAY_ALLOW_UNAUTHENTICATED" in log
+        assert "loading models" not in log and "Uvicorn running" not in log
     finally:
         gw.stop()
+    with pytest.raises(RuntimeError, match="without API keys"):
+        create_apps(make_settings(host="0.0.0.0"))
+    create_apps(make_settings(host="0.0.0.0", allow_unauthenticated=True))  # said on purpose

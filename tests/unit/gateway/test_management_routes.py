@@ -22,7 +22,7 @@ def client(client_factory):
         scripted("a-0", "alpha", reply=" from alpha"),
         scripted("b-0", "beta", reply=" from beta", lora_adapters=["shouty"]),
     ]
-    with client_factory(readers=readers, reader_defaults={"kind": "scripted"}) as c:
+    with client_factory(readers=readers, reader_defaults={"kind": "scripted"}, model_roots=["/tmp"]) as c:
         yield c
 
 
@@ -118,7 +118,7 @@ def test_delete_drains_in_flight_requests(client_factory):
 
 def test_a_failing_reader_is_reported_and_the_others_serve(client):
     r = client.management.post(
-        "/reader", json={"id": "broken-0", "consumer_group": "broken", "kind": "vllm", "model": "/no/such/model"}
+        "/reader", json={"id": "broken-0", "consumer_group": "broken", "kind": "vllm", "model": "/tmp/no/such/model"}
     )
     assert r.status_code == 422
     assert "broken-0 failed to load" in r.json()["detail"]

@@ -397,18 +397,20 @@ class VLLMEngine(AsyncLLMHost):
                 if any(c.finish_reason == "error" for c in out.outputs):
                     # vLLM ends a request it could not serve (e.g. a grammar that failed to
                     # compile in the engine) with finish reason "error"; never pass that off
-                    # as an answer. A constraint that fails before the first token is one
-                    # the model's vocabulary cannot follow (xgrammar rejects every token):
-                    # the client's input, so a 400 naming the field.
+                    # as an answer. With a constraint, the grammar rejected every token the
+                    # model could emit next (seen here: the pattern "\u00a7\u0006", whose
+                    # second character no token can start): the pattern cannot be followed
+                    # by this model's vocabulary. The client's input: a 400 naming the field.
                     c = request.constraint
-                    if c is not None and produced == 0:
+                    if c is not None:
                         raise InvalidParameterError(
-                            f"{c.param or c.kind}: the model cannot produce any text that matches this constraint",
+                            f"{c.param or c.kind}: this model's vocabulary cannot complete text that matches "
+                            f"the constraint (stopped after {produced} characters)",
                             c.param,
                         )
                     raise EngineError("the engine failed this request; the server log has the details")
                 for c_out in out.outputs:
-                    produced += len(c_out.token_ids)
+                    produced += len(c_out.text)  # characters: a rejected token shows no text
                 deltas = [
                     SequenceDelta(
                         index=c.index,

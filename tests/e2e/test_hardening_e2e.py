@@ -22,6 +22,16 @@ from tests.sse import sse_events
 pytestmark = pytest.mark.e2e
 
 KEY = "sk-e2e-hardening"
+ADMIN = "sk-e2e-admin"
+TEAM_A, TEAM_B = "sk-e2e-team-a", "sk-e2e-team-b"
+
+
+def keys_yaml(*names: str) -> str:
+    keys = {
+        "team-a": {"name": "team-a", "key": TEAM_A},
+        "team-b": {"name": "team-b", "key": TEAM_B, "max_in_flight": 1},
+    }
+    return json.dumps({"keys": [keys[n] for n in names]})  # JSON is YAML
 
 
 def engine_requests(url: str, reader: str = "primary-0", headers: dict[str, str] | None = None) -> int:
@@ -75,13 +85,24 @@ def test_deadline_aborts_the_engine_request(gateway, http):
 
 
 @pytest.fixture(scope="module")
-def guarded(artifacts):
-    """A gateway of its own: API keys, a limit of 8 requests in flight, a reader without
-    the no-repeat-ngram processor and SIGTERM are things the shared gateway must not have."""
+def keys_file(artifacts):
+    path = artifacts / "guarded-keys.yaml"
+    path.write_text(keys_yaml("team-a", "team-b"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def guarded(artifacts, keys_file):
+    """A gateway of its own: API keys (plain, admin and a keys file), a limit of 8
+    sequences in flight, a reader without the no-repeat-ngram processor, test reader
+    kinds at run time and SIGTERM are things the shared gateway must not have."""
     gw = start_gateway(
         artifacts / "gateway-guarded.log",
         env={
             "GATEWAY_API_KEYS": json.dumps([KEY]),
+            "GATEWAY_ADMIN_API_KEYS": json.dumps([ADMIN]),
+            "GATEWAY_API_KEYS_FILE": str(keys_file),
+            "GATEWAY_ALLOWED_READER_KINDS": json.dumps(["vllm", "sentence-transformers", "scripted"]),
             "GATEWAY_READERS": json.dumps(
                 [
                     {
@@ -144,7 +165,131 @@ def test_every_route_refuses_a_missing_or_wrong_key(guarded):
         guarded.url + "/generate", json={"text": "hi", "max_new_tokens": 2}, headers={"Authorization": f"Bearer {KEY}"}
     )
     assert ok.status_code == 200
-    assert httpx.get(guarded.management_url + "/reader_groups", headers={"X-API-Key": KEY}).status_code == 200
+    assert httpx.get(guarded.management_url + "/reader_groups", headers={"X-API-Key": ADMIN}).status_code == 200
+
+
+def test_inference_keys_get_403_on_every_management_route(guarded):
+    from gateway.app import create_apps
+    from gateway.settings import Settings
+
+    management = create_apps(Settings())[1]
+    checked = 0
+    for route in management.routes:
+        if not isinstance(route, APIRoute) or route.path in ("/healthz", "/readyz"):
+            continue
+        path = route.path.replace("{reader_id}", "primary-0")
+        for method in route.methods:
+            for key in (KEY, TEAM_A):
+                r = httpx.request(method, guarded.management_url + path, headers={"X-API-Key": key}, json={})
+                assert r.status_code == 403 and r.json()["type"] == "permission_error", (method, path)
+            checked += 1
+    assert checked >= 4
+    assert httpx.get(guarded.url + "/readyz").status_code == 200  # nothing was deleted
+
+
+def test_two_keys_cannot_see_each_others_continuation(guarded):
+    body = {
+        "request_id": "shared-id",
+        "stream_response": False,
+        "only_new_tokens": False,
+        "generation_config": {"max_new_tokens": 4},
+    }
+    first = httpx.post(
+        guarded.url + "/api/generate-one",
+        json={**body, "prompt": "My secret is 4711."},
+        headers={"X-API-Key": TEAM_A},
+        timeout=120,
+    )
+    assert first.status_code == 200 and first.text.startswith("My secret is 4711.")
+    other = httpx.post(
+        guarded.url + "/api/generate-one", json={**body, "prompt": "Hello."}, headers={"X-API-Key": TEAM_B}, timeout=120
+    )
+    assert other.status_code == 200 and "4711" not in other.text and other.text.startswith("Hello.")
+    mine = httpx.post(
+        guarded.url + "/api/generate-one", json={**body, "prompt": ""}, headers={"X-API-Key": TEAM_A}, timeout=120
+    )
+    assert mine.text.startswith(first.text) and "Hello." not in mine.text
+
+
+def test_a_key_at_its_limit_gets_429_while_another_is_served(guarded):
+    done = threading.Event()
+
+    def hold() -> None:
+        with httpx.stream(
+            "POST",
+            guarded.url + "/generate_stream",
+            headers={"X-API-Key": TEAM_B},
+            timeout=300,
+            json={"text": "Story:", "max_new_tokens": 64, "min_new_tokens": 64},
+        ) as r:
+            for _ in r.iter_raw():
+                done.set()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert done.wait(120)
+    refused = httpx.post(
+        guarded.url + "/generate", json={"text": "x", "max_new_tokens": 2}, headers={"X-API-Key": TEAM_B}
+    )
+    assert refused.status_code == 429 and "team-b" in refused.json()["detail"]
+    served = httpx.post(
+        guarded.url + "/generate", json={"text": "x", "max_new_tokens": 2}, headers={"X-API-Key": TEAM_A}, timeout=120
+    )
+    assert served.status_code == 200
+    t.join()
+
+
+def test_deleting_a_reader_ends_its_stream_with_an_error_event(guarded):
+    admin = {"X-API-Key": ADMIN}
+    r = httpx.post(
+        guarded.management_url + "/reader",
+        headers=admin,
+        timeout=60,
+        json={
+            "id": "slow-0",
+            "consumer_group": "slow",
+            "kind": "scripted",
+            "model": "scripted",
+            "scripted": {"token_delay": 0.05, "eos_after": 100000},
+        },
+    )
+    assert r.status_code == 201, r.text
+    events: list[tuple[str, str]] = []
+    started = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream(
+            "POST",
+            guarded.url + "/generate_stream",
+            headers={"X-API-Key": KEY},
+            timeout=120,
+            json={"text": "x", "consumer_group": "slow", "max_new_tokens": 2000},
+        ) as resp:
+            text = ""
+            for chunk in resp.iter_text():
+                started.set()
+                text += chunk
+            events.extend(sse_events(text))
+
+    t = threading.Thread(target=stream)
+    t.start()
+    assert started.wait(30)
+    r = httpx.delete(guarded.management_url + "/reader/slow-0?drain_seconds=0", headers=admin, timeout=60)
+    assert r.status_code == 200
+    t.join(30)
+    assert not t.is_alive(), "the stream must end, not wait for ever"
+    assert events[-1][0] == "error" and "removed" in json.loads(events[-1][1])["detail"]
+
+
+def test_a_rotated_keys_file_takes_effect(guarded, keys_file):
+    body = {"text": "x", "max_new_tokens": 1}
+    assert httpx.post(guarded.url + "/generate", json=body, headers={"X-API-Key": TEAM_B}).status_code == 200
+    keys_file.write_text(keys_yaml("team-a"))  # team-b revoked
+    time.sleep(1.5)
+    assert httpx.post(guarded.url + "/generate", json=body, headers={"X-API-Key": TEAM_B}).status_code == 401
+    assert (
+        httpx.post(guarded.url + "/generate", json=body, headers={"X-API-Key": TEAM_A}, timeout=120).status_code == 200
+    )
 
 
 def test_a_reader_without_the_no_repeat_processor_says_so(guarded):

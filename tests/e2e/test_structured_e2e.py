@@ -265,3 +265,16 @@ def test_takeoff_backend_names_and_a_failed_backend(backends):
         # without a backend, any ready reader of the group serves
         out = takeoff(http, text=ASK_DATE, regex_string=DATE)
         assert re.fullmatch(DATE, out["text"])
+
+
+def test_a_pattern_the_vocabulary_cannot_produce_is_the_clients_error(http):
+    """The fuzzer's find: a regex no token can start (the engine ends the request at its
+    first step) is a 400 naming the field, never a 500; a stream says it in its error event."""
+    body = {"text": "hi", "regex_string": "\u00a7\u0006"}
+    r = http.post("/generate", json=body)
+    assert r.status_code == 400 and r.json()["field"] == "regex_string", r.text
+    events = sse_events(http.post("/generate_stream", json=body).text)
+    assert events[-1][0] == "error"
+    error = json.loads(events[-1][1])
+    assert error["type"] == "invalid_request_error" and error["field"] == "regex_string"
+    assert takeoff(http, text=ASK_DATE, regex_string=DATE)["metadata"]["finish_reason"] == "stop"

@@ -58,6 +58,7 @@ def render(values: dict | None = None, files: tuple[str, ...] = ()) -> dict[str,
     merged: dict = {}
     for f in files:
         merged = _merge(merged, yaml.safe_load((CHART / f).read_text()))
+    merged = _merge(merged, {"apiKeys": {"keys": ["sk-test"]}})  # the chart requires keys
     merged = _merge(merged, values or {})
     with helm.Chart.load(str(CHART)) as chart:
         out = chart.render(merged, name="gw", namespace="llm")
@@ -78,7 +79,7 @@ def _merge(a: dict, b: dict) -> dict:
 def test_helm_lint_has_no_errors():
     import helm_python as helm
 
-    result = helm.lint(str(CHART))
+    result = helm.lint(str(CHART), {"apiKeys": {"keys": ["sk-1"]}})
     assert not result["errors"]
     assert all(m["severity"] < 2 for m in result["messages"]), result["messages"]  # info only
 
@@ -179,3 +180,15 @@ def test_dashboard_queries_name_real_series():
             continue  # vLLM's own series, read back from a real engine in the Prometheus e2e test
         base = re.sub(r"_(total|bucket|sum|count)$", "", name)
         assert base in known or name in known, name
+
+
+def test_the_chart_refuses_to_render_without_keys():
+    import helm_python as helm
+
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(Exception, match="apiKeys"):
+        chart.render({}, name="gw", namespace="llm")
+    with helm.Chart.load(str(CHART)) as chart:
+        out = chart.render({"allowUnauthenticated": True}, name="gw", namespace="llm")
+    deploy = next(yaml.safe_load(t) for n, t in out.items() if n.endswith("deployment.yaml"))
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GATEWAY_ALLOW_UNAUTHENTICATED"] == "true"

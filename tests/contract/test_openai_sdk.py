@@ -171,10 +171,8 @@ def test_bad_request_and_not_found(client):
         client.chat.completions.create(model="primary", messages=[{"role": "user", "content": "word " * 2100}])
     assert long.value.body["type"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as tools:
-        client.chat.completions.create(
-            model="primary", messages=MESSAGES, tools=[{"type": "function", "function": {"name": "f"}}]
-        )
-    assert tools.value.body["param"] == "tools"
+        client.chat.completions.create(model="primary", messages=MESSAGES, tool_choice="required")
+    assert tools.value.body["param"] == "tool_choice"  # a tool choice without tools
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 import uuid
 
@@ -235,8 +236,13 @@ def test_seed_003_service(gateway, http):
 
 def test_redis_continuation_across_two_gateways(artifacts, redis_server):
     """Two gateway processes of their own (two replicas sharing one redis-server): what
-    one generated, the other continues."""
-    env = {"GATEWAY_CONTINUATION__BACKEND": "redis", "GATEWAY_CONTINUATION__REDIS_URL": redis_server}
+    one generated, the other continues, for the same key only."""
+    env = {
+        "GATEWAY_CONTINUATION__BACKEND": "redis",
+        "GATEWAY_CONTINUATION__REDIS_URL": redis_server,
+        "GATEWAY_CONTINUATION__SECRET": "shared-by-both-replicas",
+        "GATEWAY_API_KEYS": json.dumps(["sk-owner", "sk-other"]),
+    }
     a = start_gateway(artifacts / "gateway-redis-a.log", env=env, wait=False)
     b = start_gateway(artifacts / "gateway-redis-b.log", env=env, wait=False)
     try:
@@ -245,13 +251,17 @@ def test_redis_continuation_across_two_gateways(artifacts, redis_server):
         rid = uid("replica")
         prompt = "The three primary colours are"
         cfg = {**GREEDY, "max_new_tokens": 8}
-        with a.client() as ca, b.client() as cb:
+        owner, other = {"X-API-Key": "sk-owner"}, {"X-API-Key": "sk-other"}
+        with a.client(headers=owner) as ca, b.client(headers=owner) as cb, b.client(headers=other) as intruder:
             first = one(ca, request_id=rid, prompt=prompt, generation_config=cfg).text
             full = one(cb, request_id=rid, prompt="ignored", only_new_tokens=False, generation_config=cfg).text
             assert full.startswith(prompt + first) and len(full) > len(prompt + first)
             # and back again: replica a continues what b added
             more = one(ca, request_id=rid, prompt="", only_new_tokens=False, generation_config=cfg).text
             assert more.startswith(full) and len(more) > len(full)
+            # another key with the same request_id, on either replica, sees none of it
+            theirs = one(intruder, request_id=rid, prompt="Hello", only_new_tokens=False, generation_config=cfg).text
+            assert theirs.startswith("Hello") and prompt not in theirs
     finally:
         a.stop()
         b.stop()

@@ -47,7 +47,7 @@ def in_flight(url: str, reader: str = "primary-0", headers: dict[str, str] | Non
 
 
 def test_playground_streams_and_stop_cancels_on_the_server(browser, gateway, artifacts):
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page = browser.new_page(viewport={"width": 1200, "height": 900}, bypass_csp=True)
     try:
         page.goto(gateway.url + "/")
         page.wait_for_function("document.querySelector('#group').options.length > 0")
@@ -80,7 +80,7 @@ def test_playground_streams_and_stop_cancels_on_the_server(browser, gateway, art
 
 
 def test_chat_mode_and_errors_shown(browser, gateway):
-    page = browser.new_page()
+    page = browser.new_page(bypass_csp=True)  # the test evaluates its own checks
     try:
         page.goto(gateway.url + "/")
         page.wait_for_function("document.querySelector('#group').options.length > 0")
@@ -102,7 +102,7 @@ def test_chat_mode_and_errors_shown(browser, gateway):
 
 
 def test_embeddings_tab_and_console(browser, gateway, artifacts):
-    page = browser.new_page(viewport={"width": 1200, "height": 700})
+    page = browser.new_page(viewport={"width": 1200, "height": 700}, bypass_csp=True)
     try:
         page.goto(gateway.url + "/")
         page.click("button[data-tab=embeddings]")
@@ -129,7 +129,7 @@ def test_the_page_asks_for_a_key_and_sends_it(browser, artifacts):
         "configs/scripted.yaml",
         {"GATEWAY_API_KEYS": json.dumps([key])},
     )
-    page = browser.new_page()
+    page = browser.new_page(bypass_csp=True)  # the test evaluates its own checks
     try:
         page.goto(gw.url + "/")  # the page itself needs no key
         page.wait_for_function("document.querySelector('#console-error').textContent.includes('401')")
@@ -143,3 +143,18 @@ def test_the_page_asks_for_a_key_and_sends_it(browser, artifacts):
     finally:
         page.close()
         gw.stop()
+
+
+def test_the_page_runs_under_its_own_content_security_policy(browser, gateway):
+    """The other tests let Playwright evaluate their checks (CSP bypassed); here the page
+    runs under its strict policy as a visitor's browser runs it, with no violation."""
+    page = browser.new_page()
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    try:
+        page.goto(gateway.url + "/")
+        page.locator("#group option").first.wait_for(state="attached", timeout=30000)
+        assert page.locator("#group").input_value() == "primary"
+        assert not violations, violations
+    finally:
+        page.close()

@@ -198,8 +198,8 @@ class KeyRing:
     @property
     def configured(self) -> bool:
         """Whether any key exists (else every route is open to this machine)."""
-        self._refresh()
-        return bool(self._fixed or self._file_entries)
+        # a keys file, even one emptied to revoke every key, keeps the server closed
+        return bool(self._fixed) or self._file is not None
 
     def authenticate(self, key: str | None) -> Principal | None:
         """The caller of `key`, or None if it is no configured key."""

@@ -148,14 +148,10 @@ class Reader:
         return len(cuts)
 
 
-def _default_factory(reader: dict[str, Any], cache_dir: Path, on_batch: Callable[[int], None] | None) -> Engine:
-    return build_engine(reader, cache_dir, on_batch)
-
-
 class Registry:
     """All readers, by id and by consumer group."""
 
-    def __init__(self, settings: Settings, factory: EngineFactory = _default_factory) -> None:
+    def __init__(self, settings: Settings, factory: EngineFactory = build_engine) -> None:
         self.settings = settings
         self._factory = factory
         self.readers: dict[str, Reader] = {r.id: Reader(settings=r) for r in settings.readers}

@@ -133,3 +133,14 @@ def start_gateway(
             gw.stop()
             raise
     return gw
+
+
+def client_venv(folder: Path, requirement: str) -> Path:
+    """The python of a virtual environment of its own holding `requirement`, for a client
+    whose pins clash with ours (made once per machine, kept under tests/artifacts/)."""
+    python = folder / "bin" / "python"
+    if not (folder / ".ready").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", requirement], check=True)
+        (folder / ".ready").touch()
+    return python

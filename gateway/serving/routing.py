@@ -16,11 +16,10 @@ from gateway.errors import NotFound
 from gateway.registry import Reader, Registry
 from gateway.settings import DEFAULT_GROUP
 
-# Where a request that names no group goes, per task: generation to the default group,
+# Where a request that names no group goes, per task (generation: DEFAULT_GROUP, always):
 # embeddings to "embed", classification to "classify" (the Takeoff client's default),
 # re-ranking to the first of these that exists.
 DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
-    "generate": (DEFAULT_GROUP,),
     "embed": ("embed",),
     "classify": ("classify",),
     "score": ("rerank", "classify", "embed"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,8 @@ from typing import Literal
 import openai
 import pytest
 from pydantic import BaseModel, Field
+
+from tests.servers import client_venv
 
 pytestmark = pytest.mark.e2e
 
@@ -109,13 +110,7 @@ INSTRUCTOR = textwrap.dedent(
 
 @pytest.fixture(scope="session")
 def instructor_python(artifacts: Path) -> Path:
-    venv = artifacts / "instructor-venv"
-    python = venv / "bin" / "python"
-    if not (venv / ".ready").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "instructor==1.17.0"], check=True)
-        (venv / ".ready").touch()
-    return python
+    return client_venv(artifacts / "instructor-venv", "instructor==1.17.0")
 
 
 def test_instructor_tools_mode(instructor_python, base_url):

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.servers import client_venv
 
 pytestmark = pytest.mark.e2e
 
@@ -53,13 +54,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="session")
 def takeoff_python(artifacts: Path) -> Path:
-    venv = artifacts / "takeoff-client-venv"
-    python = venv / "bin" / "python"
-    if not (venv / ".ready").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "takeoff-client==0.7.0"], check=True)
-        (venv / ".ready").touch()
-    return python
+    return client_venv(artifacts / "takeoff-client-venv", "takeoff-client==0.7.0")
 
 
 def test_official_takeoff_client(gateway, takeoff_python, tokenizer):

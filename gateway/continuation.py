@@ -13,6 +13,8 @@ half-evicted state.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import sys
 import time
@@ -45,6 +47,16 @@ def decode_tokens(data: bytes) -> list[int]:
     return a.tolist()
 
 
+def scoped_key(settings: ContinuationSettings, tenant: str, name: str) -> str:
+    """A store key only `tenant` (the caller's key name) can reach by `name`.
+
+    The caller's key name is part of the HMAC input, so one caller's keys cannot be
+    named by another, and the secret keeps request ids unreadable in a shared store.
+    """
+    secret = settings.secret.get_secret_value().encode()
+    return hmac.new(secret, f"{tenant}\x1f{name}".encode(), hashlib.sha256).hexdigest()
+
+
 @dataclass
 class StoreStats:
     """What the store holds and how useful it has been."""
@@ -65,6 +77,18 @@ class ContinuationStore(Protocol):
 
     async def put(self, key: str, tokens: Sequence[int]) -> None:
         """Store (replace) the sequence of `key`, evicting old entries beyond the bounds."""
+        ...
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        """The raw value of `key` (records of the Responses API), or None."""
+        ...
+
+    async def put_bytes(self, key: str, value: bytes) -> bool:
+        """Store a raw value under the same bounds; False if it alone exceeds them."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Remove `key`; whether it was there."""
         ...
 
     async def stats(self) -> StoreStats:
@@ -111,28 +135,44 @@ class MemoryStore:
 
     async def get(self, key: str) -> list[int] | None:
         """The sequence of `key` if present and not expired."""
+        data = await self.get_bytes(key)
+        return None if data is None else decode_tokens(data)
+
+    async def put(self, key: str, tokens: Sequence[int]) -> None:
+        """Store in write order; entries older than the TTL or beyond the bounds go first."""
+        if not await self.put_bytes(key, encode_tokens(tokens)):
+            log.warning("continuation of %d tokens exceeds max_bytes; not stored", len(tokens))
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        """The value of `key` if present and not expired."""
         item = self._data.get(key)
         if item is None or item[0] <= self._clock():
             self.misses += 1
             return None
         self.hits += 1
-        return decode_tokens(item[1])
+        return item[1]
 
-    async def put(self, key: str, tokens: Sequence[int]) -> None:
+    async def put_bytes(self, key: str, value: bytes) -> bool:
         """Store in write order; entries older than the TTL or beyond the bounds go first."""
-        value = encode_tokens(tokens)
         size = self._size(key, value)
         if key in self._data:
             self._drop(key)
         if size > self.max_bytes:
-            log.warning("continuation of %d tokens exceeds max_bytes; not stored", len(tokens))
-            return
+            return False
         self._data[key] = (self._clock() + self.ttl, value)
         self._bytes += size
         self._expire()
         while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
             self._drop(next(iter(self._data)))
             self.evictions += 1
+        return True
+
+    async def delete(self, key: str) -> bool:
+        """Remove `key`."""
+        if key not in self._data:
+            return False
+        self._drop(key)
+        return True
 
     async def stats(self) -> StoreStats:
         """Current size and counters."""
@@ -183,6 +223,15 @@ end
 return {evicted, redis.call('ZCARD', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0')}
 """
 
+# KEYS as _PUT; ARGV: 1 key. Returns 1 if the key was there.
+_DELETE = """
+local size = redis.call('HGET', KEYS[2], ARGV[1])
+if size then redis.call('DECRBY', KEYS[3], size) end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('DEL', ARGV[1])
+"""
+
 
 class RedisStore:
     """Shared store on a Redis server, so replicas continue each other's requests."""
@@ -195,6 +244,7 @@ class RedisStore:
         p = settings.key_prefix
         self._index, self._sizes, self._total = f"{p}__index", f"{p}__sizes", f"{p}__bytes"
         self._put = self._redis.register_script(_PUT)
+        self._delete = self._redis.register_script(_DELETE)
         self.hits = self.misses = self.evictions = 0
         self._entries = self._bytes = 0  # as of the last write of this replica
 
@@ -212,14 +262,29 @@ class RedisStore:
 
     async def get(self, key: str) -> list[int] | None:
         """The sequence of `key`, or None (expired keys vanish by Redis's own TTL)."""
+        data = await self.get_bytes(key)
+        return None if data is None else decode_tokens(data)
+
+    async def put(self, key: str, tokens: Sequence[int]) -> None:
+        """Store atomically with the bookkeeping and eviction of the Lua script."""
+        if not await self.put_bytes(key, encode_tokens(tokens)):
+            log.warning("continuation of %d tokens exceeds max_bytes; not stored", len(tokens))
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        """The value of `key`, or None."""
         data = await self._call(self._redis.get(self._key(key)))
         if data is None:
             self.misses += 1
             return None
         self.hits += 1
-        return decode_tokens(data)
+        return bytes(data)
 
-    async def put(self, key: str, tokens: Sequence[int]) -> None:
+    async def delete(self, key: str) -> bool:
+        """Remove `key` and its bookkeeping."""
+        gone = await self._call(self._delete(keys=[self._index, self._sizes, self._total], args=[self._key(key)]))
+        return bool(gone)
+
+    async def put_bytes(self, key: str, value: bytes) -> bool:
         """Store atomically with the bookkeeping and eviction of the Lua script."""
         now_ms = int(time.time() * 1000)
         evicted, self._entries, self._bytes = await self._call(
@@ -227,7 +292,7 @@ class RedisStore:
                 keys=[self._index, self._sizes, self._total],
                 args=[
                     self._key(key),
-                    encode_tokens(tokens),
+                    value,
                     int(self.settings.ttl_seconds * 1000),
                     now_ms,
                     self.settings.max_entries,
@@ -237,9 +302,9 @@ class RedisStore:
         )
         evicted = int(evicted)
         if evicted == -1:
-            log.warning("continuation of %d tokens exceeds max_bytes; not stored", len(tokens))
-        else:
-            self.evictions += int(evicted)
+            return False
+        self.evictions += evicted
+        return True
 
     async def stats(self) -> StoreStats:
         """Entries and bytes as the shared index counts them."""

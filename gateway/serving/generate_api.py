@@ -11,8 +11,6 @@ batch in order ("a different order of prompts produces a different caching key")
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from engine_adapters.base import Constraint, GenerationOutput, GenerationRequest, GenerativeEngine, SamplingOptions
-from gateway.continuation import ContinuationStore
+from gateway.continuation import ContinuationStore, scoped_key
 from gateway.errors import BadRequest
 from gateway.middleware.guards import principal_of
 from gateway.observability.metrics import STORE_WRITE_ERRORS
@@ -50,7 +48,7 @@ async def generate_one(request: Request, body: GenerateOneRequest) -> Response:
     check_request_id(body.request_id, "request_id", settings)
     sampling = sampling_of(body.generation_config, settings)
     constraint = constraint_of(body.generation_config)
-    key = one_key(_secret(settings), principal_of(request.scope).name, body.request_id)
+    key = one_key(settings, principal_of(request.scope).name, body.request_id)
     job = await make_job(store, key, body.prompt, sampling, constraint, "prompt")
 
     async def answer(engine: GenerativeEngine, completions: list[Completion]) -> Response:
@@ -89,7 +87,7 @@ async def generate_batch(request: Request, body: GenerateBatchRequest) -> Respon
     jobs = [
         await make_job(store, key, p.prompt, sampling, constraint, f"prompts[{i}].prompt")
         for i, (key, p) in enumerate(
-            zip(batch_keys(_secret(settings), principal_of(request.scope).name, ids), body.prompts, strict=True)
+            zip(batch_keys(settings, principal_of(request.scope).name, ids), body.prompts, strict=True)
         )
     ]
 
@@ -114,25 +112,15 @@ async def generate_batch(request: Request, body: GenerateBatchRequest) -> Respon
     return await pipeline.generate(request, generation)
 
 
-def _secret(settings: Settings) -> bytes:
-    return settings.continuation.secret.get_secret_value().encode()
-
-
-def _scoped(secret: bytes, tenant: str, name: str) -> str:
-    # One caller's keys cannot be named by another: the caller's key name is part of
-    # the HMAC input, and the secret keeps request ids unreadable in a shared store.
-    return hmac.new(secret, f"{tenant}\x1f{name}".encode(), hashlib.sha256).hexdigest()
-
-
-def one_key(secret: bytes, tenant: str, request_id: str) -> str:
+def one_key(settings: Settings, tenant: str, request_id: str) -> str:
     """Store key of a generate-one request of `tenant` (the caller's key name)."""
-    return "one:" + _scoped(secret, tenant, request_id)
+    return "one:" + scoped_key(settings.continuation, tenant, request_id)
 
 
-def batch_keys(secret: bytes, tenant: str, request_ids: Sequence[str]) -> list[str]:
+def batch_keys(settings: Settings, tenant: str, request_ids: Sequence[str]) -> list[str]:
     """Store keys of a batch: the batch's ids, in order, are part of every key."""
     batch = "\x1f".join(request_ids)
-    return ["batch:" + _scoped(secret, tenant, f"{batch}\x1e{rid}") for rid in request_ids]
+    return ["batch:" + scoped_key(settings.continuation, tenant, f"{batch}\x1e{rid}") for rid in request_ids]
 
 
 def check_request_id(request_id: str, field: str, settings: Settings) -> None:

@@ -143,3 +143,33 @@ def test_redis_store_unreachable_is_a_clear_503():
 
     with pytest.raises(NotReady, match="redis"):
         run(go())
+
+
+def test_memory_store_raw_values_and_delete():
+    async def go():
+        store = MemoryStore(ContinuationSettings(max_entries=10, max_bytes=1024))
+        ok = await store.put_bytes("r", b"record")
+        too_big = await store.put_bytes("big", b"x" * 2000)
+        got = await store.get_bytes("r")
+        gone, again = await store.delete("r"), await store.delete("r")
+        return ok, too_big, got, gone, again, await store.get_bytes("r"), await store.stats()
+
+    ok, too_big, got, gone, again, after, stats = run(go())
+    assert (ok, too_big, got, gone, again, after) == (True, False, b"record", True, False, None)
+    assert stats.entries == 0 and stats.bytes == 0
+
+
+def test_redis_store_delete_keeps_the_byte_count(redis_settings):
+    async def go():
+        store = RedisStore(redis_settings)
+        try:
+            await store.put_bytes("a", b"12345")
+            await store.put_bytes("b", b"678")
+            gone, again = await store.delete("a"), await store.delete("a")
+            return gone, again, await store.get_bytes("a"), await store.get_bytes("b"), await store.stats()
+        finally:
+            await store.close()
+
+    gone, again, a, b, stats = run(go())
+    assert (gone, again, a, b) == (True, False, None, b"678")
+    assert stats.entries == 1 and stats.bytes == len(redis_settings.key_prefix) + 1 + 3

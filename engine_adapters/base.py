@@ -300,7 +300,7 @@ class GenerativeEngine(Engine, Protocol):
         """
         ...
 
-    async def tokenize(self, text: str, use_chat_template: bool = False) -> list[int]:
+    async def tokenize(self, text: str, use_chat_template: bool = False, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text` (rendered as one user message with the chat template)."""
         ...
 

@@ -171,7 +171,7 @@ class ScriptedEngine:
                 raise InvalidParameterError("a token is not in the vocabulary", "tokens")
         return out
 
-    async def tokenize(self, text: str, use_chat_template: bool = False) -> list[int]:
+    async def tokenize(self, text: str, use_chat_template: bool = False, add_special_tokens: bool = True) -> list[int]:
         """UTF-8 bytes of the (rendered) text."""
         if use_chat_template:
             text = self.render_chat([{"role": "user", "content": text}])

@@ -227,14 +227,14 @@ class VLLMEngine(AsyncLLMHost):
             return None
         return VLLMOutputParser(self._parser_cls, self._tokenizer, request, prompt_token_ids)
 
-    async def tokenize(self, text: str, use_chat_template: bool = False) -> list[int]:
+    async def tokenize(self, text: str, use_chat_template: bool = False, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`, optionally as one user message in the chat template."""
         if self._tokenizer is None:
             raise EngineNotReadyError("the model is still loading")
         if use_chat_template:
             rendered = self.render_chat([{"role": "user", "content": text}])
             return await self._encode(rendered, add_special_tokens=False)
-        return await self._encode(text, add_special_tokens=True)
+        return await self._encode(text, add_special_tokens=add_special_tokens)
 
     async def detokenize(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of `token_ids`."""

@@ -14,6 +14,7 @@ removal of the reader aborts the engine request (design rule 8).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,12 @@ class Generation:
     timeout: float | None = None
     priority: int | None = None
     fields: Fields = field(default_factory=Fields)
+    # runs once the reader is known, before the engine sees the requests (a surface
+    # whose prompt depends on the reader's tokenizer completes its requests here)
+    prepare: Callable[[GenerativeEngine], Awaitable[None]] | None = None
+    # background work: the whole answer runs detached from the HTTP request (never
+    # cancelled by a disconnect); `detach` gets its task and answers at once
+    detach: Callable[[asyncio.Task[Response]], Response] | None = None
 
 
 class Pipeline:
@@ -68,6 +75,14 @@ class Pipeline:
         self.registry = registry
         self.store = store
         self.budgets: set[Budget] = set()  # of the requests in flight, for shutdown
+        self.detached: dict[str, asyncio.Task[Any]] = {}  # background work by its key
+        self._chores: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, work: Awaitable[Any]) -> None:
+        """Run `work` on its own, kept referenced until it ends (its errors are logged)."""
+        task = asyncio.ensure_future(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     # ------------------------------------------------------------------ generation
 
@@ -83,12 +98,16 @@ class Pipeline:
         weight = sum(r.sampling.n * r.sampling.num_beams for r in gen.requests)
         reader = resolve(self.registry, gen.target, gen.requests, allow=caller.check_group, weight=weight)
         engine = reader.generative()
+        if gen.prepare is not None:
+            await gen.prepare(engine)
         if gen.stream and gen.events is not None:
             return await self._stream(reader, engine, gen, gen.events, budget, caller, weight)
 
         async def whole() -> Response:
             return await gen.answer(engine, await collect_many(engine, gen.requests))
 
+        if gen.detach is not None:
+            return gen.detach(self._detached(reader, budget, whole(), caller, weight))
         return await self._buffered(request, reader, budget, whole(), caller, weight)
 
     async def _stream(
@@ -147,6 +166,30 @@ class Pipeline:
         finally:
             self.budgets.discard(budget)
             caller.release(_tokens(obs))
+
+    def _detached(
+        self, reader: Reader, budget: Budget, work: Awaitable[Response], caller: Principal, weight: int
+    ) -> asyncio.Task[Response]:
+        """A whole answer as a task of its own: in flight on `reader` and the caller's key,
+        under the deadline and the shutdown's cut, but not tied to the client's connection."""
+        try:
+            caller.admit()
+        except BaseException:
+            if inspect.iscoroutine(work):
+                work.close()
+            raise
+        self.budgets.add(budget)
+        obs = observation()
+
+        async def run() -> Response:
+            try:
+                with reader.track(budget.cut, weight):
+                    return await budget.bound(work)
+            finally:
+                self.budgets.discard(budget)
+                caller.release(_tokens(obs))
+
+        return asyncio.ensure_future(run())
 
     # ------------------------------------------------------------------ pooling
 

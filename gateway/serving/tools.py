@@ -45,8 +45,12 @@ class Tool:
         return {"type": "function", "function": function}
 
 
-def check_tools(tools: Sequence[Tool], param: str) -> None:
-    """Names unique and well formed, parameter schemas valid JSON Schema; else a 400."""
+def check_tools(tools: Sequence[Tool], param: str, nested: bool | None = None) -> None:
+    """Names unique and well formed, parameter schemas valid JSON Schema; else a 400.
+
+    `nested`: the parameters sit under `function` (chat's `tools`; the default for "tools")."""
+    if nested is None:
+        nested = param == "tools"
     seen: set[str] = set()
     for i, tool in enumerate(tools):
         if not _NAME.match(tool.name):
@@ -59,7 +63,7 @@ def check_tools(tools: Sequence[Tool], param: str) -> None:
         try:
             check_json_schema(tool.parameters)
         except ValueError as exc:
-            field = f"{param}[{i}].function.parameters" if param == "tools" else f"{param}[{i}].parameters"
+            field = f"{param}[{i}].function.parameters" if nested else f"{param}[{i}].parameters"
             raise BadRequest(f"{field}: {exc}", param=field) from None
 
 

@@ -148,6 +148,16 @@ class ContinuationSettings(BaseModel):
     secret: SecretStr = SecretStr("llm-gateway-continuation")
 
 
+class ResponsesSettings(BaseModel):
+    """The OpenAI Responses API (`/v1/responses`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # tools OpenAI runs itself (web_search, file_search, ...) are dropped instead of refused
+    # with a 400; Codex-style clients send them with every request
+    drop_builtin_tools: bool = False
+
+
 class Settings(BaseSettings):
     """Every knob of the gateway. Environment variables are `GATEWAY_<FIELD>`."""
 
@@ -189,6 +199,7 @@ class Settings(BaseSettings):
     max_request_id_length: int = Field(256, ge=1)
     continuation: ContinuationSettings = Field(default_factory=ContinuationSettings)
     chat_system_prompt: str | None = None
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     # streams and lifecycle
     sse_keepalive_seconds: float = Field(15.0, gt=0)

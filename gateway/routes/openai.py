@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from gateway.protocols.openai import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from gateway.serving import openai, openai_chat
+from gateway.protocols.responses import ResponsesRequest
+from gateway.serving import openai, openai_chat, responses
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -35,3 +36,40 @@ async def list_models(request: Request) -> dict[str, Any]:
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     """One entry of the model list."""
     return openai.model_card(request, model_id)
+
+
+@router.post("/responses", response_model=None)
+async def create_response(body: ResponsesRequest, request: Request) -> Response:
+    """OpenAI Responses API: a response, whole, streamed or in the background."""
+    return await responses.create(request, body)
+
+
+@router.get("/responses/{response_id}", response_model=None)
+async def get_response(response_id: str, request: Request) -> Response:
+    """A stored response (a background one's current state)."""
+    return await responses.retrieve(request, response_id)
+
+
+@router.delete("/responses/{response_id}", response_model=None)
+async def delete_response(response_id: str, request: Request) -> Response:
+    """Forget a stored response."""
+    return await responses.delete(request, response_id)
+
+
+@router.post("/responses/{response_id}/cancel", response_model=None)
+async def cancel_response(response_id: str, request: Request) -> Response:
+    """Stop a background response; its engine request is aborted."""
+    return await responses.cancel(request, response_id)
+
+
+@router.get("/responses/{response_id}/input_items", response_model=None)
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+    before: str | None = None,
+) -> Response:
+    """The input items of a stored response, paginated as OpenAI lists them."""
+    return await responses.input_items(request, response_id, limit, order, after, before)

@@ -123,3 +123,58 @@ def test_instructor_tools_mode(instructor_python, base_url):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     Weather.model_validate(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+AGENTS = textwrap.dedent(
+    """
+    import asyncio, json, os
+    from typing import Literal
+    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+    from openai import AsyncOpenAI
+
+    set_tracing_disabled(True)
+    calls = []
+
+    @function_tool
+    def get_weather(city: Literal["Paris", "London", "Tokyo"], days: int) -> str:
+        \"\"\"Weather forecast of a city for some days.\"\"\"
+        calls.append({"city": city, "days": days})
+        return f"Sunny in {city} for {days} days."
+
+    client = AsyncOpenAI(base_url=os.environ["BASE_URL"], api_key="unused", max_retries=0)
+    agent = Agent(
+        name="weather",
+        instructions="Answer weather questions with the get_weather tool.",
+        tools=[get_weather],
+        model=OpenAIResponsesModel(model="primary", openai_client=client),
+        # the first turn must call the tool; the SDK resets the choice to auto after it
+        model_settings=ModelSettings(tool_choice="required", max_tokens=300, temperature=0),
+    )
+    result = asyncio.run(Runner.run(agent, "What is the weather in Paris for the next 2 days?", max_turns=4))
+    kinds = [item.type for item in result.new_items]
+    print(json.dumps({"calls": calls, "kinds": kinds, "final": result.final_output}))
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def agents_python(artifacts: Path) -> Path:
+    return client_venv(artifacts / "agents-venv", "openai-agents==0.24.0")
+
+
+def test_openai_agents_sdk_runs_a_tool_agent_to_completion(agents_python, base_url):
+    """The OpenAI Agents SDK, unmodified, on the Responses API: the tool is called with
+    valid arguments, its output goes back, and the run ends with a text answer."""
+    proc = subprocess.run(
+        [str(agents_python), "-c", AGENTS],
+        env={**os.environ, "BASE_URL": base_url},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["calls"] and all(c["city"] in ("Paris", "London", "Tokyo") for c in out["calls"])
+    assert all(isinstance(c["days"], int) for c in out["calls"])
+    assert out["kinds"][:2] == ["tool_call_item", "tool_call_output_item"]
+    assert out["kinds"][-1] == "message_output_item" and isinstance(out["final"], str) and out["final"].strip()

@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import SHARED_MAX_ENTRIES
+from tests.e2e.test_responses_e2e import chatml_tail
 from tests.servers import start_gateway
 
 pytestmark = pytest.mark.e2e
@@ -234,9 +235,10 @@ def test_seed_003_service(gateway, http):
     assert body["choices"][0]["message"]["role"] == "assistant" and body["choices"][0]["message"]["content"]
 
 
-def test_redis_continuation_across_two_gateways(artifacts, redis_server):
+def test_redis_continuation_across_two_gateways(artifacts, redis_server, tokenizer):
     """Two gateway processes of their own (two replicas sharing one redis-server): what
-    one generated, the other continues, for the same key only."""
+    one generated, the other continues, for the same key only (generate-one and stored
+    Responses alike)."""
     env = {
         "GATEWAY_CONTINUATION__BACKEND": "redis",
         "GATEWAY_CONTINUATION__REDIS_URL": redis_server,
@@ -262,6 +264,21 @@ def test_redis_continuation_across_two_gateways(artifacts, redis_server):
             # another key with the same request_id, on either replica, sees none of it
             theirs = one(intruder, request_id=rid, prompt="Hello", only_new_tokens=False, generation_config=cfg).text
             assert theirs.startswith("Hello") and prompt not in theirs
+            # a stored response continues on the other replica from its exact tokens
+            turn = {"model": "primary", "temperature": 0}
+            first = ca.post("/v1/responses", json={**turn, "input": "Say hi.", "max_output_tokens": 8}).json()
+            second = cb.post(
+                "/v1/responses",
+                json={**turn, "input": "Again.", "previous_response_id": first["id"], "max_output_tokens": 4},
+            )
+            assert second.status_code == 200, second.text
+            tail = tokenizer.encode(chatml_tail(first["status"], "Again."), add_special_tokens=False)
+            assert second.json()["usage"]["input_tokens"] == first["usage"]["total_tokens"] + len(tail)
+            assert ca.get(f"/v1/responses/{second.json()['id']}").json()["output"] == second.json()["output"]
+            # another key: indistinguishable from a missing id
+            assert intruder.get(f"/v1/responses/{first['id']}").status_code == 404
+            stolen = intruder.post("/v1/responses", json={**turn, "input": "x", "previous_response_id": first["id"]})
+            assert stolen.status_code == 404 and stolen.json()["error"]["param"] == "previous_response_id"
     finally:
         a.stop()
         b.stop()

@@ -49,6 +49,10 @@ system-deps:
 	    || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$pkg >/dev/null; } \
 	    || exit 1; \
 	done
+	@# npm installs the Codex CLI of the contract tests (Node's own packages bundle it)
+	@command -v npm >/dev/null || { sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing the Debian package npm"; $$sudo apt-get install -y -q npm >/dev/null \
+	  || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q npm >/dev/null; }; }
 
 test: install system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -144,3 +144,17 @@ def client_venv(folder: Path, requirement: str) -> Path:
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", requirement], check=True)
         (folder / ".ready").touch()
     return python
+
+
+def npm_client(folder: Path, package: str, binary: str) -> Path:
+    """The executable `binary` of an npm package installed into a folder of its own
+    (made once per machine, kept under tests/artifacts/)."""
+    executable = folder / "node_modules" / ".bin" / binary
+    if not (folder / ".ready").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--loglevel=error", package],
+            check=True,
+        )
+        (folder / ".ready").touch()
+    return executable

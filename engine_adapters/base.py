@@ -126,6 +126,10 @@ class GenerationRequest:
     use_chat_template: bool = False
     add_generation_prompt: bool = True
     prompt_max_tokens: int | None = None
+    # cut a prompt too long for the context from the start (Takeoff's default), unless
+    # the reader is strict (`truncate: false`); the engine sets how many tokens it cut
+    truncate_prompt: bool = False
+    prompt_tokens_dropped: int = 0
     lora_id: str | None = None
     priority: int = 0
     stream: bool = False
@@ -365,17 +369,32 @@ class PoolingEngine(Engine, Protocol):
 
 
 def fit_prompt(
-    ids: list[int], request: GenerationRequest, max_model_len: int, param: str, max_prompt_tokens: int | None = None
+    ids: list[int],
+    request: GenerationRequest,
+    max_model_len: int,
+    param: str,
+    max_prompt_tokens: int | None = None,
+    truncate: bool = True,
 ) -> tuple[list[int], int]:
     """Apply `prompt_max_tokens` (keep the last N tokens) and fit the output in the context.
 
     Returns the prompt ids and the number of new tokens that fit: a prompt that leaves
     less room than `max_new_tokens` is generated up to the context limit (finish reason
     "length"), as vLLM's own server does when no limit is given; a prompt that leaves no
-    room at all is an error naming the field.
+    room at all is an error naming the field, unless the request asks for truncation
+    (`truncate_prompt`) and the reader allows it (`truncate`): then the prompt keeps its
+    last tokens, leaving room for `min_new_tokens`.
     """
+    original = len(ids)
     if request.prompt_max_tokens is not None and len(ids) > request.prompt_max_tokens:
         ids = ids[len(ids) - request.prompt_max_tokens :]
+    if request.truncate_prompt and truncate:
+        keep = max_model_len - max(1, request.sampling.min_new_tokens)
+        if max_prompt_tokens is not None:
+            keep = min(keep, max_prompt_tokens)
+        if keep >= 1 and len(ids) > keep:
+            ids = ids[len(ids) - keep :]
+    request.prompt_tokens_dropped = original - len(ids)
     if not ids:
         raise InvalidParameterError("the prompt is empty after tokenization", param)
     if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:

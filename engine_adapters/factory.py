@@ -42,7 +42,9 @@ def build_engine(reader: Mapping[str, Any], cache_dir: Path, on_batch: Callable[
     if kind == "scripted":
         from engine_adapters.scripted import ScriptedConfig, ScriptedEngine
 
-        return ScriptedEngine(ScriptedConfig(**{"name": served, **reader.get("scripted", {})}))
+        return ScriptedEngine(
+            ScriptedConfig(**{"name": served, "truncate": reader.get("truncate", True), **reader.get("scripted", {})})
+        )
     model = resolve_model(reader["model"], cache_dir)
     if kind == "sentence-transformers":
         from engine_adapters.sentence_transformers_engine import SentenceTransformersConfig, SentenceTransformersEngine

@@ -51,6 +51,7 @@ class ScriptedConfig:
     has_chat_template: bool = True
     lora_adapters: list[str] = field(default_factory=list)
     max_prompt_tokens: int | None = None
+    truncate: bool = True
     # A real tokenizer folder: the reply is emitted as its tokens (one per step), so
     # vLLM's reasoning and tool-call parsers (named below) can read it, as on a real model.
     markup_tokenizer: str | None = None
@@ -235,7 +236,9 @@ class ScriptedEngine:
         else:
             raw = await self.tokenize(request.prompt or "", request.use_chat_template)
         param = "messages" if request.messages is not None else "prompt"
-        ids, max_tokens = fit_prompt(raw, request, self.config.max_model_len, param, self.config.max_prompt_tokens)
+        ids, max_tokens = fit_prompt(
+            raw, request, self.config.max_model_len, param, self.config.max_prompt_tokens, self.config.truncate
+        )
         texts = [self._reply(request, ids, i) for i in range(s.n)]
         if request.lora_id is not None:  # an adapter visibly changes the output
             texts = [t.upper() for t in texts]

@@ -78,6 +78,7 @@ class VLLMEngineConfig:
     max_loras: int = 4
     max_queued_prompt_tokens: int | None = None
     max_prompt_tokens: int | None = None
+    truncate: bool = True  # Takeoff prompts too long for the context are cut (false: 400)
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
     constraint_check_timeout: float = 10.0
@@ -354,7 +355,9 @@ class VLLMEngine(AsyncLLMHost):
                 raise UnknownAdapterError(f"unknown lora_id {request.lora_id!r}; this reader's adapters: {have}")
         param = "messages" if request.messages is not None else "prompt"
         prompt_ids = await self._prompt_ids(request)
-        ids, max_tokens = fit_prompt(prompt_ids, request, self.info.max_model_len, param, self.config.max_prompt_tokens)
+        ids, max_tokens = fit_prompt(
+            prompt_ids, request, self.info.max_model_len, param, self.config.max_prompt_tokens, self.config.truncate
+        )
         if request.sampling.num_beams > 1:
             async for out in self._beam_search(request, ids, max_tokens):
                 yield out

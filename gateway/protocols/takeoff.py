@@ -28,10 +28,12 @@ class GenerateRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)
     no_repeat_ngram_size: int | None = Field(None, ge=0, le=64)
     max_new_tokens: int | None = Field(None, ge=1)
+    # the legacy name of max_new_tokens (Takeoff's asyncio example sends it)
+    generate_max_length: int | None = Field(None, ge=1)
     min_new_tokens: int | None = Field(None, ge=0)
     prompt_max_tokens: int | None = Field(None, ge=1)
-    regex_str: str | None = None
-    regex_string: str | None = None
+    regex_str: str | None = Field(None, min_length=1)
+    regex_string: str | None = Field(None, min_length=1)
     # documented as an object; a string of JSON is accepted too (the Takeoff client sends one)
     json_schema: (
         Annotated[dict[str, Any] | StrictStr, WithJsonSchema({"type": "object", "description": "a JSON schema"})] | None
@@ -42,16 +44,9 @@ class GenerateRequest(BaseModel):
     consumer_group: str | None = Field(None, min_length=1, max_length=64)
     lora_id: str | None = Field(None, min_length=1, max_length=128)
     seed: int | None = None
-    stop: list[StrictStr] | None = None
+    stop: list[Annotated[StrictStr, Field(min_length=1)]] | None = None
     priority: Priority | None = None
     timeout: float | None = Field(None, gt=0)
-
-    @field_validator("regex_string", "regex_str")
-    @classmethod
-    def _non_empty_regex(cls, v: str | None) -> str | None:
-        if v is not None and not v:
-            raise ValueError("must not be empty")
-        return v
 
     @field_validator("regex_string")
     @classmethod
@@ -78,10 +73,14 @@ class GenerationMetadata(BaseModel):
     prompt_tokens: int
     generated_tokens: int
     finish_reason: Literal["stop", "length", "abort"] | str | None
+    # prompt tokens cut from the start to fit the context (or prompt_max_tokens)
+    truncated_prompt_tokens: int = 0
 
 
 class GenerateResponse(BaseModel):
     """Body of a `/generate` answer: one text per prompt, in request order."""
 
     text: str | list[str]
+    # the same text under the key the legacy Takeoff client reads
+    message: str | list[str]
     metadata: GenerationMetadata | list[GenerationMetadata] | None = None

@@ -35,14 +35,15 @@ FIELDS = Fields(prompts="text", max_new_tokens="max_new_tokens", min_new_tokens=
 async def generate(request: Request, body: GenerateRequest, stream: bool) -> Response:
     """Serve `/generate` (whole) or `/generate_stream` (SSE) through the pipeline."""
     pipeline = pipeline_of(request)
+    requests = to_neutral(body, pipeline.settings)
 
     async def answer(_: GenerativeEngine, completions: list[Completion]) -> Response:
-        return FastJSONResponse(response_of(body, completions))
+        return FastJSONResponse(response_of(body, requests, completions))
 
     generation = Generation(
-        requests=to_neutral(body, pipeline.settings),
+        requests=requests,
         answer=answer,
-        events=lambda _, streams: stream_events(body, streams),
+        events=lambda _, streams: stream_events(body, requests, streams),
         stream=stream,
         target=Target(body.consumer_group),
         timeout=body.timeout,
@@ -82,7 +83,9 @@ def constraint_of(body: GenerateRequest) -> Constraint | None:
 def to_neutral(body: GenerateRequest, settings: Settings) -> list[GenerationRequest]:
     """One neutral request per prompt, with Takeoff's defaults for missing parameters."""
     prompts = [body.text] if isinstance(body.text, str) else body.text
-    max_new = body.max_new_tokens if body.max_new_tokens is not None else settings.default_max_new_tokens
+    max_new = next(
+        (v for v in (body.max_new_tokens, body.generate_max_length) if v is not None), settings.default_max_new_tokens
+    )
     sampling = SamplingOptions(
         max_new_tokens=max_new,
         min_new_tokens=body.min_new_tokens if body.min_new_tokens is not None else 1,
@@ -104,34 +107,40 @@ def to_neutral(body: GenerateRequest, settings: Settings) -> list[GenerationRequ
             constraint=constraint,
             use_chat_template=bool(body.use_chat_template),
             prompt_max_tokens=body.prompt_max_tokens,
+            truncate_prompt=True,
             lora_id=body.lora_id,
         )
         for prompt in prompts
     ]
 
 
-def metadata_of(c: Completion) -> GenerationMetadata:
-    """Token counts and finish reason of one prompt's completion."""
+def metadata_of(r: GenerationRequest, c: Completion) -> GenerationMetadata:
+    """Token counts, finish reason and truncation of one prompt's completion."""
     return GenerationMetadata(
         prompt_tokens=len(c.prompt_token_ids),
         generated_tokens=c.completion_tokens,
         finish_reason=c.finish_reasons[0] if c.finish_reasons else None,
+        truncated_prompt_tokens=r.prompt_tokens_dropped,
     )
 
 
-def response_of(body: GenerateRequest, completions: list[Completion]) -> dict[str, Any]:
+def response_of(
+    body: GenerateRequest, requests: list[GenerationRequest], completions: list[Completion]
+) -> dict[str, Any]:
     """The `/generate` answer: text (and metadata) per prompt, in request order."""
     single = isinstance(body.text, str)
     texts = [c.texts[0] if c.texts else "" for c in completions]
-    out: dict[str, Any] = {"text": texts[0] if single else texts}
+    text = texts[0] if single else texts
+    # "message": the key the legacy Takeoff client reads the answer from
+    out: dict[str, Any] = {"text": text, "message": text}
     if body.return_metadata:
-        metas = [metadata_of(c).model_dump() for c in completions]
+        metas = [metadata_of(r, c).model_dump() for r, c in zip(requests, completions, strict=True)]
         out["metadata"] = metas[0] if single else metas
     return out
 
 
 async def stream_events(
-    body: GenerateRequest, streams: list[AsyncIterator[GenerationOutput]]
+    body: GenerateRequest, requests: list[GenerationRequest], streams: list[AsyncIterator[GenerationOutput]]
 ) -> AsyncIterator[dict[str, Any]]:
     """SSE events for the accepted streams, in the framing of the module docstring."""
     single = isinstance(body.text, str)
@@ -147,7 +156,7 @@ async def stream_events(
                     if d.text:
                         yield {"data": d.text} if single else {"data": d.text, "event": str(i)}
         if completions is not None:
-            metas = [metadata_of(c).model_dump() for c in completions]
+            metas = [metadata_of(r, c).model_dump() for r, c in zip(requests, completions, strict=True)]
             yield {"event": "metadata", "data": json.dumps(metas[0] if single else metas)}
         yield {"event": "end", "data": "[DONE]"}
     except Exception as exc:  # after the 200 the only way to report is an error event

@@ -79,7 +79,18 @@ def test_stream_of_a_list_tags_each_piece(http):
 
 def test_max_new_tokens_is_honoured(http):
     meta = generate(http, text=PROMPT, max_new_tokens=5, min_new_tokens=5, return_metadata=True)["metadata"]
-    assert meta == {"prompt_tokens": meta["prompt_tokens"], "generated_tokens": 5, "finish_reason": "length"}
+    assert meta == {
+        "prompt_tokens": meta["prompt_tokens"],
+        "generated_tokens": 5,
+        "finish_reason": "length",
+        "truncated_prompt_tokens": 0,
+    }
+
+
+def test_generate_max_length_is_honoured_beyond_the_default(http):
+    # Takeoff's legacy name; the default (128) would stop earlier
+    meta = generate(http, text=PROMPT, generate_max_length=140, min_new_tokens=140, return_metadata=True)["metadata"]
+    assert meta["generated_tokens"] == 140 and meta["finish_reason"] == "length"
 
 
 def test_min_new_tokens_is_honoured(http):
@@ -112,6 +123,21 @@ def test_prompt_truncation_keeps_the_last_tokens(http, tokenizer):
     assert len(tokenizer.encode(tail)) == 16  # precondition: the tail re-tokenizes the same
     truncated = generate(http, text=long_prompt, prompt_max_tokens=16, max_new_tokens=8)["text"]
     assert truncated == generate(http, text=tail, max_new_tokens=8)["text"]
+    assert meta["truncated_prompt_tokens"] == len(tokenizer.encode(long_prompt)) - 16
+
+
+def test_a_prompt_longer_than_the_context_is_cut_to_fit(http, tokenizer):
+    """Takeoff's default: no 400, the prompt keeps its last tokens with room for
+    min_new_tokens; the OpenAI surface keeps vLLM's 400."""
+    long_prompt = "The weather in London is rainy. " * 400 + PROMPT
+    n = len(tokenizer.encode(long_prompt))
+    assert n > 2048  # precondition: longer than the shared reader's context
+    body = generate(http, text=long_prompt, min_new_tokens=4, max_new_tokens=4, return_metadata=True)
+    meta = body["metadata"]
+    assert meta["prompt_tokens"] == 2048 - 4 and meta["truncated_prompt_tokens"] == n - (2048 - 4)
+    assert meta["generated_tokens"] == 4 and body["message"] == body["text"]
+    r = http.post("/v1/completions", json={"model": "primary", "prompt": long_prompt, "max_tokens": 4})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "context_length_exceeded"
 
 
 def test_sampling_with_seed_is_reproducible_and_differs_from_greedy(http):
@@ -226,7 +252,7 @@ def test_disconnect_aborts_a_buffered_request(gateway):
         ({"text": "x", "sampling_topp": 7}, 400, "sampling_topp"),
         ({"text": "x", "max_new_tokens": -1}, 400, "max_new_tokens"),
         ({"text": "x", "consumer_group": "nope"}, 404, "consumer_group"),
-        ({"text": "hello " * 2100}, 400, "prompt"),
+        ({"text": "hello " * 2100, "min_new_tokens": 2048, "max_new_tokens": 2048}, 400, "prompt"),
     ],
 )
 @pytest.mark.parametrize("path", ["/generate", "/generate_stream"])

@@ -43,7 +43,7 @@ def test_every_route_on_every_port_needs_a_key(apps):
                 continue
             for method in route.methods:
                 path = _example_path(route.path)
-                if path in ("/healthz", "/readyz", "/"):  # probes, and the playground page
+                if path in ("/healthz", "/readyz", "/health", "/version", "/"):  # probes, and the playground page
                     continue
                 for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}, {"Authorization": KEY}):
                     r = client.request(method, path, headers=headers, json={})
@@ -54,6 +54,7 @@ def test_every_route_on_every_port_needs_a_key(apps):
     for client in apps:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
+        assert client.get("/health").status_code == 200 and client.get("/version").json()["version"]
 
 
 def test_right_keys_pass_in_either_header(apps):
@@ -196,9 +197,12 @@ def test_priority_header_and_prompt_limit(client_factory):
         assert r.status_code == 400 and r.json()["field"] == "x-priority"
     readers = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted={"max_prompt_tokens": 8})]
     with client_factory(readers=readers) as c:
-        r = c.post("/generate", json={"text": "0123456789"})
-        assert r.status_code == 400 and r.json()["type"] == "context_length_exceeded"
-        assert c.post("/generate", json={"text": "0123456789", "prompt_max_tokens": 8}).status_code == 200
+        # Takeoff cuts a prompt beyond the server's limit to its last tokens; OpenAI refuses it
+        r = c.post("/generate", json={"text": "0123456789", "return_metadata": True})
+        assert r.status_code == 200 and r.json()["metadata"]["truncated_prompt_tokens"] == 2
+        r = c.post("/v1/completions", json={"prompt": "0123456789"})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "context_length_exceeded"
+        assert c.post("/v1/completions", json={"prompt": "01234567"}).status_code == 200
 
 
 def test_cors_allow_list(client_factory):

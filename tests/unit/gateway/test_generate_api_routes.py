@@ -215,6 +215,19 @@ def test_chat_service_completions_roleless_and_system_prompt(client_factory):
         )
 
 
+def test_chat_service_plain_string_messages_are_the_users(client):
+    # the service declares `messages (List[str])`
+    r = client.post("/chat/completions", json={"model": "m", "messages": ["hi", "there"], "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == len("<|user|>hi\n<|user|>there\n<|assistant|>")
+    mixed = {"messages": [{"role": "system", "content": "S"}, "hi"], "max_tokens": 2}
+    assert client.post("/chat/completions", json=mixed).json()["usage"]["prompt_tokens"] == len(
+        "<|system|>S\n<|user|>hi\n<|assistant|>"
+    )
+    bad = client.post("/chat/completions", json={"messages": [7]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"].startswith("messages[0]")
+
+
 def test_chat_service_seed_example_with_the_sdk_at_the_root(client):
     sdk = openai.OpenAI(api_key="OPENAI_API_KEY", base_url="http://testserver/", http_client=client, max_retries=0)
     stream = sdk.chat.completions.create(

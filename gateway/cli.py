@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
+import types
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
+
+import gateway
+
+# Flags for the primary reader's fields (the names vLLM's `serve` uses), as the
+# GATEWAY_* shortcuts of settings.PRIMARY_ENV.
+READER_FLAGS = {
+    "max_model_len": ("GATEWAY_MAX_MODEL_LEN", int),
+    "tensor_parallel_size": ("GATEWAY_TENSOR_PARALLEL_SIZE", int),
+    "dtype": ("GATEWAY_DTYPE", str),
+    "device": ("GATEWAY_DEVICE", str),
+    "max_batch_size": ("GATEWAY_MAX_BATCH_SIZE", int),
+}
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -28,29 +44,82 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _offline(settings) -> None:  # type: ignore[no-untyped-def]
     # Set before transformers or vLLM are imported: they read these once.
-    if settings.offline:
+    hub = settings.hub_models()
+    if settings.offline is True and hub:
+        sys.exit(
+            f"gateway: the model {hub[0]!r} is a hub id, and offline: true (GATEWAY_OFFLINE) forbids "
+            "downloads; set offline: false, or give a local folder or an embedded: model"
+        )
+    if settings.effective_offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def _scalar(annotation: Any) -> tuple[Any, tuple[Any, ...] | None] | None:
+    """The flag type (and choices) of a setting of one plain value, else None."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        rest = [a for a in get_args(annotation) if a is not type(None)]
+        return _scalar(rest[0]) if len(rest) == 1 else None
+    if origin is Literal:
+        return str, tuple(str(a) for a in get_args(annotation))
+    if annotation in (str, int, float, bool, Path):
+        return annotation, None
+    return None
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for every top-level setting of one plain value (`--max-new-tokens-limit`),
+    for the primary reader's common fields (`--max-model-len`, ...) and `--api-key`;
+    a new setting gets its flag without a line here."""
+    from gateway.settings import Settings
+
+    group = parser.add_argument_group("settings (override the environment and the YAML file)")
+    for name, info in Settings.model_fields.items():
+        kind = _scalar(info.annotation)
+        if kind is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        typ, choices = kind
+        if typ is bool:
+            group.add_argument(flag, dest=f"set_{name}", action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(flag, dest=f"set_{name}", type=str, choices=choices, metavar=name.upper())
+    for name, (_, typ) in READER_FLAGS.items():
+        group.add_argument("--" + name.replace("_", "-"), dest=f"reader_{name}", type=typ, help="the primary reader's")
+    group.add_argument("--api-key", dest="api_key", action="append", help="an inference key (repeatable)")
+
+
+def apply_flags(args: argparse.Namespace, env: Any = os.environ) -> None:
+    """Turn the given flags into GATEWAY_* variables, so they win over the environment and
+    the YAML file (the documented order: flags, environment, .env, YAML, defaults)."""
+    for key, value in vars(args).items():
+        if value is None:
+            continue
+        if key.startswith("set_"):
+            name = key[4:]
+            env[f"GATEWAY_{name.upper()}"] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        elif key.startswith("reader_"):
+            env[READER_FLAGS[key[7:]][0]] = str(value)
+    if getattr(args, "model", None):
+        env["GATEWAY_MODEL"] = args.model
+    if getattr(args, "api_key", None):
+        env["GATEWAY_API_KEYS"] = json.dumps(args.api_key)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT."""
-    if args.host:
-        os.environ["GATEWAY_HOST"] = args.host
-    if args.port is not None:
-        os.environ["GATEWAY_PORT"] = str(args.port)
+    apply_flags(args)
     settings = _settings(args)
     _offline(settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # one JSON object per line for each request, ready for a log pipeline
-    access = logging.getLogger("gateway.access")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.propagate = False
+    from gateway.observability.logs import configure
+
+    configure(settings.log_format, settings.log_level)
+    from gateway.settings import process_env, takeoff_unsupported
+
+    ignored = takeoff_unsupported(process_env())
+    if ignored:
+        logging.getLogger("gateway").warning("Takeoff variables with no effect here: %s", "; ".join(ignored))
     from gateway.server import serve
 
     try:
@@ -60,7 +129,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:  # uvloop is optional; the default loop works too
         runner = asyncio.Runner()
     with runner:
-        return runner.run(serve(settings))
+        code = runner.run(serve(settings))
+    if code == 0:
+        # A clean stop: the engines are shut down and every line is written. Skip the
+        # interpreter's teardown, where native extensions (triton, xgrammar) print
+        # screens of reference-leak notices that make every rolling update look like a
+        # crash. Any other exit goes through the normal teardown.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return code
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -86,6 +165,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `gateway` console script."""
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gateway {gateway.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, help_ in (
         ("serve", cmd_serve, "serve the APIs"),
@@ -96,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--config", "-c", help="YAML settings file (e.g. configs/default.yaml)")
         p.set_defaults(func=func)
         if name == "serve":
-            p.add_argument("--host", help="bind address (GATEWAY_HOST)")
-            p.add_argument("--port", type=int, help="main port (GATEWAY_PORT)")
+            p.add_argument("model", nargs="?", help="the primary reader's model: embedded:NAME, a folder or a hub id")
+            add_setting_flags(p)
     args = parser.parse_args(argv)
     sys.exit(args.func(args))
 

@@ -8,12 +8,14 @@ below. Every field is documented in the README's settings table.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 EngineKind = Literal["vllm", "sentence-transformers", "pooling", "scripted"]
 
@@ -104,7 +106,34 @@ TAKEOFF_ENV = {
     "TAKEOFF_MAX_SEQUENCE_LENGTH": "max_model_len",
     "TAKEOFF_TENSOR_PARALLEL": "tensor_parallel_size",
     "TAKEOFF_CUDA_VISIBLE_DEVICES": "cuda_visible_devices",
+    "TAKEOFF_CONSUMER_GROUP": "consumer_group",
+    "TAKEOFF_READER_ID": "id",
 }
+# Takeoff variables with another translation (see `load_settings`).
+TAKEOFF_OTHER = (
+    "TAKEOFF_LOG_LEVEL",  # -> log_level
+    "TAKEOFF_MAX_USER_BATCH_SIZE",  # -> max_user_batch_size
+    "TAKEOFF_DISABLE_CUDA_GRAPH",  # -> the primary reader's enforce_eager
+    "TAKEOFF_QUANT_TYPE",  # -> the primary reader's engine_args.quantization
+    "TAKEOFF_ACCESS_TOKEN",  # -> HF_TOKEN, for gated hub models
+)
+# Takeoff variables that have no meaning here: named in one warning at start.
+TAKEOFF_UNSUPPORTED = {
+    "TAKEOFF_BATCH_DURATION_MILLIS": "vLLM batches continuously",
+    "TAKEOFF_PAGE_CACHE_SIZE": "use the reader's gpu_memory_utilization or cpu_kv_cache_gib",
+    "TAKEOFF_NVLINK_UNAVAILABLE": "vLLM detects the interconnect",
+    "TAKEOFF_REDIS_HOST": "use continuation.redis_url",
+    "TAKEOFF_REDIS_PORT": "use continuation.redis_url",
+    "TAKEOFF_RABBITMQ_HOST": "there is no message queue",
+    "TAKEOFF_RABBITMQ_PORT": "there is no message queue",
+    "TAKEOFF_RABBITMQ_USERNAME": "there is no message queue",
+    "TAKEOFF_RABBITMQ_PASSWORD": "there is no message queue",
+    "TAKEOFF_MAX_PROMPT_STRING_BYTES": "use max_body_bytes and the reader's max_prompt_tokens",
+    "TAKEOFF_LORAS": "use the reader's lora_adapters",
+}
+_LOG_LEVELS = {"trace": "debug", "debug": "debug", "info": "info", "warn": "warning", "warning": "warning"}
+_LOG_LEVELS |= {"error": "error", "critical": "error", "fatal": "error"}
+_QUANT = {"bnb": "bitsandbytes", "int8": "bitsandbytes", "bitsandbytes": "bitsandbytes", "awq": "awq", "gptq": "gptq"}
 # Our own shortcuts for the same fields, which win over the Takeoff names.
 PRIMARY_ENV = {
     "GATEWAY_MODEL": "model",
@@ -162,7 +191,10 @@ class Settings(BaseSettings):
     """Every knob of the gateway. Environment variables are `GATEWAY_<FIELD>`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
     )
 
     # listeners
@@ -184,7 +216,9 @@ class Settings(BaseSettings):
         ]
     )
     cache_dir: Path = Path("~/.cache/llm-gateway")
-    offline: bool = True
+    # true: never touch a model hub; false: hub ids are fetched; null (default): offline
+    # unless a configured reader names a hub id (embedded models and folders never need one)
+    offline: bool | None = None
 
     # generation defaults and limits
     default_max_new_tokens: int = Field(128, ge=1)
@@ -205,6 +239,9 @@ class Settings(BaseSettings):
     sse_keepalive_seconds: float = Field(15.0, gt=0)
     drain_timeout_seconds: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # every line of the process (access, application, vLLM): "text" for people, "json"
+    # (one object per line) for collectors
+    log_format: Literal["text", "json"] = "text"
     access_log: bool = True
     ui_enabled: bool = True
     metrics_on_main_port: bool = False
@@ -261,6 +298,15 @@ class Settings(BaseSettings):
             raise ValueError(f"reader ids must be unique; repeated: {sorted(dup)}")
         return self
 
+    def hub_models(self) -> list[str]:
+        """Configured models that are hub ids (neither embedded nor a local folder)."""
+        return [r.model for r in self.readers if r.kind != "scripted" and is_hub_id(r.model)]
+
+    @property
+    def effective_offline(self) -> bool:
+        """Whether the process keeps away from model hubs (`offline`, or its default)."""
+        return self.offline if self.offline is not None else not self.hub_models()
+
     @property
     def effective_management_port(self) -> int:
         """The management port: `management_port`, or `port + 1` as in Takeoff."""
@@ -275,8 +321,24 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment first, then the YAML values passed as init arguments."""
-        return env_settings, init_settings
+        """Environment (over a .env file), then the YAML values passed as init arguments."""
+        return _EnvAndDotenv(settings_cls), init_settings
+
+
+class _EnvAndDotenv(EnvSettingsSource):
+    """GATEWAY_* variables of the environment over those of a `.env` file in the working
+    directory (seed 004's generation defaults live there). Other lines of the file are
+    left to `process_env` (TAKEOFF_*) or ignored."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(process_env(), self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def is_hub_id(model: str) -> bool:
+    """A model name that is neither `embedded:...` nor a path (`org/name` on a hub)."""
+    if model.startswith(("embedded:", "/", ".", "~")):
+        return False
+    return not Path(model).exists()
 
 
 def _apply_primary_env(data: dict[str, Any], env: dict[str, str]) -> None:
@@ -285,12 +347,45 @@ def _apply_primary_env(data: dict[str, Any], env: dict[str, str]) -> None:
     pairs += [(k, f) for k, f in PRIMARY_ENV.items() if k in env]
     if not pairs or "GATEWAY_READERS" in env:
         return
+    primary = _primary(data)
+    for key, field in pairs:
+        primary[field] = env[key]
+
+
+def _primary(data: dict[str, Any]) -> dict[str, Any]:
     readers = data.setdefault("readers", [ReaderSettings().model_dump()])
     if not readers:
         readers.append(ReaderSettings().model_dump())
-    primary = next((r for r in readers if r.get("consumer_group", DEFAULT_GROUP) == DEFAULT_GROUP), readers[0])
-    for key, field in pairs:
-        primary[field] = env[key]
+    return next((r for r in readers if r.get("consumer_group", DEFAULT_GROUP) == DEFAULT_GROUP), readers[0])
+
+
+def _apply_takeoff_other(data: dict[str, Any], env: dict[str, str]) -> None:
+    if "TAKEOFF_MAX_USER_BATCH_SIZE" in env and "GATEWAY_MAX_USER_BATCH_SIZE" not in env:
+        data["max_user_batch_size"] = env["TAKEOFF_MAX_USER_BATCH_SIZE"]
+    level = env.get("TAKEOFF_LOG_LEVEL", "").lower()
+    if level and "GATEWAY_LOG_LEVEL" not in env:
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"TAKEOFF_LOG_LEVEL={env['TAKEOFF_LOG_LEVEL']!r}: use debug, info, warning or error")
+        data["log_level"] = _LOG_LEVELS[level]
+    if "GATEWAY_READERS" in env:
+        return
+    if env.get("TAKEOFF_DISABLE_CUDA_GRAPH", "").lower() in ("1", "true", "yes", "on"):
+        _primary(data)["enforce_eager"] = True
+    quant = env.get("TAKEOFF_QUANT_TYPE", "").lower()
+    if quant:
+        primary = _primary(data)
+        primary["engine_args"] = {**primary.get("engine_args", {}), "quantization": _QUANT.get(quant, quant)}
+
+
+def takeoff_unsupported(env: dict[str, str] | None = None) -> list[str]:
+    """TAKEOFF_* variables that are set and do nothing here, with what to use instead."""
+    env = dict(os.environ) if env is None else env
+    known = set(TAKEOFF_ENV) | set(TAKEOFF_OTHER)
+    out = []
+    for name in sorted(k for k in env if k.startswith("TAKEOFF_") and k not in known):
+        hint = TAKEOFF_UNSUPPORTED.get(name, "not a Takeoff setting this gateway knows")
+        out.append(f"{name} ({hint})")
+    return out
 
 
 def load_settings(config: str | Path | None = None) -> Settings:
@@ -301,10 +396,22 @@ def load_settings(config: str | Path | None = None) -> Settings:
         if not isinstance(loaded, dict):
             raise ValueError(f"{config}: the top level must be a mapping of settings")
         data = loaded
-    _apply_primary_env(data, dict(os.environ))
-    if "TAKEOFF_MAX_USER_BATCH_SIZE" in os.environ and "GATEWAY_MAX_USER_BATCH_SIZE" not in os.environ:
-        data["max_user_batch_size"] = os.environ["TAKEOFF_MAX_USER_BATCH_SIZE"]
+    env = process_env()
+    _apply_primary_env(data, env)
+    _apply_takeoff_other(data, env)
+    token = env.get("TAKEOFF_ACCESS_TOKEN")
+    if token and "HF_TOKEN" not in os.environ:
+        os.environ["HF_TOKEN"] = token  # gated hub models (Takeoff's access token)
     return Settings(**data)
+
+
+def process_env(dotenv: str | Path = ".env") -> dict[str, str]:
+    """The environment, over the variables of a `.env` file in the working directory
+    (GATEWAY_* and TAKEOFF_* alike; the real environment wins)."""
+    from dotenv import dotenv_values
+
+    values = {k: v for k, v in dotenv_values(dotenv).items() if v is not None} if Path(dotenv).is_file() else {}
+    return {**values, **os.environ}
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

@@ -134,8 +134,11 @@ def check_model(model: str, settings: Settings, field: str) -> None:
             roots = ", ".join(str(r) for r in settings.model_roots) or "none configured"
             raise BadRequest(f"{field}: models load only from the model roots ({roots})", param=field)
         return
-    if settings.offline:
-        raise BadRequest(f"{field}: {model!r} is a hub id and this server is offline (offline: true)", param=field)
+    if settings.effective_offline:
+        raise BadRequest(
+            f"{field}: {model!r} is a hub id and this server is offline (set offline: false to allow hub ids)",
+            param=field,
+        )
 
 
 def check_allowed(reader: ReaderSettings, settings: Settings) -> None:

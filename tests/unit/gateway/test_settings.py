@@ -127,3 +127,82 @@ def test_gateway_config_reports_bad_settings_clearly(tmp_path):
     )
     assert proc.returncode == 1
     assert "port" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_more_takeoff_variables_are_mapped(monkeypatch):
+    monkeypatch.setenv("TAKEOFF_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("TAKEOFF_CONSUMER_GROUP", "generate")
+    monkeypatch.setenv("TAKEOFF_DISABLE_CUDA_GRAPH", "true")
+    monkeypatch.setenv("TAKEOFF_QUANT_TYPE", "bnb")
+    s = load_settings()
+    primary = s.readers[0]
+    assert s.log_level == "debug" and primary.consumer_group == "generate" and primary.enforce_eager
+    assert primary.engine_args["quantization"] == "bitsandbytes"
+    monkeypatch.setenv("TAKEOFF_LOG_LEVEL", "loud")
+    with pytest.raises(ValueError, match="TAKEOFF_LOG_LEVEL"):
+        load_settings()
+
+
+def test_unsupported_takeoff_variables_are_named():
+    from gateway.settings import takeoff_unsupported
+
+    env = {"TAKEOFF_MODEL_NAME": "x", "TAKEOFF_PAGE_CACHE_SIZE": "10%", "TAKEOFF_SOMETHING": "1", "OTHER": "2"}
+    named = takeoff_unsupported(env)
+    assert [n.split(" ")[0] for n in named] == ["TAKEOFF_PAGE_CACHE_SIZE", "TAKEOFF_SOMETHING"]
+    assert "gpu_memory_utilization" in named[0]
+
+
+def test_a_dotenv_file_sets_generation_defaults(monkeypatch, tmp_path):
+    (tmp_path / ".env").write_text(
+        "GATEWAY_GENERATE_API_DEFAULTS__TEMPERATURE=0.3\nGATEWAY_MAX_N=4\nTAKEOFF_MODEL_NAME=/models/x\nOTHER=1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.generate_api_defaults.temperature == 0.3 and s.max_n == 4 and s.readers[0].model == "/models/x"
+    monkeypatch.setenv("GATEWAY_MAX_N", "5")  # the real environment wins over the file
+    assert load_settings().max_n == 5
+
+
+def test_offline_by_default_only_without_hub_ids(monkeypatch):
+    assert load_settings().effective_offline  # embedded models never need a hub
+    monkeypatch.setenv("TAKEOFF_MODEL_NAME", "gpt2")
+    s = load_settings()
+    assert s.hub_models() == ["gpt2"] and not s.effective_offline
+    monkeypatch.setenv("GATEWAY_OFFLINE", "true")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert proc.returncode == 1 and "offline" in proc.stderr and "'gpt2'" in proc.stderr
+
+
+def test_cli_flags_win_over_environment_and_yaml(monkeypatch, tmp_path):
+    import argparse
+
+    from gateway.cli import add_setting_flags, apply_flags
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"max_n": 3, "default_max_new_tokens": 7, "access_log": True}))
+    monkeypatch.setenv("GATEWAY_MAX_N", "4")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model", nargs="?")
+    add_setting_flags(parser)
+    env: dict[str, str] = {}
+    flags = ["--max-n", "5", "--no-access-log", "--max-model-len", "4096", "--api-key", "k1", "--api-key", "k2"]
+    args = parser.parse_args(["/models/m", *flags])
+    apply_flags(args, env)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings(config)
+    assert s.max_n == 5 and s.access_log is False and s.default_max_new_tokens == 7
+    assert s.readers[0].model == "/models/m" and s.readers[0].max_model_len == 4096
+    assert [k.get_secret_value() for k in s.api_keys] == ["k1", "k2"]
+    monkeypatch.delenv("GATEWAY_MAX_N")
+    monkeypatch.setenv("GATEWAY_MAX_N", "4")
+    assert load_settings(config).max_n == 4  # without the flag: the environment over the YAML
+
+
+def test_version_flag_and_endpoint_agree():
+    import gateway
+
+    out = subprocess.run([sys.executable, "-m", "gateway", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == f"gateway {gateway.__version__}"

@@ -16,7 +16,6 @@ import contextlib
 import gc
 import logging
 import signal
-import sys
 from collections.abc import Iterator
 
 import uvicorn
@@ -163,7 +162,7 @@ async def serve(settings: Settings) -> int:
         readers = list(runtime.registry.readers.values())
         for r in readers:
             if r.state == "failed":
-                print(f"Reader {r.id} failed to load: {r.error}", file=sys.stderr, flush=True)
+                log.error("Reader %s failed to load: %s", r.id, r.error)
         # A configured consumer group with no reader that loaded can never become ready:
         # exit with the reasons rather than stay up unready (a supervisor shows the crash).
         dead_groups = runtime.registry.unserved_groups()
@@ -174,7 +173,7 @@ async def serve(settings: Settings) -> int:
             stop.set()
             return
         freeze_startup_heap()
-        print(f"Gateway ready: http://{settings.host}:{settings.port}", flush=True)
+        log.info("Gateway ready: http://%s:%d", settings.host, settings.port)
 
     announcer = asyncio.create_task(announce())
     await stop.wait()

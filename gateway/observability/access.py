@@ -7,12 +7,12 @@ Pure ASGI (see gateway/middleware/guards.py for why). The request id comes from 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -89,11 +89,11 @@ class Observer:
                 obs.status = 499  # nothing was sent: the client left first
             obs.record()
             if path not in _QUIET and self.enabled():
-                log.info(access_line(obs, scope))
+                log.info("request", extra={"fields": access_fields(obs, scope), "request_id": obs.request_id})
 
 
-def access_line(obs: Observation, scope: Scope) -> str:
-    """The JSON log line of one request (no prompt, no output)."""
+def access_fields(obs: Observation, scope: Scope) -> dict[str, Any]:
+    """The fields of one request's access line (no prompt, no output)."""
     client = scope.get("client") or ("", 0)
     now = time.perf_counter()
     line = {
@@ -115,4 +115,4 @@ def access_line(obs: Observation, scope: Scope) -> str:
         "completed": obs.completed,
         "client": client[0],
     }
-    return json.dumps(line, separators=(",", ":"))
+    return line

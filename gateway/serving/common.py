@@ -41,8 +41,11 @@ class FastJSONResponse(JSONResponse):
 
 
 def new_request_id(prefix: str) -> str:
-    """A unique engine request id (vLLM needs them unique across in-flight requests)."""
-    return f"{prefix}-{uuid.uuid4().hex}"
+    """A unique engine request id (vLLM needs them unique across in-flight requests),
+    starting with the HTTP request's id so that vLLM's lines can be matched to it."""
+    obs = observation()
+    head = f"{obs.request_id}-" if obs is not None else ""
+    return f"{head}{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass(slots=True)

@@ -44,7 +44,11 @@ def test_codex_exec_completes_against_the_gateway(artifacts: Path, tmp_path: Pat
     log = artifacts / "gateway-codex.log"
     gw = start_gateway(
         log,
-        env={"GATEWAY_READERS": json.dumps([READER]), "GATEWAY_RESPONSES__DROP_BUILTIN_TOOLS": "true"},
+        env={
+            "GATEWAY_READERS": json.dumps([READER]),
+            "GATEWAY_RESPONSES__DROP_BUILTIN_TOOLS": "true",
+            "GATEWAY_LOG_FORMAT": "json",  # access lines as JSON objects, read below
+        },
     )
     try:
         home, work = tmp_path / "codex-home", tmp_path / "work"

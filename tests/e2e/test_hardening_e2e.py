@@ -124,6 +124,7 @@ def guarded(artifacts, keys_file):
                 ]
             ),
             "GATEWAY_DRAIN_TIMEOUT_SECONDS": "120",
+            "GATEWAY_LOG_FORMAT": "json",  # one JSON object per line, vLLM's lines included
         },
         wait=False,
     )
@@ -327,7 +328,7 @@ def test_sigterm_lets_eight_streams_complete(guarded):
         with httpx.stream(
             "POST",
             guarded.url + "/generate_stream",
-            headers=headers,
+            headers={**headers, "X-Request-Id": f"story-{i}"},
             timeout=300,
             json={"text": f"Story {i}:", "max_new_tokens": 48, "min_new_tokens": 48},
         ) as r:
@@ -354,6 +355,20 @@ def test_sigterm_lets_eight_streams_complete(guarded):
         events = sse_events(text)
         assert events[-1] == ("end", "[DONE]")
         assert len([e for e, _ in events if e == "message"]) > 10
+    # the log: once serving, one JSON object per line, vLLM's included (native libraries
+    # may print a raw line while the engine starts); each stream's access line carries its
+    # request id; a clean stop logs no error, no traceback, no native-extension noise
+    text = guarded.log_path.read_text()
+    serving = text[text.rindex("\n", 0, text.index("Gateway ready")) + 1 :]
+    lines = [json.loads(line) for line in serving.splitlines()]
+    assert {line["logger"].split(".")[0] for line in lines} >= {"gateway", "vllm"}
+    access = {line["request_id"]: line for line in lines if line["logger"] == "gateway.access"}
+    for i in range(8):
+        assert access[f"story-{i}"]["path"] == "/generate_stream" and access[f"story-{i}"]["status"] == 200
+    ready = [line for line in lines if line["message"].startswith("Gateway ready")]
+    assert len(ready) == 1
+    stop = next(i for i, line in enumerate(lines) if "SIGTERM" in line["message"])
+    assert not [line for line in lines[stop:] if line["level"] in ("error", "critical") or "exception" in line]
 
 
 def test_engine_death_gives_errors_failed_readiness_and_a_non_zero_exit(artifacts):

@@ -37,7 +37,7 @@ def test_request_id_is_kept_or_made(client):
 def test_one_json_access_line_per_request_without_the_prompt(client, caplog):
     with caplog.at_level(logging.INFO, logger="gateway.access"):
         client.post("/generate", json={"text": "SECRET PROMPT", "max_new_tokens": 5}, headers={"X-Request-Id": "r-1"})
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    lines = [r.fields for r in caplog.records if r.name == "gateway.access"]
     (line,) = [x for x in lines if x["request_id"] == "r-1"]
     assert line["surface"] == "takeoff" and line["route"] == "/generate" and line["group"] == "primary"
     assert line["status"] == 200 and line["generated_tokens"] == 5 and line["prompt_tokens"] == 13
@@ -92,3 +92,39 @@ def test_metrics_need_a_key_unless_public(client_factory):
         assert c.management.get("/metrics").status_code == 401
     with client_factory(api_keys=["k"], metrics_public=True) as c:
         assert c.management.get("/metrics").status_code == 200
+
+
+def _record(name="gateway.x", msg="hello %s", args=("there",), **extra):
+    record = logging.LogRecord(name, logging.INFO, __file__, 1, msg, args, None)
+    for k, v in extra.items():
+        setattr(record, k, v)
+    return record
+
+
+def test_json_and_text_formats_carry_the_request_id_and_access_fields():
+    from gateway.observability.logs import JSONFormatter, RequestIdFilter, TextFormatter
+
+    plain = _record()
+    RequestIdFilter().filter(plain)  # outside a request
+    assert json.loads(JSONFormatter().format(plain))["message"] == "hello there"
+    assert "request_id" not in json.loads(JSONFormatter().format(plain))
+    assert "[-] hello there" in TextFormatter().format(plain)
+    access = _record("gateway.access", "request", (), request_id="r-9", fields={"status": 200, "path": "/generate"})
+    line = json.loads(JSONFormatter().format(access))
+    assert line["request_id"] == "r-9" and line["status"] == 200 and line["logger"] == "gateway.access"
+    assert TextFormatter().format(access).endswith("[r-9] request status=200 path=/generate")
+
+
+def test_engine_request_ids_start_with_the_http_request_id(client_factory):
+    seen: list[str] = []
+    with client_factory() as c:
+        engine = c.app.state.runtime.registry.readers["primary-0"].engine
+        original = engine.generate
+
+        def spy(request):
+            seen.append(request.request_id)
+            return original(request)
+
+        engine.generate = spy
+        c.post("/generate", json={"text": ["a", "b"], "max_new_tokens": 2}, headers={"X-Request-Id": "trace-7"})
+    assert len(seen) == 2 and len(set(seen)) == 2 and all(s.startswith("trace-7-") for s in seen)

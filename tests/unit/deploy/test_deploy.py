@@ -42,6 +42,14 @@ def test_dockerfiles_pass_hadolint():
         assert "USER 10001" in text and "HEALTHCHECK" in text and "EXPOSE 3000 3001 3003" in text
 
 
+def test_images_cache_hub_models_where_takeoff_mounts_them():
+    for path in sorted((ROOT / "deploy" / "docker").glob("Dockerfile.*")):
+        text = path.read_text()
+        # Takeoff's `-v ~/.takeoff_cache:/code/models`; offline is the gateway's own choice
+        assert "HF_HUB_CACHE=/code/models" in text and "/code/models" in text.split("chown", 1)[1], path.name
+        assert "HF_HUB_OFFLINE" not in text, path.name
+
+
 def test_the_wheel_the_images_install_builds(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)], check=True

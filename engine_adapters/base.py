@@ -130,6 +130,9 @@ class GenerationRequest:
     # the reader is strict (`truncate: false`); the engine sets how many tokens it cut
     truncate_prompt: bool = False
     prompt_tokens_dropped: int = 0
+    # W3C trace context of the HTTP request (traceparent, tracestate), for the engine's
+    # OpenTelemetry tracing when the reader has it configured
+    trace_headers: dict[str, str] | None = None
     lora_id: str | None = None
     priority: int = 0
     stream: bool = False

@@ -376,6 +376,8 @@ class VLLMEngine(AsyncLLMHost):
             kwargs["priority"] = request.priority
         if lora is not None:
             kwargs["lora_request"] = lora
+        if request.trace_headers and self.config.engine_args.get("otlp_traces_endpoint"):
+            kwargs["trace_headers"] = request.trace_headers
         try:
             # add_request + the collector is what AsyncLLM.generate does inside; doing it
             # here separates "rejected" (raised now, a clean 4xx) from "failed later".

@@ -91,8 +91,10 @@ class Pipeline:
         settings = self.settings
         check_generation(gen.requests, settings, gen.fields)
         priority = priority_of(request, gen.priority)
+        trace = _trace_headers(request)
         for r in gen.requests:
             r.priority = priority
+            r.trace_headers = trace
         budget = make_budget(request, settings, gen.timeout)
         caller = principal_of(request.scope)
         weight = sum(r.sampling.n * r.sampling.num_beams for r in gen.requests)
@@ -218,6 +220,15 @@ class Pipeline:
         for b in budgets:
             b.cut(error)
         return len(budgets)
+
+
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def _trace_headers(request: Request) -> dict[str, str] | None:
+    """The request's W3C trace context, passed on to the engine (vLLM's tracing)."""
+    found = {h: request.headers[h] for h in _TRACE_HEADERS if h in request.headers}
+    return found or None
 
 
 def _tokens(obs: Observation | None) -> int:

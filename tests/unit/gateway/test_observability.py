@@ -128,3 +128,20 @@ def test_engine_request_ids_start_with_the_http_request_id(client_factory):
         engine.generate = spy
         c.post("/generate", json={"text": ["a", "b"], "max_new_tokens": 2}, headers={"X-Request-Id": "trace-7"})
     assert len(seen) == 2 and len(set(seen)) == 2 and all(s.startswith("trace-7-") for s in seen)
+
+
+def test_trace_context_reaches_the_engine_request(client_factory):
+    seen = []
+    with client_factory() as c:
+        engine = c.app.state.runtime.registry.readers["primary-0"].engine
+        original = engine.generate
+
+        def spy(request):
+            seen.append(request.trace_headers)
+            return original(request)
+
+        engine.generate = spy
+        parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers={"traceparent": parent})
+        c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
+    assert seen == [{"traceparent": parent}, None]

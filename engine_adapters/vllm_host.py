@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any
 
@@ -39,9 +40,18 @@ class AsyncLLMHost:
         return self._info
 
     async def shutdown(self) -> None:
-        """Stop the engine core process and its workers."""
+        """Stop the engine core process and its workers.
+
+        The output handler (a task on this loop) is cancelled first: vLLM's own shutdown
+        stops the engine core before it, so the handler can see the core vanish and log
+        an `EngineDeadError` traceback on a perfectly clean stop."""
         if self._engine is not None:
             engine, self._engine = self._engine, None
+            handler = getattr(engine, "output_handler", None)
+            if handler is not None and not handler.done():
+                handler.cancel()
+                with contextlib.suppress(BaseException):
+                    await handler
             await asyncio.to_thread(engine.shutdown)
 
     @property

@@ -148,9 +148,20 @@ class SentenceTransformersEngine:
         return [len(ids) for ids in encoded]
 
     def _embed_batch(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
-        counts = self._token_counts(texts)
-        vectors = self._model.encode(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
-        return list(zip(vectors.astype(np.float32, copy=False), counts, strict=True))
+        """One forward pass over the batch, tokenized once (`encode` would tokenize again
+        after the token count): the same vectors as `encode(texts)`."""
+        import torch
+
+        model = self._model
+        if not self.config.truncate:
+            self._token_counts(texts)  # a 400 for an over-long input, before any work
+        prepare = getattr(model, "preprocess", None) or model.tokenize
+        features = prepare(texts)
+        counts = features["attention_mask"].sum(dim=1).tolist()
+        features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
+        with torch.inference_mode():
+            vectors = model.forward(features)["sentence_embedding"].float().cpu().numpy()
+        return list(zip(vectors, counts, strict=True))
 
     def _classify_batch(self, inputs: list[str | TextPair]) -> list[tuple[np.ndarray, int]]:
         """Logits of the underlying sequence classifier, texts and pairs in separate passes.

@@ -63,6 +63,9 @@ bench: install
 	$(BIN)/python -m benchmarks.overhead --profile
 	$(BIN)/python -m benchmarks.embeddings
 	$(BIN)/python -m benchmarks.structured
+	$(BIN)/python -m benchmarks.embeddings_load --rounds 2
+	$(BIN)/python -m benchmarks.stall
+	$(BIN)/python -m benchmarks.responses
 
 # Needs a Docker engine (none runs on the build machines of this project).
 image:

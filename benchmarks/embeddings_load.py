@@ -1,0 +1,230 @@
+"""Embeddings under sustained concurrent load: the gateway against infinity-emb, the
+embeddings server many teams run, on the same model folder and the same cores.
+
+Each level keeps `c` clients busy (closed loop: a client sends its next request when its
+answer arrives) until 20 x c requests (at least 200) are answered, with 12-word texts, one
+per request; one more level sends 32 texts per request at c=4. Servers run one at a time
+in alternating order each round. Reported: embeddings/s and latency p50/p99 per level, the
+ratio gateway / infinity, and the gateway's batch-size histogram (from its /metrics).
+
+infinity-emb 0.0.78 (`infinity-emb[server,torch]`) lives in a venv of its own under
+tests/artifacts/ (made on first use; its pins clash with ours).
+
+    .venv/bin/python -m benchmarks.embeddings_load              # ~10 min (2 rounds)
+    .venv/bin/python -m benchmarks.embeddings_load --servers gateway --rounds 1
+
+Writes results/embeddings_load.json, .md and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import time
+from datetime import date
+from typing import Any
+
+import aiohttp
+import httpx
+
+from benchmarks.serving import settle
+from tests.servers import ROOT, client_venv, free_port, start_gateway
+
+RESULTS = ROOT / "benchmarks" / "results"
+LEVELS = (1, 16, 32, 64, 128)
+BATCH_LEVEL = (4, 32)  # (clients, texts per request)
+WORDS = "the quick brown fox jumps over the lazy dog while a calm river runs past old stone walls".split()
+
+
+def text(i: int) -> str:
+    return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(11)) + f" {i}"
+
+
+class Target:
+    def __init__(self, kind: str, url: str, model: str, stop: Any, pid: int) -> None:
+        self.kind, self.url, self.model, self.stop, self.pid = kind, url, model, stop, pid
+
+
+def start_infinity(model: str) -> Target:
+    python = client_venv(ROOT / "tests" / "artifacts" / "infinity-venv", "infinity-emb[server,torch]==0.0.78")
+    port = free_port()
+    log = open(RESULTS / "embeddings-infinity.log", "wb")
+    proc = subprocess.Popen(
+        [
+            str(python.parent / "infinity_emb"),
+            "v2",
+            "--model-id",
+            model,
+            "--served-model-name",
+            "minilm",
+            "--engine",
+            "torch",
+            "--device",
+            "cpu",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"},
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError((RESULTS / "embeddings-infinity.log").read_text()[-3000:])
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("infinity did not start")
+        time.sleep(0.5)
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    return Target("infinity", url + "/embeddings", "minilm", stop, proc.pid)
+
+
+def start_gw() -> Target:
+    readers = [
+        {
+            "id": "embed-0",
+            "consumer_group": "embed",
+            "kind": "sentence-transformers",
+            "model": "embedded:all-minilm-l6-v2",
+        }
+    ]
+    gw = start_gateway(
+        RESULTS / "embeddings-gateway.log",
+        env={"GATEWAY_READERS": json.dumps(readers), "GATEWAY_ACCESS_LOG": "false"},
+    )
+    target = Target("gateway", gw.url + "/v1/embeddings", "embed", gw.stop, gw.proc.pid)
+    target.metrics = gw.management_url + "/metrics"  # type: ignore[attr-defined]
+    return target
+
+
+async def load(t: Target, clients: int, per_request: int) -> dict[str, float]:
+    total = max(200, 20 * clients)
+    sent = 0
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as s:
+
+        async def client() -> None:
+            nonlocal sent
+            while sent < total:
+                i = sent
+                sent += 1
+                inputs = [text(i * per_request + k) for k in range(per_request)]
+                body = {"model": t.model, "input": inputs if per_request > 1 else inputs[0]}
+                t0 = time.perf_counter()
+                async with s.post(t.url, json=body) as r:
+                    r.raise_for_status()
+                    await r.read()
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(client() for _ in range(min(clients, 8))))  # warm-up
+        latencies.clear()
+        sent = 0
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    latencies.sort()
+    return {
+        "embeddings_per_s": total * per_request / wall,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000,
+    }
+
+
+def batch_histogram(metrics_url: str) -> dict[str, float]:
+    text_ = httpx.get(metrics_url, timeout=10).text
+    out = {}
+    for m in re.finditer(r'gateway_embedding_batch_size_bucket\{[^}]*le="([^"]+)"[^}]*\} ([0-9.e+]+)', text_):
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def run_server(kind: str, model: str, levels: tuple[int, ...]) -> dict[str, Any]:
+    settle()
+    t = start_gw() if kind == "gateway" else start_infinity(model)
+    try:
+        res: dict[str, Any] = {str(c): asyncio.run(load(t, c, 1)) for c in levels}
+        c, n = BATCH_LEVEL
+        res[f"{c}x{n}"] = asyncio.run(load(t, c, n))
+        if kind == "gateway":
+            res["batch_histogram"] = batch_histogram(t.metrics)  # type: ignore[attr-defined]
+        return res
+    finally:
+        t.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--servers", nargs="+", default=["gateway", "infinity"])
+    parser.add_argument("--levels", nargs="+", type=int, default=list(LEVELS))
+    parser.add_argument("--name", default="embeddings_load")
+    args = parser.parse_args()
+    from engine_adapters.models import minilm_path
+
+    model = str(minilm_path())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in args.servers}
+    for r in range(args.rounds):
+        order = args.servers if r % 2 == 0 else list(reversed(args.servers))
+        for kind in order:
+            runs[kind].append(run_server(kind, model, tuple(args.levels)))
+            print(kind, json.dumps(runs[kind][-1]), flush=True)
+    keys = [str(c) for c in args.levels] + [f"{BATCH_LEVEL[0]}x{BATCH_LEVEL[1]}"]
+
+    def med(kind: str, key: str, field: str) -> float:
+        return statistics.median(run[key][field] for run in runs[kind])
+
+    result = {"date": str(date.today()), "args": vars(args), "runs": runs}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    head = "| level (clients or clients x texts) | " + " | ".join(f"{s} emb/s | {s} p50 / p99 ms" for s in args.servers)
+    lines = [
+        f"Embeddings under load, {result['date']}, `python -m benchmarks.embeddings_load --rounds {args.rounds}` "
+        "(all-MiniLM-L6-v2 on 2 CPU cores, client on the same cores; median of the rounds)",
+        "",
+        head + (" | gateway / infinity |" if len(args.servers) == 2 else " |"),
+        "|---" * (1 + 2 * len(args.servers) + (1 if len(args.servers) == 2 else 0)) + "|",
+    ]
+    for key in keys:
+        cells = [
+            f"{med(s, key, 'embeddings_per_s'):.0f} | {med(s, key, 'p50_ms'):.0f} / {med(s, key, 'p99_ms'):.0f}"
+            for s in args.servers
+        ]
+        row = f"| {key} | " + " | ".join(cells)
+        if len(args.servers) == 2:
+            ratio = med("gateway", key, "embeddings_per_s") / med("infinity", key, "embeddings_per_s")
+            row += f" | {ratio:.2f}"
+        lines.append(row + " |")
+    if "gateway" in runs:
+        hist = runs["gateway"][-1]["batch_histogram"]
+        lines += ["", "Gateway batch sizes (cumulative count of batches with at most `le` inputs, last round):", ""]
+        lines += ["| le | batches |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in hist.items()]
+    md = "\n".join(lines) + "\n"
+    (RESULTS / f"{args.name}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -187,8 +187,10 @@ class MemoryStore:
         """Nothing to release."""
 
 
-# KEYS: 1 index (zset: key -> write time ms), 2 sizes (hash: key -> bytes), 3 total bytes
-# ARGV: 1 key, 2 value, 3 ttl ms, 4 now ms, 5 max entries, 6 max bytes
+# KEYS: 1 index (zset: key -> write time ms), 2 sizes (hash: key -> bytes), 3 total bytes,
+# 4 the key written. Every name carries the prefix's hash tag, so the keys the script
+# evicts (read from the index) share the declared keys' Redis Cluster slot.
+# ARGV: 1 value, 2 ttl ms, 3 now ms, 4 max entries, 5 max bytes
 # Returns the number of entries evicted.
 _PUT = """
 local function drop(k)
@@ -198,9 +200,9 @@ local function drop(k)
   redis.call('ZREM', KEYS[1], k)
   redis.call('DEL', k)
 end
-local key, value = ARGV[1], ARGV[2]
-local ttl, now = tonumber(ARGV[3]), tonumber(ARGV[4])
-local max_entries, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
+local key, value = KEYS[4], ARGV[1]
+local ttl, now = tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_entries, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local size = string.len(key) + string.len(value)
 drop(key)
 if size > max_bytes then return {-1, redis.call('ZCARD', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0')} end
@@ -223,13 +225,13 @@ end
 return {evicted, redis.call('ZCARD', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0')}
 """
 
-# KEYS as _PUT; ARGV: 1 key. Returns 1 if the key was there.
+# KEYS as _PUT (4: the key removed). Returns 1 if the key was there.
 _DELETE = """
-local size = redis.call('HGET', KEYS[2], ARGV[1])
+local size = redis.call('HGET', KEYS[2], KEYS[4])
 if size then redis.call('DECRBY', KEYS[3], size) end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[1], ARGV[1])
-return redis.call('DEL', ARGV[1])
+redis.call('HDEL', KEYS[2], KEYS[4])
+redis.call('ZREM', KEYS[1], KEYS[4])
+return redis.call('DEL', KEYS[4])
 """
 
 
@@ -281,7 +283,7 @@ class RedisStore:
 
     async def delete(self, key: str) -> bool:
         """Remove `key` and its bookkeeping."""
-        gone = await self._call(self._delete(keys=[self._index, self._sizes, self._total], args=[self._key(key)]))
+        gone = await self._call(self._delete(keys=[self._index, self._sizes, self._total, self._key(key)]))
         return bool(gone)
 
     async def put_bytes(self, key: str, value: bytes) -> bool:
@@ -289,9 +291,8 @@ class RedisStore:
         now_ms = int(time.time() * 1000)
         evicted, self._entries, self._bytes = await self._call(
             self._put(
-                keys=[self._index, self._sizes, self._total],
+                keys=[self._index, self._sizes, self._total, self._key(key)],
                 args=[
-                    self._key(key),
                     value,
                     int(self.settings.ttl_seconds * 1000),
                     now_ms,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import get_args
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -15,7 +16,7 @@ from gateway.auth import KeyRing
 from gateway.continuation import ContinuationStore, make_store
 from gateway.errors import GatewayError
 from gateway.observability.metrics import attach
-from gateway.registry import EngineFactory, Registry
+from gateway.registry import EngineFactory, ReaderState, Registry
 from gateway.serving.pipeline import Pipeline
 from gateway.settings import Settings
 
@@ -72,6 +73,9 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
+READER_STATES: tuple[str, ...] = get_args(ReaderState)
+
+
 class RuntimeCollector(Collector):
     """Gauges read at scrape time: readers, requests in flight, the continuation store."""
 
@@ -86,17 +90,32 @@ class RuntimeCollector(Collector):
         engine = GaugeMetricFamily(
             "gateway_engine_requests", "Requests inside the reader's engine", labels=["group", "reader"]
         )
+        # one series per state, 1 for the current one: alerts tell a reader still loading
+        # from one that failed or died
+        state = GaugeMetricFamily(
+            "gateway_reader_state", "1 for the reader's current state", labels=["group", "reader", "state"]
+        )
         for r in list(rt.registry.readers.values()):
             in_flight.add_metric([r.group, r.id], r.in_flight)
             up.add_metric([r.group, r.id], 1.0 if r.serving else 0.0)
+            current = "dead" if r.state == "ready" and not r.serving else r.state
+            for name in READER_STATES:
+                state.add_metric([r.group, r.id, name], 1.0 if name == current else 0.0)
             if r.engine is not None and r.state == "ready":
                 engine.add_metric([r.group, r.id], r.engine.stats().running)
         yield in_flight
         yield up
+        yield state
         yield engine
         entries, size, hits, misses, evictions = rt.continuation.snapshot()
-        yield GaugeMetricFamily("gateway_continuation_entries", "Sequences in the continuation store", value=entries)
-        yield GaugeMetricFamily("gateway_continuation_bytes", "Bytes in the continuation store", value=size)
+        # backend="redis": every replica reports the same shared store (take max, not sum)
+        backend = [rt.settings.continuation.backend]
+        family = GaugeMetricFamily("gateway_continuation_entries", "Sequences in the store", labels=["backend"])
+        family.add_metric(backend, entries)
+        yield family
+        family = GaugeMetricFamily("gateway_continuation_bytes", "Bytes in the continuation store", labels=["backend"])
+        family.add_metric(backend, size)
+        yield family
         lookups = GaugeMetricFamily(
             "gateway_continuation_lookups",
             "Continuation lookups since start (hit rate = hit / all)",

@@ -8,6 +8,7 @@ below. Every field is documented in the README's settings table.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -168,13 +169,24 @@ class ContinuationSettings(BaseModel):
 
     backend: Literal["memory", "redis"] = "memory"
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    key_prefix: str = "llmgw:cont:"
+    # the {hash tag} puts every key of the store in one Redis Cluster slot, so the Lua
+    # script that writes and evicts stays in one slot (required for the redis backend)
+    key_prefix: str = "{llmgw}:cont:"
     max_entries: int = Field(10_000, ge=1)
     max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     ttl_seconds: float = Field(3600.0, gt=0)
     # keys are HMAC(secret, caller's key name + request_id): set the same secret on every
     # replica sharing a Redis store; the built-in default only separates callers
     secret: SecretStr = SecretStr("llm-gateway-continuation")
+
+    @model_validator(mode="after")
+    def _one_slot(self) -> ContinuationSettings:
+        if self.backend == "redis" and not re.search(r"\{[^{}]+\}", self.key_prefix):
+            raise ValueError(
+                "continuation.key_prefix needs a Redis hash tag such as '{llmgw}:cont:' so every key "
+                "of the store lands in one slot (Redis Cluster runs the store's script on one slot)"
+            )
+        return self
 
 
 class ResponsesSettings(BaseModel):

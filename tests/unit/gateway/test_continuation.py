@@ -88,7 +88,11 @@ def redis_settings(redis_server):
     import uuid
 
     return ContinuationSettings(
-        backend="redis", redis_url=redis_server, key_prefix=f"test-{uuid.uuid4().hex}:", max_entries=3, max_bytes=4096
+        backend="redis",
+        redis_url=redis_server,
+        key_prefix=f"{{test-{uuid.uuid4().hex}}}:",
+        max_entries=3,
+        max_bytes=4096,
     )
 
 
@@ -173,3 +177,80 @@ def test_redis_store_delete_keeps_the_byte_count(redis_settings):
     gone, again, a, b, stats = run(go())
     assert (gone, again, a, b) == (True, False, None, b"678")
     assert stats.entries == 1 and stats.bytes == len(redis_settings.key_prefix) + 1 + 3
+
+
+def test_redis_prefix_needs_a_hash_tag():
+    with pytest.raises(ValueError, match="hash tag"):
+        ContinuationSettings(backend="redis", key_prefix="llmgw:cont:")
+    ContinuationSettings(backend="memory", key_prefix="llmgw:cont:")  # only Redis cares
+
+
+@pytest.fixture
+def redis_cluster(artifacts):
+    """A one-node Redis Cluster (every slot on this node): Redis refuses scripts that touch
+    keys of another slot than the declared ones, as a many-node cluster would."""
+    import shutil
+    import subprocess
+    import time
+
+    import redis
+
+    from tests.servers import free_port
+
+    port = free_port()
+    folder = artifacts / f"redis-cluster-{port}"
+    folder.mkdir()
+    log = folder / "redis.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+                *("--cluster-enabled", "yes", "--dir", str(folder)),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_redis_store_works_on_redis_cluster(redis_cluster):
+    async def go(prefix):
+        settings = ContinuationSettings.model_construct(
+            **{**ContinuationSettings(backend="redis").model_dump(), "key_prefix": prefix},
+        )
+        settings.redis_url = ContinuationSettings(redis_url=redis_cluster).redis_url
+        settings.max_entries = 2
+        store = RedisStore(settings)
+        try:
+            for k in "abc":  # the third write evicts "a" inside the script
+                await store.put(k, [ord(k)])
+            gone = await store.delete("b")
+            return [await store.get(k) for k in "abc"], gone, await store.stats()
+        finally:
+            await store.close()
+
+    values, gone, stats = run(go("{gw}:cont:"))
+    assert values == [None, None, [99]] and gone and stats.entries == 1
+    # without a hash tag the evicted key sits in another slot: Redis refuses the script,
+    # which is why the setting insists on a tag
+    with pytest.raises(Exception, match=r"slot|unavailable"):
+        run(go("plain:cont:"))

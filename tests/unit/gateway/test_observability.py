@@ -56,7 +56,11 @@ def test_metrics_on_the_management_port(client):
     assert metric(text, "gateway_generated_tokens_total", surface="takeoff", group="primary") >= 4
     assert metric(text, "gateway_time_to_first_token_seconds_count", surface="takeoff", group="primary") >= 1
     assert metric(text, "gateway_reader_up", group="primary", reader="primary-0") == 1
-    assert "gateway_continuation_entries" in text and "gateway_requests_in_flight" in text
+    # one series per state, 1 only for the current one (alerts ignore readers still loading)
+    assert metric(text, "gateway_reader_state", group="primary", reader="primary-0", state="ready") == 1
+    assert metric(text, "gateway_reader_state", group="primary", reader="primary-0", state="loading") == 0
+    assert metric(text, "gateway_continuation_entries", backend="memory") >= 0
+    assert "gateway_requests_in_flight" in text
     # not on the main port unless configured
     assert client.get("/metrics").status_code == 404
 

@@ -60,20 +60,51 @@ def test_the_wheel_the_images_install_builds(tmp_path):
     assert not any(n.startswith("tests/") for n in names)
 
 
-def render(values: dict | None = None, files: tuple[str, ...] = ()) -> dict[str, list[dict]]:
-    import helm_python as helm
+# Kubernetes versions the chart is validated against: its floor, a middle one, and the newest
+# the validator knows (kubernetes-validate ships the schemas).
+K8S_VERSIONS = ["1.28.0", "1.30.0", "newest"]
+OPERATOR_APIS = [
+    "monitoring.coreos.com/v1",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+]
+IMAGE = {"image": {"repository": "registry.example.com/llm-gateway"}}
 
-    merged: dict = {}
+
+def k8s(version: str) -> str:
+    import kubernetes_validate
+
+    return kubernetes_validate.latest_version() if version == "newest" else version
+
+
+def render(
+    values: dict | None = None,
+    files: tuple[str, ...] = (),
+    kube_version: str = K8S,
+    api_versions: list[str] | None = None,
+    keys: bool = True,
+) -> dict[str, list[dict]]:
+    """helm template offline, with the cluster's version and APIs as `helm template
+    --kube-version --api-versions` would give them (helm-python's native options)."""
+    import helm_python as helm
+    from helm_python import _native
+
+    merged: dict = dict(IMAGE)
     for f in files:
         merged = _merge(merged, yaml.safe_load((CHART / f).read_text()))
-    merged = _merge(merged, {"apiKeys": {"keys": ["sk-test"]}})  # the chart requires keys
+    if keys:
+        merged = _merge(merged, {"apiKeys": {"keys": ["sk-test-key"]}})  # the chart requires keys
     merged = _merge(merged, values or {})
+    opts = {"name": "gw", "namespace": "llm", "kube_version": kube_version, "api_versions": api_versions or []}
     with helm.Chart.load(str(CHART)) as chart:
-        out = chart.render(merged, name="gw", namespace="llm")
+        chart.validate_schema(merged)
+        out = json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(merged), json.dumps(opts)))
     docs: dict[str, list[dict]] = {}
     for name, text in out.items():
         if name.endswith(".yaml"):
-            docs[name.rsplit("/", 1)[-1]] = [d for d in yaml.safe_load_all(text) if d]
+            found = [d for d in yaml.safe_load_all(text) if d]
+            if found:
+                docs[name.rsplit("/", 1)[-1]] = found
     return docs
 
 
@@ -87,38 +118,79 @@ def _merge(a: dict, b: dict) -> dict:
 def test_helm_lint_has_no_errors():
     import helm_python as helm
 
-    result = helm.lint(str(CHART), {"apiKeys": {"keys": ["sk-1"]}})
-    assert not result["errors"]
-    assert all(m["severity"] < 2 for m in result["messages"]), result["messages"]  # info only
+    for version in K8S_VERSIONS:
+        result = helm.lint(str(CHART), {**IMAGE, "apiKeys": {"keys": ["sk-1-long-key"]}}, kube_version=k8s(version))
+        assert not result["errors"], (version, result)
+        assert all(m["severity"] < 2 for m in result["messages"]), result["messages"]  # info only
 
 
-@pytest.mark.parametrize("files", [(), ("values-cpu.yaml",), ("values-gpu-tp.yaml",)], ids=["default", "cpu", "gpu-tp"])
-def test_rendered_manifests_are_valid_kubernetes(files):
+PRESETS = [(), ("values-cpu.yaml",), ("values-gpu-tp.yaml",), ("values-multinode.yaml",)]
+PRESET_IDS = ["default", "cpu", "gpu-tp", "multinode"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("operators", [False, True], ids=["plain-cluster", "prometheus-operator"])
+@pytest.mark.parametrize("files", PRESETS, ids=PRESET_IDS)
+def test_rendered_manifests_are_valid_kubernetes(files, operators, version):
     import kubernetes_validate
 
-    everything = {"apiKeys": {"keys": ["sk-1", "sk-2"]}, "ingress": {"enabled": True}, "autoscaling": {"enabled": True}}
-    docs = render(everything, files)
+    everything = {"apiKeys": {"keys": ["sk-1-long-key", "sk-2-long-key"]}, "ingress": {"enabled": True}}
+    if "values-multinode.yaml" not in files:
+        everything["autoscaling"] = {"enabled": True}
+    docs = render(everything, files, kube_version=k8s(version), api_versions=OPERATOR_APIS if operators else [])
     kinds = {d["kind"] for ds in docs.values() for d in ds}
-    assert {
-        "Deployment",
-        "Service",
-        "Ingress",
-        "ConfigMap",
-        "Secret",
-        "HorizontalPodAutoscaler",
-        "PodDisruptionBudget",
-        "ServiceMonitor",
-        "PrometheusRule",
-    } <= kinds
+    expected = {"Service", "Ingress", "ConfigMap", "Secret", "NetworkPolicy"}
+    expected |= {"LeaderWorkerSet"} if "values-multinode.yaml" in files else {"Deployment", "HorizontalPodAutoscaler"}
+    assert expected <= kinds
+    # the operator's resources only where its API exists: `helm install` on a plain cluster works
+    assert ({"ServiceMonitor", "PrometheusRule"} <= kinds) is operators
+    assert not ({"ServiceMonitor", "PrometheusRule"} & kinds) or operators
     for ds in docs.values():
         for d in ds:
-            if d["apiVersion"].startswith("monitoring.coreos.com"):
+            group = d["apiVersion"].split("/")[0]
+            if group in ("monitoring.coreos.com", "leaderworkerset.x-k8s.io"):
                 assert d["spec"]  # CRDs: no schema here; promtool checks the rules below
                 continue
-            kubernetes_validate.validate(d, K8S, strict=True)
+            kubernetes_validate.validate(d, k8s(version), strict=True)
 
 
-def test_probes_ports_drain_and_gpus():
+def test_operator_resources_can_be_forced_or_refused_and_carry_extra_labels():
+    labels = {"release": "kube-prometheus-stack"}
+    forced = render(
+        {"metrics": {"labels": labels, "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
+    )
+    (sm,) = forced["servicemonitor.yaml"]
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert forced["prometheusrule.yaml"][0]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    off = render({"metrics": {"serviceMonitor": {"enabled": False}}}, api_versions=OPERATOR_APIS)
+    assert "servicemonitor.yaml" not in off and "prometheusrule.yaml" in off
+
+
+def test_the_image_repository_must_be_set():
+    import helm_python as helm
+
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(Exception, match=r"image\.repository"):
+        chart.render({"apiKeys": {"keys": ["sk-1-long-key"]}}, name="gw", namespace="llm")
+
+
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"replicas": 2}, "replicas"),  # a typo of replicaCount
+        ({"resources": {"limits": {"memory": None}}}, "memory"),
+        ({"config": {"port": 70000, "readers": [{"id": "a", "model": "m"}]}}, "port"),
+        ({"metrics": {"serviceMonitor": {"enabled": "yes"}}}, "enabled"),
+    ],
+)
+def test_the_values_schema_names_the_bad_value(values, field):
+    import helm_python as helm
+
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(Exception, match=field):
+        chart.validate_schema(_merge(chart.values, values))
+
+
+def test_probes_ports_drain_security_and_gpus():
     docs = render(files=("values-gpu-tp.yaml",))
     (deploy,) = docs["deployment.yaml"]
     pod = deploy["spec"]["template"]["spec"]
@@ -127,13 +199,74 @@ def test_probes_ports_drain_and_gpus():
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["startupProbe"]["httpGet"]["path"] == "/readyz"
     assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 1800
+    # a busy event loop (probes answered in up to 2 s under a 1024-stream burst) keeps the pod in
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert c[probe]["timeoutSeconds"] >= 5, probe
+    assert c["readinessProbe"]["failureThreshold"] >= 3
     assert [p["containerPort"] for p in c["ports"]] == [3000, 3001, 3003]
     drain = int(next(e["value"] for e in c["env"] if e["name"] == "GATEWAY_DRAIN_TIMEOUT_SECONDS"))
     assert pod["terminationGracePeriodSeconds"] > drain + c["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 4
+    # the "restricted" Pod Security level, a read-only root with writable /tmp and model cache
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]] and "emptyDir" in volumes[mounts["/code/models"]]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["HOME"].startswith("/tmp/") and env["XDG_CACHE_HOME"].startswith("/tmp/")
     (svc,) = docs["service.yaml"]
     assert [p["port"] for p in svc["spec"]["ports"]] == [3000, 3001, 3003]
+
+
+def test_pre_stop_falls_back_to_exec_before_kubernetes_1_30():
+    for version, action in (("1.28.0", "exec"), ("1.29.5", "exec"), ("1.30.0", "sleep")):
+        (deploy,) = render(kube_version=version)["deployment.yaml"]
+        hook = deploy["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]
+        assert list(hook) == [action], version
+    assert hook["sleep"]["seconds"] == 5
+    # `helm install` refuses older clusters (preStop needs at least the exec form's API)
+    assert yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"] == ">=1.28.0-0"
+
+
+@pytest.mark.parametrize("files", PRESETS, ids=PRESET_IDS)
+def test_every_preset_sets_memory_requests_and_limits(files):
+    docs = render(files=files)
+    kind = "leaderworkerset.yaml" if files == ("values-multinode.yaml",) else "deployment.yaml"
+    (workload,) = docs[kind]
+    text = json.dumps(workload)
+    for c in re.findall(r'"resources": (\{.*?\}\})', text):
+        res = json.loads(c)
+        assert res["requests"]["memory"] and res["limits"]["memory"]
+    assert re.findall(r'"resources"', text)
+
+
+def test_ports_come_from_the_config():
+    docs = render({"config": {"port": 8080, "management_port": 8081, "openai_port": 8083}})
+    (c,) = docs["deployment.yaml"][0]["spec"]["template"]["spec"]["containers"]
+    assert [p["containerPort"] for p in c["ports"]] == [8080, 8081, 8083]
+    (svc,) = docs["service.yaml"]
+    assert [p["port"] for p in svc["spec"]["ports"]] == [8080, 8081, 8083]
+    (cm,) = docs["configmap.yaml"]
+    assert yaml.safe_load(cm["data"]["config.yaml"])["port"] == 8080
+
+
+def test_network_policy_keeps_the_management_port_to_the_named_peers():
+    (policy,) = render()["networkpolicy.yaml"]
+    rules = policy["spec"]["ingress"]
+    inference = next(r for r in rules if {p["port"] for p in r["ports"]} == {"http", "openai"})
+    management = next(r for r in rules if [p["port"] for p in r["ports"]] == ["management"])
+    assert "from" not in inference  # the ingress controller, wherever it runs
+    assert management["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    peers = [{"podSelector": {"matchLabels": {"app": "ops-console"}}}]
+    (policy,) = render({"networkPolicy": {"managementFrom": peers}})["networkpolicy.yaml"]
+    assert next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "management")["from"] == peers
+    with pytest.raises(Exception, match="managementFrom"):
+        render({"networkPolicy": {"managementFrom": []}})
 
 
 def test_ingress_is_streaming_safe_and_keeps_management_inside():
@@ -141,11 +274,76 @@ def test_ingress_is_streaming_safe_and_keeps_management_inside():
     a = ing["metadata"]["annotations"]
     assert a["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
     assert int(a["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    assert "nginx.ingress.kubernetes.io/upstream-hash-by" not in a
     ports = {p["backend"]["service"]["port"]["name"] for p in ing["spec"]["rules"][0]["http"]["paths"]}
     assert ports == {"http", "openai"}
+    (ing,) = render({"ingress": {"enabled": True, "affinityHeader": "X-Session-Id"}})["ingress.yaml"]
+    assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$http_x_session_id"
 
 
-@pytest.mark.parametrize("files", [(), ("values-cpu.yaml",), ("values-gpu-tp.yaml",)], ids=["default", "cpu", "gpu-tp"])
+def test_autoscaling_targets_half_the_readers_limit_with_the_hpa_or_keda():
+    (hpa,) = render({"autoscaling": {"enabled": True}})["hpa.yaml"]
+    target = hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"]
+    assert target == "128"  # max_in_flight 256 of the default reader
+    (hpa,) = render({"autoscaling": {"enabled": True, "targetRequestsInFlight": 40}})["hpa.yaml"]
+    assert hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "40"
+    keda = {"keda": {"enabled": True, "prometheusAddress": "http://prometheus-operated.monitoring:9090"}}
+    docs = render({"autoscaling": keda}, files=("values-cpu.yaml",))
+    (so,) = docs["scaledobject.yaml"]
+    trigger = so["spec"]["triggers"][0]
+    assert trigger["type"] == "prometheus" and trigger["metadata"]["threshold"] == "16"  # half of 32
+    assert (
+        'job="gw-llm-gateway"' in trigger["metadata"]["query"]
+        and "gateway_requests_in_flight" in trigger["metadata"]["query"]
+    )
+    assert "replicas" not in docs["deployment.yaml"][0]["spec"] and "hpa.yaml" not in docs
+    with pytest.raises(Exception, match="alternatives"):
+        render({"autoscaling": {"enabled": True, **keda}})
+    adapter = yaml.safe_load((ROOT / "deploy" / "prometheus-adapter" / "values.yaml").read_text())
+    (rule,) = adapter["rules"]["custom"]
+    assert "gateway_requests_in_flight" in rule["seriesQuery"] and rule["name"]["as"] == "gateway_requests_in_flight"
+
+
+def test_grafana_dashboard_config_map_for_the_sidecar():
+    (cm,) = render({"grafanaDashboard": {"enabled": True}})["dashboard.yaml"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["llm-gateway.json"])["panels"]
+
+
+def test_multi_node_is_a_leader_worker_set_whose_leader_the_service_selects():
+    docs = render(files=("values-multinode.yaml",))
+    assert "deployment.yaml" not in docs
+    (lws,) = docs["leaderworkerset.yaml"]
+    template = lws["spec"]["leaderWorkerTemplate"]
+    assert template["size"] == 2
+    leader = template["leaderTemplate"]
+    worker = template["workerTemplate"]["spec"]["containers"][0]
+    assert "ray start --head" in leader["spec"]["containers"][0]["args"][0]
+    assert "gateway serve" in leader["spec"]["containers"][0]["args"][0]
+    assert "$(LWS_LEADER_ADDRESS)" in worker["args"][0]
+    (svc,) = docs["service.yaml"]
+    assert svc["spec"]["selector"].items() <= leader["metadata"]["labels"].items()
+    worker_labels = template["workerTemplate"].get("metadata", {}).get("labels", {})
+    assert not svc["spec"]["selector"].items() <= worker_labels.items()
+    (cm,) = docs["configmap.yaml"]
+    reader = yaml.safe_load(cm["data"]["config.yaml"])["readers"][0]
+    assert reader["engine_args"]["distributed_executor_backend"] == "ray"
+
+
+def test_inference_pool_targets_the_pods_and_needs_metrics_on_the_main_port():
+    pool = {"inferencePool": {"enabled": True, "endpointPicker": "gw-epp"}}
+    with pytest.raises(Exception, match="metrics_on_main_port"):
+        render(pool)
+    (ip,) = render({**pool, "config": {"metrics_on_main_port": True}})["inferencepool.yaml"]
+    assert ip["spec"]["targetPorts"] == [{"number": 3000}]
+    assert ip["spec"]["endpointPickerRef"] == {"name": "gw-epp", "port": {"number": 9002}}
+    assert ip["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == "gw"
+    auto = {"inferencePool": {"enabled": "auto", "endpointPicker": "gw-epp"}, "config": {"metrics_on_main_port": True}}
+    assert "inferencepool.yaml" not in render(auto)
+    assert "inferencepool.yaml" in render(auto, api_versions=["inference.networking.k8s.io/v1/InferencePool"])
+
+
+@pytest.mark.parametrize("files", PRESETS, ids=PRESET_IDS)
 def test_the_charts_config_is_valid_gateway_settings(files, tmp_path, monkeypatch):
     from gateway.settings import load_settings
 
@@ -156,15 +354,96 @@ def test_the_charts_config_is_valid_gateway_settings(files, tmp_path, monkeypatc
         monkeypatch.delenv(key)
     settings = load_settings(path)
     assert settings.host == "0.0.0.0" and settings.metrics_public
+    # the ServiceMonitor scrapes the management port from another pod
+    assert settings.management_host == "0.0.0.0"
 
 
 def test_alert_rules_pass_promtool(tmp_path):
     proc = subprocess.run([tool("promtool"), "check", "rules", str(ALERTS)], capture_output=True, text=True)
-    assert proc.returncode == 0 and "SUCCESS: 5 rules found" in proc.stdout, proc.stdout + proc.stderr
-    (rule,) = render()["prometheusrule.yaml"]
+    assert proc.returncode == 0 and "SUCCESS: 6 rules found" in proc.stdout, proc.stdout + proc.stderr
+    (rule,) = render(api_versions=OPERATOR_APIS)["prometheusrule.yaml"]
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(yaml.safe_dump(rule["spec"]))
     assert subprocess.run([tool("promtool"), "check", "rules", str(rendered)], capture_output=True).returncode == 0
+    # scoped to this release's scrape job (the Service's name), never "any job named *gateway*"
+    text = rendered.read_text()
+    assert 'job="gw-llm-gateway"' in text and 'job="llm-gateway"' not in text and "=~" not in text.split("up{")[1][:40]
+
+
+def test_alerts_fire_on_failed_readers_not_loading_ones_and_only_on_their_job(tmp_path):
+    """promtool's rule unit tests: series in, alerts out."""
+    cases = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    # a slow model load: loading for an hour, never failed
+                    {
+                        "series": 'gateway_reader_state{job="llm-gateway",instance="a",group="primary",reader="big",state="loading"}',  # noqa: E501
+                        "values": "1x60",
+                    },
+                    {
+                        "series": 'gateway_reader_state{job="llm-gateway",instance="a",group="primary",reader="big",state="failed"}',  # noqa: E501
+                        "values": "0x60",
+                    },
+                    {
+                        "series": 'gateway_reader_up{job="llm-gateway",instance="a",group="primary",reader="big"}',
+                        "values": "0x60",
+                    },
+                    # a reader whose engine died
+                    {
+                        "series": 'gateway_reader_state{job="llm-gateway",instance="b",group="primary",reader="p0",state="dead"}',  # noqa: E501
+                        "values": "0 0 1x58",
+                    },
+                    # someone else's job with "gateway" in its name is down
+                    {"series": 'up{job="istio-ingressgateway",instance="c"}', "values": "0x60"},
+                    {"series": 'up{job="llm-gateway",instance="a"}', "values": "1x60"},
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "30m",
+                        "alertname": "GatewayEngineDown",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "job": "llm-gateway",
+                                    "instance": "b",
+                                    "group": "primary",
+                                    "reader": "p0",
+                                },
+                                "exp_annotations": {"summary": "Reader p0 on b failed or its engine died"},
+                            }
+                        ],
+                    },
+                    {"eval_time": "30m", "alertname": "GatewayReaderLoadingLong", "exp_alerts": []},
+                    {
+                        "eval_time": "59m",
+                        "alertname": "GatewayReaderLoadingLong",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "job": "llm-gateway",
+                                    "instance": "a",
+                                    "group": "primary",
+                                    "reader": "big",
+                                },
+                                "exp_annotations": {"summary": "Reader big on a has been loading for 45 minutes"},
+                            }
+                        ],
+                    },
+                    {"eval_time": "30m", "alertname": "GatewayDown", "exp_alerts": []},
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "alerts_test.yaml"
+    path.write_text(yaml.safe_dump(cases))
+    proc = subprocess.run([tool("promtool"), "test", "rules", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_dashboard_queries_name_real_series():
@@ -177,7 +456,7 @@ def test_dashboard_queries_name_real_series():
     known = set()
     for collector_metrics in REGISTRY.collect():
         known.add(collector_metrics.name)
-    dashboard = json.loads((ROOT / "deploy" / "grafana" / "llm-gateway.json").read_text())
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
     names = set()
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
@@ -191,12 +470,8 @@ def test_dashboard_queries_name_real_series():
 
 
 def test_the_chart_refuses_to_render_without_keys():
-    import helm_python as helm
-
-    with helm.Chart.load(str(CHART)) as chart, pytest.raises(Exception, match="apiKeys"):
-        chart.render({}, name="gw", namespace="llm")
-    with helm.Chart.load(str(CHART)) as chart:
-        out = chart.render({"allowUnauthenticated": True}, name="gw", namespace="llm")
-    deploy = next(yaml.safe_load(t) for n, t in out.items() if n.endswith("deployment.yaml"))
+    with pytest.raises(Exception, match="apiKeys"):
+        render(keys=False)
+    (deploy,) = render({"allowUnauthenticated": True}, keys=False)["deployment.yaml"]
     env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["GATEWAY_ALLOW_UNAUTHENTICATED"] == "true"

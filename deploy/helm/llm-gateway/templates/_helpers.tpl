@@ -17,3 +17,39 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "llm-gateway.keysSecret" -}}
 {{- if .Values.apiKeys.existingSecret -}}{{ .Values.apiKeys.existingSecret }}{{- else -}}{{ include "llm-gateway.fullname" . }}-keys{{- end -}}
 {{- end -}}
+
+{{/* The three ports, from the gateway's own settings so the config and the manifests agree. */}}
+{{- define "llm-gateway.port" -}}{{ .Values.config.port | default 3000 }}{{- end -}}
+{{- define "llm-gateway.managementPort" -}}{{ .Values.config.management_port | default 3001 }}{{- end -}}
+{{- define "llm-gateway.openaiPort" -}}{{ .Values.config.openai_port | default 3003 }}{{- end -}}
+
+{{/* The image, which must be set: nothing is published under a default name. */}}
+{{- define "llm-gateway.image" -}}
+{{- $repo := required "llm-gateway: set image.repository to where you pushed the image built from deploy/docker (see deploy/README.md)" .Values.image.repository -}}
+{{- printf "%s:%s" $repo (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* Whether an operator resource renders: "true", or "auto" and the cluster serves its API. */}}
+{{- define "llm-gateway.wanted" -}}
+{{- $ctx := index . 0 -}}{{- $setting := index . 1 -}}{{- $api := index . 2 -}}
+{{- if or (eq (toString $setting) "true") (and (eq (toString $setting) "auto") ($ctx.Capabilities.APIVersions.Has $api)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Requests in flight per pod the autoscaler aims at: set, or half the first reader's max_in_flight. */}}
+{{- define "llm-gateway.targetInFlight" -}}
+{{- if .Values.autoscaling.targetRequestsInFlight -}}
+{{- .Values.autoscaling.targetRequestsInFlight -}}
+{{- else -}}
+{{- $limit := 0 -}}
+{{- range .Values.config.readers -}}{{- if and (not $limit) .max_in_flight -}}{{- $limit = .max_in_flight -}}{{- end -}}{{- end -}}
+{{- $limit = $limit | default 64 -}}
+{{- max 1 (div (mul $limit (.Values.autoscaling.targetUtilizationPercent | default 50)) 100) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llm-gateway.checkKeys" -}}
+{{- $keys := or .Values.apiKeys.existingSecret .Values.apiKeys.keys -}}
+{{- if and (not $keys) (not .Values.allowUnauthenticated) -}}
+{{- fail "llm-gateway: set apiKeys.keys or apiKeys.existingSecret (an API keys file), or allowUnauthenticated=true for an open API behind your own authenticating proxy" -}}
+{{- end -}}
+{{- end -}}

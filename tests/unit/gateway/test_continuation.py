@@ -185,8 +185,19 @@ def test_redis_prefix_needs_a_hash_tag():
     ContinuationSettings(backend="memory", key_prefix="llmgw:cont:")  # only Redis cares
 
 
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture
-def redis_cluster(artifacts):
+def redis_cluster(tmp_path):
     """A one-node Redis Cluster (every slot on this node): Redis refuses scripts that touch
     keys of another slot than the declared ones, as a many-node cluster would."""
     import shutil
@@ -197,9 +208,9 @@ def redis_cluster(artifacts):
 
     from tests.servers import free_port
 
-    port = free_port()
-    folder = artifacts / f"redis-cluster-{port}"
-    folder.mkdir()
+    # Redis Cluster listens on port + 10000 too (its bus), so the port must be at most 55535
+    port = next(p for p in iter(free_port, None) if p <= 55535 and _free(p + 10000))
+    folder = tmp_path
     log = folder / "redis.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -293,7 +293,8 @@ class ScriptedEngine:
         at_eos = k >= min(length if length is not None else len(reply), len(reply))
         if at_eos and k >= s.min_new_tokens and not s.ignore_eos:
             return SequenceDelta(index=0, text="", token_ids=[EOS], finish_reason="stop")
-        text, tok = reply[k % len(reply)]
+        # an empty reply (a choice of "") held open by min_new_tokens or ignore_eos: spaces
+        text, tok = reply[k % len(reply)] if reply else (" ", 32)
         finish = "length" if k + 1 >= max_tokens else None
         # Stop strings end the sequence as soon as the text so far ends with one; the
         # stop string itself is not returned, as in vLLM.

@@ -39,3 +39,6 @@ def tag_of(field: str, default: str | None = None) -> Callable[[Any], str]:
 # by more than the server allows.
 PRIORITY_RANGE = 1_000_000
 Priority = Annotated[int, Field(ge=-PRIORITY_RANGE, le=PRIORITY_RANGE)]
+# The engine seeds a 64-bit generator: past that range a sampled request would fail inside
+# the engine's worker, so the wire refuses it (vLLM's own server has the same bounds).
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]

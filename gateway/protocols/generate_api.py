@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from gateway.protocols.common import BackendName, Priority
+from gateway.protocols.common import BackendName, Priority, Seed
 
 RequestId = Annotated[StrictStr, Field(min_length=1)]
 # Documented as non-empty; an empty prompt is accepted when the request_id continues a
@@ -32,7 +32,7 @@ class GenerationConfig(BaseModel):
     min_new_tokens: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)
     length_penalty: float | None = Field(None, ge=-10.0, le=10.0)
-    seed: int | None = None
+    seed: Seed | None = None
     # extension: constrained decoding (at most one of regex, json_schema, choice)
     regex: str | None = Field(None, min_length=1)
     json_schema: dict[str, Any] | None = None

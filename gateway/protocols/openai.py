@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictStr, StringConstraints, Tag, WithJsonSchema
 
-from gateway.protocols.common import BackendName, Priority, tag_of
+from gateway.protocols.common import BackendName, Priority, Seed, tag_of
 from gateway.settings import DEFAULT_GROUP
 
 # Request fields we refuse with a 400 when they are set (not null/absent).
@@ -233,7 +233,7 @@ class _SamplingFields(BaseModel):
     model: str = Field(DEFAULT_GROUP, min_length=1, max_length=256)
     n: int = Field(1, ge=1)
     stop: Stop = None
-    seed: int | None = None
+    seed: Seed | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag
 
-from gateway.protocols.common import Priority
+from gateway.protocols.common import Priority, Seed
 from gateway.settings import DEFAULT_GROUP
 
 # Accepted and documented as having no effect here.
@@ -223,7 +223,8 @@ class ResponsesRequest(BaseModel):
     input: Annotated[StrictStr, Field(min_length=1)] | Annotated[list[InputItem], Field(min_length=1)] | None = None
     instructions: StrictStr | None = None
     previous_response_id: StrictStr | None = Field(None, min_length=1, max_length=256)
-    max_output_tokens: int | None = Field(None, ge=1)
+    # echoed in the response object: bounded so it serializes (JSON numbers past 64 bits do not)
+    max_output_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     tools: Annotated[list[Tool], Field(max_length=128)] | None = None
@@ -237,7 +238,7 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     background: bool = False
     # vLLM-style extensions, as on chat
-    seed: int | None = None
-    top_k: int | None = Field(None, ge=-1)
+    seed: Seed | None = None
+    top_k: int | None = Field(None, ge=-1, le=2**31 - 1)
     priority: Priority | None = None
     timeout: float | None = Field(None, gt=0)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, WithJsonSchema, field_validator
 
-from gateway.protocols.common import BackendName, Priority
+from gateway.protocols.common import BackendName, Priority, Seed
 
 NonEmptyText = Annotated[StrictStr, Field(min_length=1)]
 
@@ -43,7 +43,7 @@ class GenerateRequest(BaseModel):
     use_chat_template: bool | None = None
     consumer_group: str | None = Field(None, min_length=1, max_length=64)
     lora_id: str | None = Field(None, min_length=1, max_length=128)
-    seed: int | None = None
+    seed: Seed | None = None
     stop: list[Annotated[StrictStr, Field(min_length=1)]] | None = None
     priority: Priority | None = None
     timeout: float | None = Field(None, gt=0)

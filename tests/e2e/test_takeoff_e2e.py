@@ -253,6 +253,8 @@ def test_disconnect_aborts_a_buffered_request(gateway):
         ({"text": "x", "max_new_tokens": -1}, 400, "max_new_tokens"),
         ({"text": "x", "consumer_group": "nope"}, 404, "consumer_group"),
         ({"text": "hello " * 2100, "min_new_tokens": 2048, "max_new_tokens": 2048}, 400, "prompt"),
+        # the engine seeds a 64-bit generator; past it the worker would fail
+        ({"text": "x", "sampling_temperature": 1.0, "seed": 2**64}, 400, "seed"),
     ],
 )
 @pytest.mark.parametrize("path", ["/generate", "/generate_stream"])
@@ -277,3 +279,10 @@ def test_health_readiness_and_status(gateway, http):
     assert reader["dtype"] == "float32" and reader["has_chat_template"] is True
     # the management port (Takeoff's port + 1) answers /status too
     assert httpx.get(gateway.management_url + "/status").json()["live_readers"].keys() == {"primary-0", "embed-0"}
+
+
+def test_the_largest_seed_samples_on_the_engine(http):
+    """The top of the seed range reaches the engine's generator and samples reproducibly."""
+    body = {"text": "Once upon a time", "sampling_temperature": 1.0, "max_new_tokens": 8, "seed": 2**63 - 1}
+    first, second = generate(http, **body)["text"], generate(http, **body)["text"]
+    assert first and first == second

@@ -243,3 +243,33 @@ def test_no_keys_on_a_public_host_exits_2_before_loading(artifacts):
     with pytest.raises(RuntimeError, match="without API keys"):
         create_apps(make_settings(host="0.0.0.0"))
     create_apps(make_settings(host="0.0.0.0", allow_unauthenticated=True))  # said on purpose
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/generate", {"text": "hi", "sampling_temperature": 1.0}),
+        ("/api/generate-one", {"prompt": "hi", "request_id": "seed-test", "generation_config": {}}),
+        ("/v1/chat/completions", {"model": "primary", "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/completions", {"model": "primary", "prompt": "hi"}),
+        ("/v1/responses", {"model": "primary", "input": "hi"}),
+    ],
+)
+def test_a_seed_past_64_bits_is_a_400_naming_it(client, path, body):
+    """The engine seeds a 64-bit generator: a larger seed would fail inside its worker."""
+
+    def with_seed(seed: int) -> dict:
+        if "generation_config" in body:  # generate-one carries it in its generation config
+            return {**body, "generation_config": {"seed": seed}}
+        return {**body, "seed": seed}
+
+    r = client.post(path, json=with_seed(2**63))
+    assert r.status_code == 400 and "seed" in r.text, r.text
+    r = client.post(path, json=with_seed(2**63 - 1))
+    assert r.status_code == 200, r.text
+
+
+def test_a_huge_max_output_tokens_is_a_400_not_a_500(client):
+    """Echoed in the response object: past 64 bits it would not serialize (the fuzzer's find)."""
+    r = client.post("/v1/responses", json={"input": "hi", "max_output_tokens": 2**70})
+    assert r.status_code == 400 and "max_output_tokens" in r.text, r.text

@@ -44,6 +44,8 @@ class ScriptedConfig:
     name: str = "scripted"
     max_model_len: int = 2048
     token_delay: float = 0.0
+    # per stream, as a GPU decodes (for example 100 tokens/s); sets token_delay
+    tokens_per_second: float | None = None
     eos_after: int = 48
     start_delay: float = 0.0
     fail_after_tokens: int | None = None
@@ -64,6 +66,8 @@ class ScriptedEngine:
 
     def __init__(self, config: ScriptedConfig | None = None) -> None:
         self.config = config or ScriptedConfig()
+        if self.config.tokens_per_second:
+            self.config.token_delay = 1.0 / self.config.tokens_per_second
         self._tokenizer: Any = None
         self._parser_cls: Any = None
         self._started = False

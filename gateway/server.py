@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from gateway.app import build_main_app, build_management_app, build_openai_app, open_to_the_network
 from gateway.errors import NotReady
+from gateway.observability.metrics import LOOP_LAG
 from gateway.registry import Reader
 from gateway.runtime import Runtime
 from gateway.settings import Settings, non_default
@@ -94,6 +95,19 @@ async def _drain(runtime: Runtime) -> None:
 
 
 ENGINE_DEATH_GRACE_SECONDS = 2.0
+
+
+LOOP_LAG_PERIOD = 0.1
+
+
+async def watch_loop_lag() -> None:
+    """Record how late a 100 ms timer fires: the event loop's lag, which every request and
+    probe waits behind (the metric gateway_event_loop_lag_seconds)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + LOOP_LAG_PERIOD
+        await asyncio.sleep(LOOP_LAG_PERIOD)
+        LOOP_LAG.observe(max(0.0, loop.time() - due))
 
 
 async def serve(settings: Settings) -> int:
@@ -176,8 +190,10 @@ async def serve(settings: Settings) -> int:
         log.info("Gateway ready: http://%s:%d", settings.host, settings.port)
 
     announcer = asyncio.create_task(announce())
+    lag_watch = asyncio.create_task(watch_loop_lag())
     await stop.wait()
     announcer.cancel()
+    lag_watch.cancel()
     runtime.draining = True
     if exit_code == 0:
         await _drain(runtime)

@@ -25,6 +25,11 @@ ERRORS = Counter("gateway_errors", "Requests that failed, by error type", ["surf
 REJECTIONS = Counter("gateway_admission_rejections", "Requests refused by admission control (429)", ["group"])
 CANCELLATIONS = Counter("gateway_cancellations", "Requests whose client went away before the answer", ["surface"])
 DEADLINES = Counter("gateway_deadline_expiries", "Requests stopped by their deadline", ["surface"])
+LOOP_LAG = Histogram(
+    "gateway_event_loop_lag_seconds",
+    "How late the event loop ran a timer due every 100 ms (a busy loop answers everything late)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 TTFT = Histogram(
     "gateway_time_to_first_token_seconds",
     "Arrival to first generated token",

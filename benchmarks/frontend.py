@@ -1,0 +1,325 @@
+"""The front end at GPU token rates: the gateway on the scripted engine, whose tokens arrive
+at a set rate per stream (as a GPU decodes them) and cost nothing to make, against the
+floor: a bare Starlette app on uvicorn streaming the same events at the same rate
+(benchmarks/floor_app.py). Every surface; front-end CPU per streamed token, the tokens/s
+delivered, probe latency and event-loop lag while it runs.
+
+    .venv/bin/python -m benchmarks.frontend            # about 5 minutes
+    .venv/bin/python -m benchmarks.frontend --rounds 2 --streams 256 --rate 100
+
+Scenarios: `gpu` (S streams at R tokens/s each, the load one GPU puts on the front end),
+`ceiling` (64 streams as fast as the process can: the tokens/s one process sustains) and
+`burst` (1024 concurrent streams, /readyz probed every 50 ms). Client and servers share this
+machine's 2 cores; the client is aiohttp in this process.
+
+Writes results/frontend.json, results/frontend.md and results/frontend.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from typing import Any
+
+import aiohttp
+import httpx
+import psutil
+
+from tests.servers import ROOT, free_port, start_gateway
+
+RESULTS = ROOT / "benchmarks" / "results"
+SURFACES = ("openai-chat", "openai-completions", "takeoff", "generate-one", "responses")
+
+
+def request(surface: str, tokens: int, i: int) -> tuple[str, dict[str, Any]]:
+    if surface == "openai-chat":
+        return "/v1/chat/completions", {
+            "model": "primary",
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": tokens,
+            "stream": True,
+        }
+    if surface == "openai-completions":
+        return "/v1/completions", {"model": "primary", "prompt": "x", "max_tokens": tokens, "stream": True}
+    if surface == "takeoff":
+        return "/generate_stream", {"text": "x", "max_new_tokens": tokens}
+    if surface == "responses":
+        return "/v1/responses", {"model": "primary", "input": "x", "max_output_tokens": tokens, "stream": True}
+    return "/api/generate-one", {
+        "request_id": f"fe-{time.time_ns()}-{i}",
+        "prompt": "x",
+        "generation_config": {"max_new_tokens": tokens},
+    }
+
+
+def quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def run_streams(url: str, pid: int, surface: str, streams: int, tokens: int) -> dict[str, float]:
+    """`streams` concurrent streams of `tokens` each; the server's CPU time per token, the
+    tokens/s delivered, and the latency of /readyz probed every 50 ms meanwhile."""
+    process = psutil.Process(pid)
+    received = 0
+    probes: list[float] = []
+    done = asyncio.Event()
+    timeout = aiohttp.ClientTimeout(total=900)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+
+        async def one(i: int) -> None:
+            nonlocal received
+            path, body = request(surface, tokens, i)
+            async with session.post(url + path, json=body) as r:
+                assert r.status == 200, await r.text()
+                async for chunk in r.content.iter_any():
+                    received += len(chunk) if surface == "generate-one" else chunk.count(b"\n\n")
+
+        async def probe() -> None:
+            async with aiohttp.ClientSession(timeout=timeout) as ps:
+                while not done.is_set():
+                    t0 = time.perf_counter()
+                    async with ps.get(url + "/readyz") as r:
+                        await r.read()
+                    probes.append(time.perf_counter() - t0)
+                    await asyncio.sleep(0.05)
+
+        await one(-1)  # warm
+        received = 0
+        cpu0 = sum(process.cpu_times()[:2])
+        t0 = time.perf_counter()
+        prober = asyncio.create_task(probe())
+        await asyncio.gather(*(one(i) for i in range(streams)))
+        wall = time.perf_counter() - t0
+        cpu = sum(process.cpu_times()[:2]) - cpu0
+        done.set()
+        await prober
+    total = streams * tokens
+    assert received >= total, (surface, received, total)  # every token arrived
+    return {
+        "tokens_per_s": total / wall,
+        "cpu_us_per_token": cpu / total * 1e6,
+        "cpu_cores": cpu / wall,
+        "wall_s": wall,
+        "probe_p50_ms": quantile(probes, 0.5) * 1e3,
+        "probe_p99_ms": quantile(probes, 0.99) * 1e3,
+        "probe_max_ms": max(probes) * 1e3 if probes else float("nan"),
+    }
+
+
+def loop_lag(management_url: str) -> dict[str, float]:
+    """Bucket counts of gateway_event_loop_lag_seconds (cumulative, by upper bound)."""
+    text = httpx.get(management_url + "/metrics").text
+    found = {}
+    for m in re.finditer(r'^gateway_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M):
+        found[m.group(1)] = float(m.group(2))
+    return found
+
+
+def lag_quantiles(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """p50/p99 upper bounds of the loop lag observed between two scrapes (bucket resolution)."""
+    bounds = sorted((float(b), after[b] - before.get(b, 0.0)) for b in after if b != "+Inf")
+    total = after.get("+Inf", 0.0) - before.get("+Inf", 0.0)
+    out = {}
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        out[f"loop_lag_{name}_ms"] = next((b * 1e3 for b, n in bounds if total and n >= q * total), float("inf"))
+    return out
+
+
+class Gateway:
+    def __init__(self, rate: float, name: str) -> None:
+        reader = {
+            "id": "primary-0",
+            "kind": "scripted",
+            "model": "scripted",
+            "max_in_flight": 4096,
+            "scripted": {"eos_after": 10**6, "tokens_per_second": rate or None},
+        }
+        self.gw = start_gateway(
+            RESULTS / f"frontend-{name}.log",
+            "configs/scripted.yaml",
+            {
+                "GATEWAY_READERS": json.dumps([reader]),
+                "GATEWAY_MAX_NEW_TOKENS_LIMIT": "100000",
+                "GATEWAY_REQUEST_TIMEOUT_SECONDS": "900",
+            },
+        )
+        self.url, self.pid = self.gw.url, self.gw.proc.pid
+
+    def stop(self) -> None:
+        self.gw.stop()
+
+
+class Floor:
+    def __init__(self, rate: float, name: str) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "FLOOR_TOKENS_PER_SECOND": str(rate)}
+        self.log = open(RESULTS / f"frontend-{name}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "benchmarks.floor_app:app", "--host", "127.0.0.1", "--port", str(port),
+             "--no-access-log", "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(self.url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert self.proc.poll() is None and time.monotonic() < deadline, "the floor app did not start"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def scenario(name: str, rate: float, streams: int, tokens: int, surfaces: tuple[str, ...], rounds: int) -> dict:
+    """Each surface on the gateway and on the floor, alternating which goes first."""
+    out: dict[str, Any] = {"rate_per_stream": rate, "streams": streams, "tokens_per_stream": tokens, "surfaces": {}}
+    for surface in surfaces:
+        runs: dict[str, list[dict[str, float]]] = {"gateway": [], "floor": []}
+        for r in range(rounds):
+            order = ("gateway", "floor") if r % 2 == 0 else ("floor", "gateway")
+            for who in order:
+                server: Gateway | Floor = (Gateway if who == "gateway" else Floor)(rate, f"{name}-{who}")
+                try:
+                    before = loop_lag(server.gw.management_url) if isinstance(server, Gateway) else {}
+                    result = asyncio.run(run_streams(server.url, server.pid, surface, streams, tokens))
+                    if isinstance(server, Gateway):
+                        result |= lag_quantiles(before, loop_lag(server.gw.management_url))
+                    runs[who].append(result)
+                finally:
+                    server.stop()
+        summary: dict[str, Any] = {}
+        for who, results in runs.items():
+            summary[who] = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        summary["cpu_ratio"] = summary["gateway"]["cpu_us_per_token"] / summary["floor"]["cpu_us_per_token"]
+        out["surfaces"][surface] = summary
+        g, f = summary["gateway"], summary["floor"]
+        print(
+            f"{name} {surface}: gateway {g['tokens_per_s']:.0f} tok/s {g['cpu_us_per_token']:.1f} µs/token, "
+            f"floor {f['tokens_per_s']:.0f} tok/s {f['cpu_us_per_token']:.1f} µs/token, "
+            f"ratio {summary['cpu_ratio']:.2f}, probe p99 {g['probe_p99_ms']:.0f} ms",
+            flush=True,
+        )
+    return out
+
+
+def plot(result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gpu = result["scenarios"]["gpu"]["surfaces"]
+    names = list(gpu)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [gpu[n]["gateway"]["cpu_us_per_token"] for n in names], 0.4, label="gateway")
+    ax.bar([x + 0.2 for x in xs], [gpu[n]["floor"]["cpu_us_per_token"] for n in names], 0.4, label="bare Starlette")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylabel("server CPU µs per streamed token")
+    s = result["scenarios"]["gpu"]
+    ax.set_title(f"{s['streams']} streams x {s['rate_per_stream']:.0f} tokens/s (scripted engine)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "frontend.png", dpi=100)
+
+
+def report(result: dict) -> str:
+    gpu, ceiling, burst = (result["scenarios"][k] for k in ("gpu", "ceiling", "burst"))
+    lines = [
+        f"# Front end at GPU token rates ({result['date']})",
+        "",
+        f"`.venv/bin/python -m benchmarks.frontend --rounds {result['rounds']}` (medians of the rounds). The gateway "
+        "on the scripted engine (tokens arrive at a set rate and cost nothing to make) against the floor, a bare "
+        "Starlette app on uvicorn streaming the same events at the same rate. Server CPU (user + system of the "
+        "process) per streamed token; client and servers share 2 cores.",
+        "",
+        f"## {gpu['streams']} streams x {gpu['rate_per_stream']:.0f} tokens/s, {gpu['tokens_per_stream']} tokens each",
+        "",
+        "| surface | gateway µs/token | floor µs/token | ratio (target <= 1.5) | gateway tokens/s | floor tokens/s "
+        "| /readyz p99 ms | loop lag p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in gpu["surfaces"].items():
+        g, f = s["gateway"], s["floor"]
+        lines.append(
+            f"| {name} | {g['cpu_us_per_token']:.1f} | {f['cpu_us_per_token']:.1f} | {s['cpu_ratio']:.2f} "
+            f"{'met' if s['cpu_ratio'] <= 1.5 else 'missed'} | {g['tokens_per_s']:.0f} | {f['tokens_per_s']:.0f} "
+            f"| {g['probe_p99_ms']:.0f} | {g.get('loop_lag_p99_ms', float('nan')):.0f} |"
+        )
+    lines += [
+        "",
+        f"## Ceiling: {ceiling['streams']} streams as fast as the process goes",
+        "",
+        "| surface | gateway tokens/s | floor tokens/s | gateway µs/token | floor µs/token |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in ceiling["surfaces"].items():
+        g, f = s["gateway"], s["floor"]
+        lines.append(
+            f"| {name} | {g['tokens_per_s']:.0f} | {f['tokens_per_s']:.0f} | {g['cpu_us_per_token']:.1f} "
+            f"| {f['cpu_us_per_token']:.1f} |"
+        )
+    lines += [
+        "",
+        f"## Burst: {burst['streams']} concurrent streams x {burst['rate_per_stream']:.0f} tokens/s, "
+        f"{burst['tokens_per_stream']} tokens each, /readyz every 50 ms",
+        "",
+        "| surface | /readyz p50 ms | /readyz p99 ms (target < 100) | /readyz max ms | loop lag p99 ms | tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in burst["surfaces"].items():
+        g = s["gateway"]
+        lines.append(
+            f"| {name} | {g['probe_p50_ms']:.0f} | {g['probe_p99_ms']:.0f} "
+            f"{'met' if g['probe_p99_ms'] < 100 else 'missed'} | {g['probe_max_ms']:.0f} "
+            f"| {g.get('loop_lag_p99_ms', float('nan')):.0f} | {g['tokens_per_s']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--streams", type=int, default=256)
+    parser.add_argument("--rate", type=float, default=100.0, help="tokens/s per stream in the gpu scenario")
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--surfaces", nargs="+", default=list(SURFACES))
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    surfaces = tuple(args.surfaces)
+    result = {
+        "date": str(date.today()),
+        "rounds": args.rounds,
+        "scenarios": {
+            "gpu": scenario("gpu", args.rate, args.streams, args.tokens, surfaces, args.rounds),
+            "ceiling": scenario("ceiling", 0.0, 64, 512, surfaces, args.rounds),
+            "burst": scenario("burst", 20.0, 1024, 60, ("openai-chat", "takeoff"), args.rounds),
+        },
+    }
+    (RESULTS / "frontend.json").write_text(json.dumps(result, indent=2))
+    md = report(result)
+    (RESULTS / "frontend.md").write_text(md)
+    plot(result)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

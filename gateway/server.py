@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from gateway.app import build_main_app, build_management_app, build_openai_app, open_to_the_network
 from gateway.errors import NotReady
 from gateway.observability.metrics import LOOP_LAG
+from gateway.observability.probes import ProbeServer
 from gateway.registry import Reader
 from gateway.runtime import Runtime
 from gateway.settings import Settings, non_default
@@ -100,14 +101,17 @@ ENGINE_DEATH_GRACE_SECONDS = 2.0
 LOOP_LAG_PERIOD = 0.1
 
 
-async def watch_loop_lag() -> None:
+async def watch_loop_lag(probes: ProbeServer | None = None) -> None:
     """Record how late a 100 ms timer fires: the event loop's lag, which every request and
-    probe waits behind (the metric gateway_event_loop_lag_seconds)."""
+    probe waits behind (the metric gateway_event_loop_lag_seconds); each turn is also the
+    heartbeat the probe thread's liveness reads."""
     loop = asyncio.get_running_loop()
     while True:
         due = loop.time() + LOOP_LAG_PERIOD
         await asyncio.sleep(LOOP_LAG_PERIOD)
         LOOP_LAG.observe(max(0.0, loop.time() - due))
+        if probes is not None:
+            probes.beat()
 
 
 async def serve(settings: Settings) -> int:
@@ -160,6 +164,17 @@ async def serve(settings: Settings) -> int:
                 sock.close()
             await runtime.close()
             return 2
+    probes = None
+    if settings.probe_port is not None:
+        try:
+            probes = ProbeServer(runtime, settings.host, settings.probe_port)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d for the probes: %s", settings.host, settings.probe_port, exc)
+            for sock in sockets:
+                sock.close()
+            await runtime.close()
+            return 2
+        probes.start()
     tasks = [
         asyncio.create_task(srv.serve(sockets=[sock]), name=f"listener-{name}")
         for (name, srv), sock in zip(servers, sockets, strict=True)
@@ -190,7 +205,7 @@ async def serve(settings: Settings) -> int:
         log.info("Gateway ready: http://%s:%d", settings.host, settings.port)
 
     announcer = asyncio.create_task(announce())
-    lag_watch = asyncio.create_task(watch_loop_lag())
+    lag_watch = asyncio.create_task(watch_loop_lag(probes))
     await stop.wait()
     announcer.cancel()
     lag_watch.cancel()
@@ -204,6 +219,8 @@ async def serve(settings: Settings) -> int:
     for _, srv in servers:
         srv.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+    if probes is not None:
+        probes.stop()
     await runtime.close()
     log.info("stopped")
     return exit_code

@@ -54,14 +54,22 @@ def describe(reader: Reader) -> dict[str, Any]:
     return info
 
 
-def readiness(registry: Registry, draining: bool) -> JSONResponse:
-    """200 when every configured consumer group has a ready reader and we are not draining."""
-    readers = {r.id: r.state for r in registry.readers.values()}
+def readiness_payload(registry: Registry, draining: bool) -> tuple[int, dict[str, Any]]:
+    """(status code, body) of readiness: 200 when every configured consumer group has a
+    ready reader and we are not draining. Reads plain attributes only, so the probe thread
+    may call it too."""
+    readers = {r.id: r.state for r in list(registry.readers.values())}
     if draining:
-        return JSONResponse({"status": "draining", "readers": readers}, status_code=503)
+        return 503, {"status": "draining", "readers": readers}
     if not registry.ready():
-        return JSONResponse({"status": "not ready", "readers": readers}, status_code=503)
-    return JSONResponse({"status": "ready", "readers": readers})
+        return 503, {"status": "not ready", "readers": readers}
+    return 200, {"status": "ready", "readers": readers}
+
+
+def readiness(registry: Registry, draining: bool) -> JSONResponse:
+    """Readiness as a response (see `readiness_payload`)."""
+    code, body = readiness_payload(registry, draining)
+    return JSONResponse(body, status_code=code)
 
 
 def status(registry: Registry, draining: bool, started_at: float) -> dict[str, Any]:

@@ -16,12 +16,13 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from tests.servers import start_gateway
+from tests.servers import free_port, start_gateway
 from tests.sse import sse_events
 
 pytestmark = pytest.mark.e2e
 
 KEY = "sk-e2e-hardening"
+PROBE_PORT = free_port()
 ADMIN = "sk-e2e-admin"
 TEAM_A, TEAM_B = "sk-e2e-team-a", "sk-e2e-team-b"
 
@@ -125,6 +126,7 @@ def guarded(artifacts, keys_file):
             ),
             "GATEWAY_DRAIN_TIMEOUT_SECONDS": "120",
             "GATEWAY_LOG_FORMAT": "json",  # one JSON object per line, vLLM's lines included
+            "GATEWAY_PROBE_PORT": str(PROBE_PORT),
         },
         wait=False,
     )
@@ -321,6 +323,7 @@ def test_overload_gives_only_200_and_429(guarded):
 
 
 def test_sigterm_lets_eight_streams_complete(guarded):
+    """(The guarded gateway serves its probes on a port of their own, answered by a thread.)"""
     headers = {"X-API-Key": KEY}
     results: list[str] = []
 
@@ -341,10 +344,16 @@ def test_sigterm_lets_eight_streams_complete(guarded):
     while engine_requests(guarded.url, headers=headers) < 8:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    # the probe thread's port answers as the API port does
+    probe = f"http://127.0.0.1:{PROBE_PORT}"
+    r = httpx.get(probe + "/readyz")
+    assert r.status_code == 200 and r.json()["readers"]["primary-0"] == "ready"
+    assert httpx.get(probe + "/healthz").json() == {"status": "ok"}
     guarded.proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     # draining: not ready, no new work, but the eight go on
     assert httpx.get(guarded.url + "/readyz").status_code == 503
+    assert httpx.get(probe + "/readyz").json()["status"] == "draining"
     r = httpx.post(guarded.url + "/generate", json={"text": "late"}, headers=headers)
     assert r.status_code == 503 and "shutting down" in r.json()["detail"]
     for t in threads:

@@ -203,7 +203,10 @@ def test_probes_ports_drain_security_and_gpus():
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert c[probe]["timeoutSeconds"] >= 5, probe
     assert c["readinessProbe"]["failureThreshold"] >= 3
-    assert [p["containerPort"] for p in c["ports"]] == [3000, 3001, 3003]
+    assert [p["containerPort"] for p in c["ports"]] == [3000, 3001, 3003, 3002]
+    # probes go to the thread-served probe port: a busy event loop does not fail them
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["port"] == "probes", probe
     drain = int(next(e["value"] for e in c["env"] if e["name"] == "GATEWAY_DRAIN_TIMEOUT_SECONDS"))
     assert pod["terminationGracePeriodSeconds"] > drain + c["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 4
@@ -248,11 +251,15 @@ def test_every_preset_sets_memory_requests_and_limits(files):
 def test_ports_come_from_the_config():
     docs = render({"config": {"port": 8080, "management_port": 8081, "openai_port": 8083}})
     (c,) = docs["deployment.yaml"][0]["spec"]["template"]["spec"]["containers"]
-    assert [p["containerPort"] for p in c["ports"]] == [8080, 8081, 8083]
+    assert [p["containerPort"] for p in c["ports"]] == [8080, 8081, 8083, 3002]
     (svc,) = docs["service.yaml"]
     assert [p["port"] for p in svc["spec"]["ports"]] == [8080, 8081, 8083]
     (cm,) = docs["configmap.yaml"]
     assert yaml.safe_load(cm["data"]["config.yaml"])["port"] == 8080
+    # without a probe port, the probes use the http port
+    (deploy,) = render({"config": {"probe_port": None}})["deployment.yaml"]
+    (c,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert c["readinessProbe"]["httpGet"]["port"] == "http" and len(c["ports"]) == 3
 
 
 def test_network_policy_keeps_the_management_port_to_the_named_peers():

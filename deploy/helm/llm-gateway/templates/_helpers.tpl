@@ -22,6 +22,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "llm-gateway.port" -}}{{ .Values.config.port | default 3000 }}{{- end -}}
 {{- define "llm-gateway.managementPort" -}}{{ .Values.config.management_port | default 3001 }}{{- end -}}
 {{- define "llm-gateway.openaiPort" -}}{{ .Values.config.openai_port | default 3003 }}{{- end -}}
+{{/* The probes' port name: the thread-served probe port when configured, else the http port. */}}
+{{- define "llm-gateway.probePortName" -}}{{ if .Values.config.probe_port }}probes{{ else }}http{{ end }}{{- end -}}
 
 {{/* The image, which must be set: nothing is published under a default name. */}}
 {{- define "llm-gateway.image" -}}

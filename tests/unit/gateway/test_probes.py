@@ -1,0 +1,80 @@
+"""The probe listener: its own port, answered by a thread, so a busy event loop does not
+delay probes; liveness fails only when the loop stops turning."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+
+from gateway.observability.probes import ProbeServer
+from gateway.server import watch_loop_lag
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.readers = {"primary-0": SimpleNamespace(id="primary-0", state="ready")}
+        self.is_ready = True
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+
+def test_probes_answer_while_the_event_loop_is_blocked():
+    runtime = SimpleNamespace(registry=Registry(), draining=False)
+    probes = ProbeServer(runtime, "127.0.0.1", 0, stall_seconds=1.0)  # type: ignore[arg-type]
+    probes.start()
+    url = f"http://127.0.0.1:{probes.port}"
+    try:
+        loop = asyncio.new_event_loop()
+        beating = loop.create_task(watch_loop_lag(probes))
+        loop.run_until_complete(asyncio.sleep(0.3))  # the loop turns: heartbeats
+        assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+        # the event loop is busy with Python work for 3 s (the thread alone answers meanwhile)
+        latencies = []
+        liveness = []
+        done = threading.Event()
+
+        def probe() -> None:
+            while not done.is_set():
+                t0 = time.perf_counter()
+                r = httpx.get(url + "/readyz", timeout=5)
+                latencies.append((time.perf_counter() - t0, r.status_code))
+                liveness.append(httpx.get(url + "/healthz", timeout=5).status_code)
+                time.sleep(0.05)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+
+        def busy() -> None:
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end:
+                sum(range(1000))
+
+        loop.call_soon(busy)
+        loop.run_until_complete(asyncio.sleep(0))
+        done.set()
+        prober.join()
+        assert len(latencies) >= 10 and all(code == 200 for _, code in latencies)
+        assert max(t for t, _ in latencies) < 0.5, max(t for t, _ in latencies)
+        # a loop that stopped turning for longer than stall_seconds fails liveness (the
+        # first second passes: busy is not stuck)...
+        assert liveness[0] == 200 and 503 in liveness, liveness
+        # ...and passes again once it turns
+        loop.run_until_complete(asyncio.sleep(0.3))
+        assert httpx.get(url + "/healthz").status_code == 200
+        beating.cancel()
+        loop.run_until_complete(asyncio.gather(beating, return_exceptions=True))
+        loop.close()
+        # readiness follows the registry and draining; other paths are not served here
+        runtime.registry.is_ready = False
+        assert httpx.get(url + "/readyz").json()["status"] == "not ready"
+        runtime.registry.is_ready, runtime.draining = True, True
+        r = httpx.get(url + "/readyz")
+        assert r.status_code == 503 and r.json() == {"status": "draining", "readers": {"primary-0": "ready"}}
+        assert httpx.get(url + "/generate").status_code == 404
+    finally:
+        probes.stop()

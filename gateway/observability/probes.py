@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import TYPE_CHECKING, Any
 
 from gateway.serving.status import readiness_payload
@@ -38,6 +38,8 @@ class ProbeServer:
         probe = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 2  # one connection at a time: a client that stalls is dropped quickly
+
             def do_GET(self) -> None:  # the standard library names it
                 code, body = probe.answer(self.path.split("?", 1)[0])
                 data = json.dumps(body).encode()
@@ -50,8 +52,9 @@ class ProbeServer:
             def log_message(self, format: str, *args: Any) -> None:  # quiet: probes are not requests
                 pass
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        # one thread serves every probe in turn: no thread to start per probe, which under a
+        # busy event loop would cost one more wait for the interpreter lock
+        self.httpd = HTTPServer((host, port), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="probes", daemon=True)
 
     @property

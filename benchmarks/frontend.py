@@ -296,7 +296,7 @@ def report(result: dict) -> str:
         f"## Burst: {burst['streams']} concurrent streams x {burst['rate_per_stream']:.0f} tokens/s, "
         f"{burst['tokens_per_stream']} tokens each, /readyz every 50 ms",
         "",
-        "Probes on the probe port (`probe_port`, answered by a thread; the Helm chart's probes use it) and, for "
+        "Probes on the probe port (`probe_port`, answered by a child process; the Helm chart's probes use it) and, for "
         "comparison, `/readyz` on the API port, which waits behind the event loop.",
         "",
         "| surface | probe port /readyz p50 ms | p99 ms (target < 100) | max ms | API port /readyz p99 ms "
@@ -320,9 +320,21 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="tokens/s per stream in the gpu scenario")
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--surfaces", nargs="+", default=list(SURFACES))
+    parser.add_argument(
+        "--only-burst", action="store_true", help="re-measure the burst into the existing results (frontend.json)"
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     surfaces = tuple(args.surfaces)
+    if args.only_burst:
+        result = json.loads((RESULTS / "frontend.json").read_text())
+        result["scenarios"]["burst"] = scenario("burst", 20.0, 1024, 60, ("openai-chat", "takeoff"), args.rounds)
+        result["burst_date"] = str(date.today())
+        (RESULTS / "frontend.json").write_text(json.dumps(result, indent=2))
+        md = report(result)
+        (RESULTS / "frontend.md").write_text(md)
+        print(md)
+        return
     result = {
         "date": str(date.today()),
         "rounds": args.rounds,

@@ -268,8 +268,8 @@ class Settings(BaseSettings):
     # without keys, Host names besides the loopback ones that may reach the server
     trusted_hosts: list[str] = Field(default_factory=list)
     management_host: str = "127.0.0.1"
-    # /healthz and /readyz on a port of their own, answered by a thread so probes stay fast
-    # while a burst keeps the event loop busy (the Helm chart points its probes here)
+    # /healthz and /readyz on a port of their own, answered by a child process so probes
+    # stay fast while a burst keeps the event loop busy (the Helm chart points its probes here)
     probe_port: int | None = Field(None, ge=1, le=65535)
 
     # the management API: what POST /reader may create

@@ -323,7 +323,7 @@ def test_overload_gives_only_200_and_429(guarded):
 
 
 def test_sigterm_lets_eight_streams_complete(guarded):
-    """(The guarded gateway serves its probes on a port of their own, answered by a thread.)"""
+    """(The guarded gateway serves its probes on a port of their own, answered by a child process.)"""
     headers = {"X-API-Key": KEY}
     results: list[str] = []
 
@@ -344,7 +344,7 @@ def test_sigterm_lets_eight_streams_complete(guarded):
     while engine_requests(guarded.url, headers=headers) < 8:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    # the probe thread's port answers as the API port does
+    # the probe process's port answers as the API port does
     probe = f"http://127.0.0.1:{PROBE_PORT}"
     r = httpx.get(probe + "/readyz")
     assert r.status_code == 200 and r.json()["readers"]["primary-0"] == "ready"

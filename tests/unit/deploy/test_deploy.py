@@ -265,7 +265,7 @@ def test_ports_come_from_the_config():
 def test_network_policy_keeps_the_management_port_to_the_named_peers():
     (policy,) = render()["networkpolicy.yaml"]
     rules = policy["spec"]["ingress"]
-    inference = next(r for r in rules if {p["port"] for p in r["ports"]} == {"http", "openai"})
+    inference = next(r for r in rules if {p["port"] for p in r["ports"]} == {"http", "openai", "probes"})
     management = next(r for r in rules if [p["port"] for p in r["ports"]] == ["management"])
     assert "from" not in inference  # the ingress controller, wherever it runs
     assert management["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]

@@ -104,7 +104,7 @@ LOOP_LAG_PERIOD = 0.1
 async def watch_loop_lag(probes: ProbeServer | None = None) -> None:
     """Record how late a 100 ms timer fires: the event loop's lag, which every request and
     probe waits behind (the metric gateway_event_loop_lag_seconds); each turn is also the
-    heartbeat the probe thread's liveness reads."""
+    heartbeat (and readiness snapshot) the probe process answers from."""
     loop = asyncio.get_running_loop()
     while True:
         due = loop.time() + LOOP_LAG_PERIOD
@@ -208,8 +208,9 @@ async def serve(settings: Settings) -> int:
     lag_watch = asyncio.create_task(watch_loop_lag(probes))
     await stop.wait()
     announcer.cancel()
-    lag_watch.cancel()
     runtime.draining = True
+    if probes is not None:
+        probes.beat()  # the probe port says "draining" now, not at the next beat
     if exit_code == 0:
         await _drain(runtime)
     else:
@@ -219,6 +220,7 @@ async def serve(settings: Settings) -> int:
     for _, srv in servers:
         srv.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+    lag_watch.cancel()  # it kept beating through the drain: liveness holds while draining
     if probes is not None:
         probes.stop()
     await runtime.close()

@@ -185,8 +185,11 @@ def test_sixteen_concurrent_requests_are_batched(gateway):
                 seen_in_flight.append(reader["engine_requests"])
                 time.sleep(0.05)
 
+    together = threading.Barrier(16)
+
     def one(i):
         with gateway.client() as c:
+            together.wait(30)  # all sixteen leave at once (making clients takes time under load)
             r = c.post(
                 "/generate",
                 json={

@@ -56,8 +56,8 @@ def describe(reader: Reader) -> dict[str, Any]:
 
 def readiness_payload(registry: Registry, draining: bool) -> tuple[int, dict[str, Any]]:
     """(status code, body) of readiness: 200 when every configured consumer group has a
-    ready reader and we are not draining. Reads plain attributes only, so the probe thread
-    may call it too."""
+    ready reader and we are not draining. It is also the snapshot the probe process answers
+    from (written every 100 ms by the event loop)."""
     readers = {r.id: r.state for r in list(registry.readers.values())}
     if draining:
         return 503, {"status": "draining", "readers": readers}

@@ -2,15 +2,20 @@
 
 Every request gets a `Budget`: its deadline (from `X-Request-Timeout` or a body field
 `timeout`, else the server default) and a way to be cut short. Each wait for the engine
-runs under `asyncio.timeout_at`; when the deadline passes, or a draining server cuts the
-budget, the wait is cancelled (which aborts the engine request) and the request fails
-with a clear error: 504 (or an error event) for a deadline, 503 for a shutdown.
+runs under it; when the deadline passes, or a draining server cuts the budget, the wait is
+cancelled (which aborts the engine request) and the request fails with a clear error: 504
+(or an error event) for a deadline, 503 for a shutdown.
+
+A whole answer waits once, under `asyncio.timeout_at` (`bound`). A stream waits once per
+token (`next_of`): there one timer per request watches the streams' waits, rather than a
+timer made and cancelled per token, which cost a tenth of the front end's CPU at GPU
+token rates.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
 from typing import TypeVar
 
@@ -34,6 +39,12 @@ class Budget:
         self.seconds = seconds
         self._error: GatewayError | None = None
         self._timeouts: set[asyncio.Timeout] = set()
+        # the streams' waits (`next_of`): the tasks waiting now, those the budget cancelled,
+        # and the one timer that fires at the deadline
+        self._waiting: set[asyncio.Task[object]] = set()
+        self._cancelled: set[asyncio.Task[object]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
 
     def error(self) -> GatewayError:
         """Why the request was stopped."""
@@ -52,6 +63,56 @@ class Budget:
         async with self.guard():
             return await awaitable
 
+    async def next_of(self, stream: AsyncIterator[T]) -> T:
+        """The next item of `stream`, under the deadline (the same as
+        `bound(stream.__anext__())`, without a timer per item)."""
+        task = self.enter()
+        try:
+            return await stream.__anext__()
+        except asyncio.CancelledError:
+            self.check_cancelled(task)
+            raise
+        finally:
+            self.leave(task)
+
+    def enter(self) -> asyncio.Task[object]:
+        """A stream's wait begins (see `next_of`, which the streams inline): fail at once
+        past the deadline, else watch the waiting task."""
+        if self._expired:
+            raise self.error()
+        if self._timer is None and self.at is not None:
+            self._timer = asyncio.get_running_loop().call_at(self.at, self._expire)
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        return task
+
+    def check_cancelled(self, task: asyncio.Task[object]) -> None:
+        """The wait was cancelled: raise the budget's error if the budget did it (and
+        nobody else also cancelled the task); return to let the cancellation go on."""
+        if task in self._cancelled:
+            self._cancelled.discard(task)
+            if task.uncancel() == 0:
+                raise self.error() from None
+
+    def leave(self, task: asyncio.Task[object]) -> None:
+        """The wait is over."""
+        self._waiting.discard(task)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._timer = None
+        for task in self._waiting:
+            if task not in self._cancelled:
+                self._cancelled.add(task)
+                task.cancel()
+
+    def close(self) -> None:
+        """The request is over: drop its timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def cut(self, error: GatewayError) -> None:
         """Stop the request now, with `error`."""
         self._error = error
@@ -59,6 +120,8 @@ class Budget:
         self.at = now
         for t in list(self._timeouts):
             t.reschedule(now)
+        self.close()
+        self._expire()
 
 
 class _Guard:

@@ -70,3 +70,94 @@ def test_priority_from_body_or_header():
     with pytest.raises(BadRequest) as exc:
         priority_of(request({"X-Priority": "high"}), None)
     assert exc.value.param == "x-priority"
+
+
+async def _ticks(delay: float, n: int = 1000):
+    for i in range(n):
+        await asyncio.sleep(delay)
+        yield i
+
+
+def test_a_stream_waits_under_one_timer_until_the_deadline():
+    async def go() -> None:
+        budget = make_budget(request(), Settings(), 0.2)
+        stream = _ticks(0.01)
+        assert await budget.next_of(stream) == 0
+        timer = budget._timer
+        assert timer is not None
+        got = [await budget.next_of(stream) for _ in range(5)]
+        assert got == [1, 2, 3, 4, 5]
+        assert budget._timer is timer  # one timer for the request, not one per item
+        with pytest.raises(DeadlineExceeded):
+            while True:
+                await budget.next_of(stream)
+        # a later wait fails at once, without waiting for an item
+        with pytest.raises(DeadlineExceeded):
+            await budget.next_of(_ticks(5))
+
+    asyncio.run(go())
+
+
+def test_the_deadline_fails_a_stream_that_was_not_waiting_at_its_next_wait():
+    async def go() -> None:
+        budget = make_budget(request(), Settings(), 0.05)
+        stream = _ticks(0)
+        assert await budget.next_of(stream) == 0
+        await asyncio.sleep(0.1)  # the deadline passes while the stream is elsewhere (a slow client)
+        with pytest.raises(DeadlineExceeded):
+            await budget.next_of(stream)
+
+    asyncio.run(go())
+
+
+def test_a_cut_stops_every_stream_wait_with_its_error():
+    async def go() -> None:
+        budget = Budget(None, None)
+
+        async def drain() -> None:
+            stream = _ticks(5)
+            while True:
+                await budget.next_of(stream)
+
+        waits = [asyncio.ensure_future(drain()) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        budget.cut(NotReady("shutting down"))
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        assert all(isinstance(r, NotReady) for r in results), results
+
+    asyncio.run(go())
+
+
+def test_a_stream_wait_cancelled_from_outside_stays_cancelled():
+    async def go() -> None:
+        budget = make_budget(request(), Settings(), 0.05)
+
+        async def wait() -> int:
+            return await budget.next_of(_ticks(5))
+
+        task = asyncio.ensure_future(wait())
+        await asyncio.sleep(0.01)
+        task.cancel()  # the client left before the deadline
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # cancelled from outside and by the deadline at once: the outside's cancel wins
+        task = asyncio.ensure_future(wait())
+        await asyncio.sleep(0.01)
+        budget.cut(NotReady("shutting down"))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+
+
+def test_closing_the_budget_drops_its_timer():
+    async def go() -> None:
+        budget = make_budget(request(), Settings(), 60)
+        assert await budget.next_of(_ticks(0)) == 0
+        timer = budget._timer
+        assert timer is not None and not timer.cancelled()
+        budget.close()
+        assert timer.cancelled() and budget._timer is None
+
+    asyncio.run(go())

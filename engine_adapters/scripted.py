@@ -34,6 +34,8 @@ from engine_adapters.base import (
 )
 
 EOS = 256
+# the text of each byte token
+_BYTE_TEXT = tuple(bytes([b]).decode(errors="replace") for b in range(256))
 _WORDS = "the quick brown fox jumps over the lazy dog while a calm river runs past old stone walls".split()
 
 
@@ -221,7 +223,7 @@ class ScriptedEngine:
         else:
             rng = random.Random(s.seed) if s.seed is not None else random.Random()
             rng.seed(rng.random() + index)
-            words = [rng.choice(_WORDS) for _ in range(64)]
+            words = rng.choices(_WORDS, k=64)
         return " " + " ".join(words)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
@@ -253,6 +255,8 @@ class ScriptedEngine:
         self.running.add(rid)
         produced = [0] * s.n
         done = [False] * s.n
+        remaining = s.n
+        delay, fail_after = self.config.token_delay, self.config.fail_after_tokens
         try:
             prompt_lps: list[TokenLogprob | None] | None = None
             if s.prompt_logprobs is not None:
@@ -261,11 +265,11 @@ class ScriptedEngine:
                 ]
             yield GenerationOutput(prompt_token_ids=ids, deltas=[], finished=False, prompt_logprobs=prompt_lps)
             step = 0
-            while not all(done):
-                await asyncio.sleep(self.config.token_delay)
+            while remaining:
+                await asyncio.sleep(delay)
                 if self._dead:
                     raise EngineDeadError("the scripted engine was killed")
-                if self.config.fail_after_tokens is not None and step >= self.config.fail_after_tokens:
+                if fail_after is not None and step >= fail_after:
                     raise EngineError("injected engine failure")
                 deltas = []
                 for i in range(s.n):
@@ -273,11 +277,13 @@ class ScriptedEngine:
                         continue
                     delta = self._step(replies[i], produced[i], max_tokens, s, length)
                     produced[i] += 1
-                    done[i] = delta.finish_reason is not None
+                    if delta.finish_reason is not None:
+                        done[i] = True
+                        remaining -= 1
                     delta.index = i
                     deltas.append(delta)
                 step += 1
-                yield GenerationOutput(prompt_token_ids=ids, deltas=deltas, finished=all(done))
+                yield GenerationOutput(ids, deltas, remaining == 0)
             self.finished.append(rid)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(rid)
@@ -288,7 +294,8 @@ class ScriptedEngine:
     def _pieces(self, text: str) -> list[tuple[str, int]]:
         """The reply as (text, token id) steps: bytes, or the markup tokenizer's tokens."""
         if self._tokenizer is None:
-            return [(bytes([b]).decode(errors="replace"), b) for b in text.encode()]
+            data = text.encode()
+            return list(zip(map(_BYTE_TEXT.__getitem__, data), data, strict=True))
         ids = self._tokenizer.encode(text, add_special_tokens=False)
         return [(self._tokenizer.decode([t]), t) for t in ids]
 

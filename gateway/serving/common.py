@@ -121,25 +121,30 @@ async def collect_many(engine: GenerativeEngine, requests: Sequence[GenerationRe
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# One prompt's engine stream as `open_streams` hands it out: (prompt index, engine step).
+Tagged = AsyncIterator[tuple[int, GenerationOutput]]
+
+
 async def open_streams(
     engine: GenerativeEngine, requests: list[GenerationRequest], budget: Budget | None = None
-) -> list[AsyncIterator[GenerationOutput]]:
+) -> list[Tagged]:
     """Start every prompt's generation and wait until the engine has accepted each.
 
     Bad input therefore fails here, before the 200 and the first event are sent. The
     accepted step is handed on as the first item of each returned stream (it may carry
-    the prompt's logprobs).
+    the prompt's logprobs). Each stream yields (its prompt's index, step), which is what
+    `merge` interleaves.
     """
-    streams: list[AsyncIterator[GenerationOutput]] = []
+    streams: list[Tagged] = []
     try:
-        for r in requests:
+        for i, r in enumerate(requests):
             stream = engine.generate(r)
             try:
                 accepted = await (budget.bound(stream.__anext__()) if budget else stream.__anext__())
             except BaseException:
                 await stream.aclose()  # type: ignore[attr-defined]
                 raise
-            streams.append(_Primed(accepted, stream, budget))
+            streams.append(_Primed(i, accepted, stream, budget))
     except BaseException:
         for s in streams:
             await s.aclose()  # type: ignore[attr-defined]
@@ -148,15 +153,21 @@ async def open_streams(
 
 
 class _Primed:
-    """An engine stream whose first (already received) item is handed out again.
+    """An engine stream whose first (already received) item is handed out again, each
+    item tagged with the stream's prompt index, each wait under the request's budget.
 
     A class rather than an async generator: `aclose()` of a generator that never started
     runs none of its code, and the engine stream inside must be closed (aborted) anyway.
+    It is the only layer between a surface and the engine, entered once per token: the
+    budget's wait is done inline here rather than in a coroutine of its own.
     """
 
+    __slots__ = ("_budget", "_first", "_index", "_obs", "_rest")
+
     def __init__(
-        self, first: GenerationOutput, rest: AsyncIterator[GenerationOutput], budget: Budget | None = None
+        self, index: int, first: GenerationOutput, rest: AsyncIterator[GenerationOutput], budget: Budget | None = None
     ) -> None:
+        self._index = index
         self._first: GenerationOutput | None = first
         self._rest = rest
         self._budget = budget
@@ -167,17 +178,24 @@ class _Primed:
     def __aiter__(self) -> _Primed:
         return self
 
-    async def __anext__(self) -> GenerationOutput:
+    async def __anext__(self) -> tuple[int, GenerationOutput]:
         if self._first is not None:
             first, self._first = self._first, None
-            return first
+            return self._index, first
+        budget = self._budget
         try:
-            if self._budget is None:
+            if budget is None:
                 out = await self._rest.__anext__()
             else:
                 # the deadline (or a shutdown) cancels the wait, which aborts the engine request
-                async with self._budget.guard():
+                task = budget.enter()
+                try:
                     out = await self._rest.__anext__()
+                except asyncio.CancelledError:
+                    budget.check_cancelled(task)
+                    raise
+                finally:
+                    budget.leave(task)
         except StopAsyncIteration:
             raise
         except Exception as exc:
@@ -186,7 +204,7 @@ class _Primed:
             raise
         if self._obs is not None:
             note_output(self._obs, out, False)
-        return out
+        return self._index, out
 
     async def aclose(self) -> None:
         """Close the engine stream (aborting its request if it is still running)."""
@@ -194,39 +212,42 @@ class _Primed:
         await self._rest.aclose()  # type: ignore[attr-defined]
 
 
-async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
-    """Interleave several async iterators as items arrive, tagging each with its index.
+def merge(streams: Sequence[AsyncIterator[tuple[int, T]]]) -> AsyncIterator[tuple[int, T]]:
+    """Interleave tagged streams (`open_streams`) as items arrive.
 
-    The first error ends the merge; leaving the merge early cancels every stream,
-    which aborts their engine requests.
+    One stream is returned as it is (no layer per token); the first error of several
+    ends the merge, and leaving it early cancels every stream, which aborts their engine
+    requests.
     """
     if len(streams) == 1:
-        async for item in streams[0]:
-            yield 0, item
-        return
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        return streams[0]
+    return _interleave(streams)
+
+
+async def _interleave(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
+    queue: asyncio.Queue[Any] = asyncio.Queue()
     done = object()
 
-    async def pump(i: int, it: AsyncIterator[T]) -> None:
+    async def pump(it: AsyncIterator[T]) -> None:
         try:
             async for item in it:
-                queue.put_nowait((i, item))
+                queue.put_nowait(item)
         except Exception as exc:  # handed to the consumer, which re-raises it
-            queue.put_nowait((i, exc))
+            queue.put_nowait(exc)
         finally:
-            queue.put_nowait((i, done))
+            queue.put_nowait(done)
 
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    tasks = [asyncio.ensure_future(pump(s)) for s in streams]
     try:
         remaining = len(tasks)
         while remaining:
-            i, item = await queue.get()
+            item = await queue.get()
             if item is done:
                 remaining -= 1
             elif isinstance(item, Exception):
                 raise item
             else:
-                yield i, item
+                yield item
     finally:
         for t in tasks:
             t.cancel()

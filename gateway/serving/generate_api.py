@@ -19,13 +19,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from engine_adapters.base import Constraint, GenerationOutput, GenerationRequest, GenerativeEngine, SamplingOptions
+from engine_adapters.base import Constraint, GenerationRequest, GenerativeEngine, SamplingOptions
 from gateway.continuation import ContinuationStore, scoped_key
 from gateway.errors import BadRequest
 from gateway.middleware.guards import principal_of
 from gateway.observability.metrics import STORE_WRITE_ERRORS
 from gateway.protocols.generate_api import GenerateBatchRequest, GenerateOneRequest, GenerationConfig
-from gateway.serving.common import Completion, FastJSONResponse, backend_name, new_request_id
+from gateway.serving.common import Completion, FastJSONResponse, Tagged, backend_name, new_request_id
 from gateway.serving.limits import Fields, check_count
 from gateway.serving.pipeline import Generation, pipeline_of
 from gateway.settings import Settings
@@ -229,7 +229,7 @@ async def stream_text(
     engine: GenerativeEngine,
     store: ContinuationStore,
     job: Job,
-    stream: AsyncIterator[GenerationOutput],
+    stream: Tagged,
     only_new_tokens: bool,
 ) -> AsyncIterator[bytes]:
     """Plain-text pieces of one generation; stores the sequence when it ends.
@@ -240,7 +240,7 @@ async def stream_text(
     """
     c = Completion()
     first = True
-    async for out in stream:
+    async for _, out in stream:
         c.add(out)
         if first and not only_new_tokens:
             first = False

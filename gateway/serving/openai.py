@@ -13,12 +13,12 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from engine_adapters.base import (
     Constraint,
-    GenerationOutput,
     GenerationRequest,
     GenerativeEngine,
     SamplingOptions,
@@ -35,7 +35,7 @@ from gateway.protocols.openai import (
     _SamplingFields,
 )
 from gateway.registry import Registry
-from gateway.serving.common import Completion, FastJSONResponse, backend_name, merge, new_request_id
+from gateway.serving.common import Completion, FastJSONResponse, Tagged, backend_name, merge, new_request_id
 from gateway.serving.limits import Fields
 from gateway.serving.pipeline import Generation, pipeline_of
 from gateway.serving.routing import Target
@@ -291,6 +291,11 @@ async def _echo_text(engine: GenerativeEngine, request: GenerationRequest, promp
 # --------------------------------------------------------------------------- streaming
 
 
+def json_str(text: str) -> str:
+    """A JSON string literal (orjson: a token's text is encoded once per token)."""
+    return orjson.dumps(text).decode()
+
+
 def sse(payload: str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
@@ -306,7 +311,7 @@ async def completion_stream(
     engine: GenerativeEngine,
     req: CompletionRequest,
     requests: list[GenerationRequest],
-    streams: list[AsyncIterator[GenerationOutput]],
+    streams: list[Tagged],
 ) -> AsyncIterator[bytes]:
     """`text_completion` chunks for every prompt, then usage (if asked for) and `[DONE]`."""
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -353,7 +358,7 @@ async def completion_stream(
                     offsets[index] = start + len(d.text)
                 fin = json.dumps(d.finish_reason) if d.finish_reason is not None else "null"
                 yield sse(
-                    f'{head},"choices":[{{"index":{index},"text":{json.dumps(d.text)},"logprobs":{lp},"finish_reason":{fin}}}]{usage_tail}}}'
+                    f'{head},"choices":[{{"index":{index},"text":{json_str(d.text)},"logprobs":{lp},"finish_reason":{fin}}}]{usage_tail}}}'
                 )
         if include_usage:
             total_prompt = sum(prompt_tokens)

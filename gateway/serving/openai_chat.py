@@ -25,7 +25,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine_adapters.base import (
-    GenerationOutput,
     GenerationRequest,
     GenerativeEngine,
     OutputParser,
@@ -44,13 +43,14 @@ from gateway.protocols.openai import (
     ToolMessage,
 )
 from gateway.serving import tools as tooling
-from gateway.serving.common import Completion, FastJSONResponse, merge, new_request_id
+from gateway.serving.common import Completion, FastJSONResponse, Tagged, merge, new_request_id
 from gateway.serving.openai import (
     DONE,
     chat_logprobs,
     constraint_of,
     error_event,
     fields_of,
+    json_str,
     refuse_unsupported,
     sampling_of,
     sse,
@@ -92,7 +92,7 @@ async def chat(
         parsers = output_parsers(engine, chat_plan_, c.prompt_token_ids, len(c.texts))
         return FastJSONResponse(chat_response(body, chat_plan_, c, parsers))
 
-    def events(engine: GenerativeEngine, streams: list[AsyncIterator[GenerationOutput]]) -> AsyncIterator[bytes]:
+    def events(engine: GenerativeEngine, streams: list[Tagged]) -> AsyncIterator[bytes]:
         return chat_stream(body, chat_plan_, streams, engine)
 
     generation = Generation(
@@ -325,7 +325,7 @@ def _delta_json(pd: ParsedDelta, plan: ChatPlan) -> str | None:
 async def chat_stream(
     req: ChatCompletionRequest,
     plan: ChatPlan,
-    streams: list[AsyncIterator[GenerationOutput]],
+    streams: list[Tagged],
     engine: GenerativeEngine,
 ) -> AsyncIterator[bytes]:
     """`chat.completion.chunk` events, then usage (if asked for) and `[DONE]`."""
@@ -362,7 +362,7 @@ async def chat_stream(
                 if parsers is None:
                     if not d.text and d.finish_reason is None:
                         continue
-                    delta = f'{{"content":{json.dumps(d.text)}}}' if d.text else "{}"
+                    delta = f'{{"content":{json_str(d.text)}}}' if d.text else "{}"
                 else:
                     pd = parsers[d.index].parse_delta(d.text, d.token_ids, d.finish_reason is not None)
                     rendered = _delta_json(pd, plan) if pd is not None else None

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine
+from engine_adapters.base import GenerationRequest, GenerativeEngine
 from gateway.auth import Principal
 from gateway.continuation import ContinuationStore
 from gateway.errors import GatewayError
@@ -32,14 +32,15 @@ from gateway.observability.metrics import Observation
 from gateway.observability.metrics import current as observation
 from gateway.registry import Reader, Registry
 from gateway.serving.budget import Budget, make_budget, priority_of
-from gateway.serving.common import Completion, cancel_on_disconnect, collect_many, open_streams
+from gateway.serving.common import Completion, Tagged, cancel_on_disconnect, collect_many, open_streams
 from gateway.serving.limits import Fields, check_count, check_generation
 from gateway.serving.routing import Target, resolve
 from gateway.serving.streaming import ManagedEventSource, ManagedStreamingResponse
 from gateway.settings import Settings
 
 T = TypeVar("T")
-Streams = list[AsyncIterator[GenerationOutput]]
+# each prompt's engine stream, its steps tagged with the prompt's index (`open_streams`)
+Streams = list[Tagged]
 # the whole answer, from the engine (for detokenizing) and every prompt's completion
 Answer = Callable[[GenerativeEngine, list[Completion]], Awaitable[Response]]
 # the stream's events (dicts or pre-framed bytes for SSE; bytes for plain text)
@@ -141,6 +142,7 @@ class Pipeline:
             release()
             caller.release(_tokens(obs))
             self.budgets.discard(budget)
+            budget.close()
             for s in streams:
                 await s.aclose()  # type: ignore[attr-defined]
 

@@ -36,7 +36,6 @@ from starlette.responses import Response
 
 from engine_adapters.base import (
     Constraint,
-    GenerationOutput,
     GenerationRequest,
     GenerativeEngine,
     OutputParser,
@@ -62,7 +61,7 @@ from gateway.protocols.responses import (
     TextFormatJSONSchema,
 )
 from gateway.serving import tools as tooling
-from gateway.serving.common import Completion, FastJSONResponse, merge, new_request_id
+from gateway.serving.common import Completion, FastJSONResponse, Tagged, merge, new_request_id
 from gateway.serving.limits import Fields
 from gateway.serving.openai import UNLIMITED
 from gateway.serving.openai_chat import ChatPlan, _arguments, output_parsers
@@ -643,7 +642,7 @@ async def response_stream(
     store: ContinuationStore,
     engine: GenerativeEngine,
     turn: Turn,
-    streams: list[AsyncIterator[GenerationOutput]],
+    streams: list[Tagged],
 ) -> AsyncIterator[bytes]:
     """The Responses event stream of one generation; the response is stored before
     `response.completed` goes out, so a client may read it back at once."""

@@ -20,10 +20,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine_adapters.base import Constraint, GenerationOutput, GenerationRequest, GenerativeEngine, SamplingOptions
+from engine_adapters.base import Constraint, GenerationRequest, GenerativeEngine, SamplingOptions
 from gateway.errors import BadRequest, classify, takeoff_body
 from gateway.protocols.takeoff import GenerateRequest, GenerationMetadata
-from gateway.serving.common import Completion, FastJSONResponse, backend_name, merge, new_request_id
+from gateway.serving.common import Completion, FastJSONResponse, Tagged, backend_name, merge, new_request_id
 from gateway.serving.limits import Fields
 from gateway.serving.pipeline import Generation, pipeline_of
 from gateway.serving.routing import Target
@@ -139,9 +139,18 @@ def response_of(
     return out
 
 
+def data_event(text: str, event: str | None) -> bytes | dict[str, str]:
+    """One piece of text as an SSE event: framed here (once per token) unless it spans
+    lines, which `ServerSentEvent` splits into several `data:` lines."""
+    if "\n" in text or "\r" in text:
+        return {"data": text} if event is None else {"data": text, "event": event}
+    head = b"data: " if event is None else b"event: " + event.encode() + b"\ndata: "
+    return head + text.encode() + b"\n\n"
+
+
 async def stream_events(
-    body: GenerateRequest, requests: list[GenerationRequest], streams: list[AsyncIterator[GenerationOutput]]
-) -> AsyncIterator[dict[str, Any]]:
+    body: GenerateRequest, requests: list[GenerationRequest], streams: list[Tagged]
+) -> AsyncIterator[bytes | dict[str, Any]]:
     """SSE events for the accepted streams, in the framing of the module docstring."""
     single = isinstance(body.text, str)
     completions = [Completion() for _ in streams] if body.return_metadata else None
@@ -154,7 +163,7 @@ async def stream_events(
                     completions[i].add(out)
                 for d in out.deltas:
                     if d.text:
-                        yield {"data": d.text} if single else {"data": d.text, "event": str(i)}
+                        yield data_event(d.text, None if single else str(i))
         if completions is not None:
             metas = [metadata_of(r, c).model_dump() for r, c in zip(requests, completions, strict=True)]
             yield {"event": "metadata", "data": json.dumps(metas[0] if single else metas)}

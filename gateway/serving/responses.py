@@ -554,7 +554,7 @@ class _Events:
         self.seq += 1
         return (
             'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":'
-            f'{seq},"item_id":"{item_id}","output_index":{index},"content_index":0,"delta":{json.dumps(text)},'
+            f'{seq},"item_id":"{item_id}","output_index":{index},"content_index":0,"delta":{orjson.dumps(text).decode()},'
             '"logprobs":[]}\n\n'
         ).encode()
 

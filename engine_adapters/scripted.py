@@ -46,7 +46,8 @@ class ScriptedConfig:
     name: str = "scripted"
     max_model_len: int = 2048
     token_delay: float = 0.0
-    # per stream, as a GPU decodes (for example 100 tokens/s); sets token_delay
+    # per stream, as a GPU decodes (for example 100 tokens/s), on the engine's clock: a
+    # consumer that falls behind gets the steps due since in one output (as vLLM does)
     tokens_per_second: float | None = None
     eos_after: int = 48
     start_delay: float = 0.0
@@ -248,6 +249,8 @@ class ScriptedEngine:
         texts = [self._reply(request, ids, i) for i in range(s.n)]
         if request.lora_id is not None:  # an adapter visibly changes the output
             texts = [t.upper() for t in texts]
+        if self._tokenizer is None:  # bytes: no more of a long reply than can be emitted
+            texts = [t[: max_tokens + 1] for t in texts]
         replies = [self._pieces(t) for t in texts]
         # a constrained reply is emitted whole, as a grammar makes a real model finish it
         length = None if request.constraint is not None else self.config.eos_after
@@ -265,8 +268,20 @@ class ScriptedEngine:
                 ]
             yield GenerationOutput(prompt_token_ids=ids, deltas=[], finished=False, prompt_logprobs=prompt_lps)
             step = 0
+            loop = asyncio.get_running_loop()
+            start = loop.time()
             while remaining:
-                await asyncio.sleep(delay)
+                steps = 1
+                if self.config.tokens_per_second:
+                    # On the engine's clock, as a GPU decodes: the next step is due at a fixed
+                    # time whether or not the consumer kept up; a consumer that fell behind
+                    # gets every step due since in one output, as vLLM merges the deltas of a
+                    # request whose consumer is behind.
+                    wait = start + (step + 1) * delay - loop.time()
+                    await asyncio.sleep(max(0.0, wait))
+                    steps = max(1, int((loop.time() - start) / delay) - step)
+                else:
+                    await asyncio.sleep(delay)
                 if self._dead:
                     raise EngineDeadError("the scripted engine was killed")
                 if fail_after is not None and step >= fail_after:
@@ -277,12 +292,18 @@ class ScriptedEngine:
                         continue
                     delta = self._step(replies[i], produced[i], max_tokens, s, length)
                     produced[i] += 1
+                    for _ in range(steps - 1):
+                        if delta.finish_reason is not None:
+                            break
+                        more = self._step(replies[i], produced[i], max_tokens, s, length)
+                        produced[i] += 1
+                        delta = _merged(delta, more)
                     if delta.finish_reason is not None:
                         done[i] = True
                         remaining -= 1
                     delta.index = i
                     deltas.append(delta)
-                step += 1
+                step += steps
                 yield GenerationOutput(ids, deltas, remaining == 0)
             self.finished.append(rid)
         except (asyncio.CancelledError, GeneratorExit):
@@ -317,6 +338,18 @@ class ScriptedEngine:
         if s.logprobs is not None:
             lps = [TokenLogprob(token_id=tok, token=text, logprob=-0.5, top=[(tok, text, -0.5)])]
         return SequenceDelta(index=0, text=text, token_ids=[tok], finish_reason=finish, logprobs=lps)
+
+
+def _merged(a: SequenceDelta, b: SequenceDelta) -> SequenceDelta:
+    """Two consecutive steps of one sequence as one delta."""
+    logprobs = None if a.logprobs is None and b.logprobs is None else [*(a.logprobs or []), *(b.logprobs or [])]
+    return SequenceDelta(
+        index=a.index,
+        text=a.text + b.text,
+        token_ids=[*a.token_ids, *b.token_ids],
+        finish_reason=b.finish_reason,
+        logprobs=logprobs,
+    )
 
 
 def example_of(schema: Any) -> Any:

@@ -4,7 +4,8 @@ accounting or engine). What the gateway spends per token above this is its own.
 
     .venv/bin/python -m uvicorn benchmarks.floor_app:app --port 8000 --no-access-log
 
-FLOOR_TOKENS_PER_SECOND sets the per-stream rate (0: as fast as possible).
+FLOOR_TOKENS_PER_SECOND sets the per-stream rate (0: as fast as possible), on an engine's
+clock, as the gateway's scripted engine does.
 """
 
 from __future__ import annotations
@@ -22,13 +23,28 @@ from starlette.routing import Route
 
 RATE = float(os.environ.get("FLOOR_TOKENS_PER_SECOND", "0"))
 DELAY = 1.0 / RATE if RATE else 0.0
-WORDS = "the quick brown fox jumps over the lazy dog".split()
 
 
 async def ticks(n: int) -> AsyncIterator[int]:
-    for i in range(n):
-        await asyncio.sleep(DELAY)
-        yield i
+    """How many tokens each event carries: one, on the clock of an engine making RATE tokens
+    per second, or all those due since the last event when the stream fell behind (as the
+    scripted engine and vLLM do); one at a time as fast as possible without a rate."""
+    if not DELAY:
+        for _ in range(n):
+            await asyncio.sleep(0)
+            yield 1
+        return
+    loop = asyncio.get_running_loop()
+    start, sent = loop.time(), 0
+    while sent < n:
+        await asyncio.sleep(max(0.0, start + (sent + 1) * DELAY - loop.time()))
+        k = min(n - sent, max(1, int((loop.time() - start) / DELAY) - sent))
+        sent += k
+        yield k
+
+
+def text(k: int) -> str:
+    return "x" * k
 
 
 def sse(payload: bytes) -> bytes:
@@ -40,13 +56,13 @@ async def chat(request: Request) -> StreamingResponse:
     n, created = body["max_tokens"], int(time.time())
 
     async def events() -> AsyncIterator[bytes]:
-        async for i in ticks(n):
+        async for k in ticks(n):
             chunk = {
                 "id": "chatcmpl-floor",
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": "floor",
-                "choices": [{"index": 0, "delta": {"content": WORDS[i % len(WORDS)][:1]}, "finish_reason": None}],
+                "choices": [{"index": 0, "delta": {"content": text(k)}, "finish_reason": None}],
             }
             yield sse(orjson.dumps(chunk))
         yield sse(b"[DONE]")
@@ -59,13 +75,13 @@ async def completions(request: Request) -> StreamingResponse:
     n, created = body["max_tokens"], int(time.time())
 
     async def events() -> AsyncIterator[bytes]:
-        async for i in ticks(n):
+        async for k in ticks(n):
             chunk = {
                 "id": "cmpl-floor",
                 "object": "text_completion",
                 "created": created,
                 "model": "floor",
-                "choices": [{"index": 0, "text": WORDS[i % len(WORDS)][:1], "logprobs": None, "finish_reason": None}],
+                "choices": [{"index": 0, "text": text(k), "logprobs": None, "finish_reason": None}],
             }
             yield sse(orjson.dumps(chunk))
         yield sse(b"[DONE]")
@@ -77,8 +93,8 @@ async def takeoff(request: Request) -> StreamingResponse:
     body = orjson.loads(await request.body())
 
     async def events() -> AsyncIterator[bytes]:
-        async for i in ticks(body["max_new_tokens"]):
-            yield b"data: " + WORDS[i % len(WORDS)][:1].encode() + b"\n\n"
+        async for k in ticks(body["max_new_tokens"]):
+            yield b"data: " + text(k).encode() + b"\n\n"
         yield b"event: end\ndata: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
@@ -88,8 +104,8 @@ async def generate_one(request: Request) -> StreamingResponse:
     body = orjson.loads(await request.body())
 
     async def pieces() -> AsyncIterator[bytes]:
-        async for i in ticks(body["generation_config"]["max_new_tokens"]):
-            yield WORDS[i % len(WORDS)][:1].encode()
+        async for k in ticks(body["generation_config"]["max_new_tokens"]):
+            yield text(k).encode()
 
     return StreamingResponse(pieces(), media_type="text/plain")
 
@@ -99,14 +115,16 @@ async def responses(request: Request) -> StreamingResponse:
 
     async def events() -> AsyncIterator[bytes]:
         yield b"event: response.created\n" + sse(orjson.dumps({"type": "response.created", "sequence_number": 0}))
-        async for i in ticks(body["max_output_tokens"]):
+        seq = 0
+        async for k in ticks(body["max_output_tokens"]):
+            seq += 1
             delta = {
                 "type": "response.output_text.delta",
-                "sequence_number": i + 1,
+                "sequence_number": seq,
                 "item_id": "msg_floor",
                 "output_index": 0,
                 "content_index": 0,
-                "delta": WORDS[i % len(WORDS)][:1],
+                "delta": text(k),
                 "logprobs": [],
             }
             yield b"event: response.output_text.delta\n" + sse(orjson.dumps(delta))

@@ -351,7 +351,7 @@ def plot(result: dict) -> None:
     ax.set_ylabel("server CPU µs per streamed token")
     s = result["scenarios"]["gpu"]
     ax.set_title(f"{s['streams']} streams x {s['rate_per_stream']:.0f} tokens/s (scripted engine)")
-    ax.legend()
+    ax.legend(loc="lower right", framealpha=0.9)
     fig.tight_layout()
     fig.savefig(RESULTS / "frontend.png", dpi=100)
 

@@ -29,8 +29,12 @@ import httpx
 from tests.servers import ROOT, start_gateway
 
 RESULTS = ROOT / "benchmarks" / "results"
-READERS = [{"id": "primary-0", "kind": "scripted", "model": "scripted", "scripted": {"eos_after": 100000}}]
 STREAM_TOKENS = 512
+# one byte per token, longer than every stream (the default reply ends after about 350)
+REPLY = " the quick brown fox jumps over the lazy dog" * 20
+READERS = [
+    {"id": "primary-0", "kind": "scripted", "model": "scripted", "scripted": {"eos_after": 100000, "reply": REPLY}}
+]
 
 
 async def requests_per_second(url: str, concurrency: int, seconds: float) -> float:
@@ -86,6 +90,8 @@ async def events_per_second(url: str, surface: str, concurrency: int, rounds: in
         for _ in range(rounds):
             results += await asyncio.gather(*(one() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
+    # every stream ran to its length: an event (or a byte) per token, framing events aside
+    assert all(n >= STREAM_TOKENS for n, _ in results), (surface, sorted(n for n, _ in results)[:3])
     per_token = statistics.median(d / STREAM_TOKENS for _, d in results)
     return {"tokens_per_s": concurrency * rounds * STREAM_TOKENS / wall, "us_per_token_one_stream": per_token * 1e6}
 

@@ -1,16 +1,17 @@
 """Embeddings under sustained concurrent load: the gateway against infinity-emb, the
-embeddings server many teams run, on the same model folder and the same cores.
+embeddings server many teams run, and against itself on vLLM's pooling runner, on the same
+model folder and the same cores.
 
 Each level keeps `c` clients busy (closed loop: a client sends its next request when its
 answer arrives) until 20 x c requests (at least 200) are answered, with 12-word texts, one
 per request; one more level sends 32 texts per request at c=4. Servers run one at a time
 in alternating order each round. Reported: embeddings/s and latency p50/p99 per level, the
-ratio gateway / infinity, and the gateway's batch-size histogram (from its /metrics).
+ratios gateway / each peer, and the gateway's batch-size histogram (from its /metrics).
 
 infinity-emb 0.0.78 (`infinity-emb[server,torch]`) lives in a venv of its own under
 tests/artifacts/ (made on first use; its pins clash with ours).
 
-    .venv/bin/python -m benchmarks.embeddings_load              # ~10 min (2 rounds)
+    .venv/bin/python -m benchmarks.embeddings_load              # ~15 min (2 rounds)
     .venv/bin/python -m benchmarks.embeddings_load --servers gateway --rounds 1
 
 Writes results/embeddings_load.json, .md and .png.
@@ -101,20 +102,22 @@ def start_infinity(model: str) -> Target:
     return Target("infinity", url + "/embeddings", "minilm", stop, proc.pid)
 
 
-def start_gw() -> Target:
-    readers = [
-        {
-            "id": "embed-0",
-            "consumer_group": "embed",
-            "kind": "sentence-transformers",
-            "model": "embedded:all-minilm-l6-v2",
-        }
-    ]
+def start_gw(kind: str = "gateway") -> Target:
+    """The gateway with its default embeddings engine (sentence-transformers), or with
+    vLLM's pooling runner (`pooling`: a `pooling` reader on the same model)."""
+    reader: dict[str, Any] = {
+        "id": "embed-0",
+        "consumer_group": "embed",
+        "kind": "sentence-transformers",
+        "model": "embedded:all-minilm-l6-v2",
+    }
+    if kind == "pooling":
+        reader |= {"kind": "pooling", "dtype": "float32", "enforce_eager": True, "cpu_kv_cache_gib": 1}
     gw = start_gateway(
-        RESULTS / "embeddings-gateway.log",
-        env={"GATEWAY_READERS": json.dumps(readers), "GATEWAY_ACCESS_LOG": "false"},
+        RESULTS / f"embeddings-{kind}.log",
+        env={"GATEWAY_READERS": json.dumps([reader]), "GATEWAY_ACCESS_LOG": "false"},
     )
-    target = Target("gateway", gw.url + "/v1/embeddings", "embed", gw.stop, gw.proc.pid)
+    target = Target(kind, gw.url + "/v1/embeddings", "embed", gw.stop, gw.proc.pid)
     target.metrics = gw.management_url + "/metrics"  # type: ignore[attr-defined]
     return target
 
@@ -163,12 +166,12 @@ def batch_histogram(metrics_url: str) -> dict[str, float]:
 
 def run_server(kind: str, model: str, levels: tuple[int, ...]) -> dict[str, Any]:
     settle()
-    t = start_gw() if kind == "gateway" else start_infinity(model)
+    t = start_infinity(model) if kind == "infinity" else start_gw(kind)
     try:
         res: dict[str, Any] = {str(c): asyncio.run(load(t, c, 1)) for c in levels}
         c, n = BATCH_LEVEL
         res[f"{c}x{n}"] = asyncio.run(load(t, c, n))
-        if kind == "gateway":
+        if kind != "infinity":
             res["batch_histogram"] = batch_histogram(t.metrics)  # type: ignore[attr-defined]
         return res
     finally:
@@ -178,7 +181,12 @@ def run_server(kind: str, model: str, levels: tuple[int, ...]) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--servers", nargs="+", default=["gateway", "infinity"])
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=["gateway", "infinity", "pooling"],
+        help="gateway (sentence-transformers), infinity (infinity-emb), pooling (the gateway on vLLM's pooling runner)",
+    )
     parser.add_argument("--levels", nargs="+", type=int, default=list(LEVELS))
     parser.add_argument("--name", default="embeddings_load")
     args = parser.parse_args()
@@ -199,13 +207,16 @@ def main() -> None:
 
     result = {"date": str(date.today()), "args": vars(args), "runs": runs}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    peers = [p for p in args.servers if p != "gateway"] if "gateway" in args.servers else []
     head = "| level (clients or clients x texts) | " + " | ".join(f"{s} emb/s | {s} p50 / p99 ms" for s in args.servers)
     lines = [
         f"Embeddings under load, {result['date']}, `python -m benchmarks.embeddings_load --rounds {args.rounds}` "
-        "(all-MiniLM-L6-v2 on 2 CPU cores, client on the same cores; median of the rounds)",
+        "(all-MiniLM-L6-v2 on 2 CPU cores, client on the same cores; median of the rounds). `gateway`: the default "
+        "`embed` reader (sentence-transformers); `infinity`: infinity-emb 0.0.78 on the same model folder; "
+        "`pooling`: the gateway on vLLM's pooling runner (a `pooling` reader, same model).",
         "",
-        head + (" | gateway / infinity |" if len(args.servers) == 2 else " |"),
-        "|---" * (1 + 2 * len(args.servers) + (1 if len(args.servers) == 2 else 0)) + "|",
+        head + "".join(f" | gateway / {p} emb/s | gateway / {p} p99" for p in peers) + " |",
+        "|---" * (1 + 2 * len(args.servers) + 2 * len(peers)) + "|",
     ]
     for key in keys:
         cells = [
@@ -213,9 +224,9 @@ def main() -> None:
             for s in args.servers
         ]
         row = f"| {key} | " + " | ".join(cells)
-        if len(args.servers) == 2:
-            ratio = med("gateway", key, "embeddings_per_s") / med("infinity", key, "embeddings_per_s")
-            row += f" | {ratio:.2f}"
+        for p in peers:
+            ratio = med("gateway", key, "embeddings_per_s") / med(p, key, "embeddings_per_s")
+            row += f" | {ratio:.2f} | {med('gateway', key, 'p99_ms') / med(p, key, 'p99_ms'):.2f}"
         lines.append(row + " |")
     if "gateway" in runs:
         hist = runs["gateway"][-1]["batch_histogram"]
@@ -223,7 +234,30 @@ def main() -> None:
         lines += ["| le | batches |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in hist.items()]
     md = "\n".join(lines) + "\n"
     (RESULTS / f"{args.name}.md").write_text(md)
+    plot(args.name, args.servers, keys, med)
     print(md)
+
+
+def plot(name: str, servers: list[str], keys: list[str], med: Any) -> None:
+    """Embeddings/s and p99 latency per level, one line per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for s in servers:
+        left.plot(keys, [med(s, k, "embeddings_per_s") for k in keys], marker="o", label=s)
+        right.plot(keys, [med(s, k, "p99_ms") for k in keys], marker="o", label=s)
+    left.set_xlabel("concurrent clients (or clients x texts)")
+    left.set_ylabel("embeddings/s")
+    right.set_xlabel("concurrent clients (or clients x texts)")
+    right.set_ylabel("p99 latency ms")
+    right.set_yscale("log")
+    left.legend()
+    fig.suptitle("all-MiniLM-L6-v2, single-text requests, 2 CPU cores")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png", dpi=100)
 
 
 if __name__ == "__main__":

@@ -201,6 +201,12 @@ class KeyRing:
         # a keys file, even one emptied to revoke every key, keeps the server closed
         return bool(self._fixed) or self._file is not None
 
+    def digests(self, scope: str) -> list[bytes]:
+        """The SHA-256 digests of the keys that have `scope` (the probe process checks
+        `/status` reads against them)."""
+        self._refresh()
+        return [e.digest for e in (*self._fixed, *self._file_entries) if e.principal.can(scope)]
+
     def authenticate(self, key: str | None) -> Principal | None:
         """The caller of `key`, or None if it is no configured key."""
         self._refresh()

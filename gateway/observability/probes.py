@@ -9,12 +9,17 @@ event loop writes into shared memory every 100 ms.
 
 `/readyz` answers from that snapshot (the body `/readyz` has on the API ports). `/healthz`
 also checks that the event loop still turns: a snapshot older than `stall_seconds` makes
-liveness fail, so a loop that is stuck (not merely busy) still gets the pod restarted. The
-child exits when the gateway does (it watches its parent).
+liveness fail, so a loop that is stuck (not merely busy) still gets the pod restarted.
+`/status` answers the main port's `/status` as of the last snapshot (at most 100 ms old),
+to callers with a key of the inference scope when keys are configured (the snapshot
+carries the keys' SHA-256 digests, never a key), so a dashboard reads it during a burst
+too. The child exits when the gateway does (it watches its parent).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -27,7 +32,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from multiprocessing import shared_memory
 from typing import TYPE_CHECKING, Any
 
-from gateway.serving.status import readiness_payload
+from gateway.auth import INFERENCE
+from gateway.serving.status import readiness_payload, status
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -35,9 +41,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway")
 
 # sequence (odd while written), heartbeat (CLOCK_MONOTONIC, shared by every process),
-# readiness status code, body length; then the body
+# readiness status code, body length; then the body: JSON with the readiness body
+# ("ready"), the status body ("status") and the hex digests of the keys that may read it
+# ("keys", null when no key is configured)
 HEADER = struct.Struct("<IdHI")
-MAX_BODY = 16 * 1024
+MAX_BODY = 1024 * 1024
 SIZE = HEADER.size + MAX_BODY
 
 
@@ -68,7 +76,9 @@ class Snapshot:
         return self.shm.buf
 
     def write(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()[:MAX_BODY]
+        data = json.dumps(body).encode()
+        if len(data) > MAX_BODY:  # a status too large to share: readiness still is
+            data = json.dumps({**body, "status": {"error": "the status is too large for the probe port"}}).encode()
         buf = self.buf
         self.seq += 1  # odd: being written
         struct.pack_into("<I", buf, 0, self.seq)
@@ -115,12 +125,16 @@ class ProbeServer:
         self.port = int(first[1])
 
     def beat(self) -> None:
-        """Called from the event loop every 100 ms: it still turns; readiness as of now."""
+        """Called from the event loop every 100 ms: it still turns; readiness and status
+        as of now."""
+        rt = self.runtime
         try:
-            code, body = readiness_payload(self.runtime.registry, self.runtime.draining)
+            code, ready = readiness_payload(rt.registry, rt.draining)
+            now = status(rt.registry, rt.draining, rt.started_at)
         except RuntimeError:  # a reader added or removed while reading: next beat
             return
-        self.snapshot.write(code, body)
+        keys = [d.hex() for d in rt.keys.digests(INFERENCE)] if rt.keys.configured else None
+        self.snapshot.write(code, {"ready": ready, "status": now, "keys": keys})
 
     def start(self) -> None:
         log.info("probes (/healthz, /readyz) on port %d, answered by process %d", self.port, self.proc.pid)
@@ -143,9 +157,10 @@ def _serve(host: str, port: int, name: str, stall_seconds: float, parent: int) -
         timeout = 2  # one connection at a time: a client that stalls is dropped quickly
 
         def do_GET(self) -> None:  # the standard library names it
-            beat, code, body = snapshot.read()
+            beat, code, raw = snapshot.read()
             path = self.path.split("?", 1)[0]
             stalled = time.monotonic() - beat
+            headers = {}
             if path == "/healthz":
                 if stalled > stall_seconds:
                     code, body = (
@@ -154,13 +169,41 @@ def _serve(host: str, port: int, name: str, stall_seconds: float, parent: int) -
                     )
                 else:
                     code, body = 200, b'{"status": "ok"}'
-            elif path != "/readyz":
-                code, body = 404, b'{"detail": "only /healthz and /readyz are served here"}'
+            elif path == "/readyz":
+                shared = json.loads(raw)
+                body = json.dumps(shared.get("ready", shared)).encode()  # (or the "busy" fallback)
+            elif path == "/status":
+                shared = json.loads(raw)
+                if "status" not in shared:  # no complete snapshot could be read
+                    code, body = 503, raw
+                elif shared["keys"] is not None and not self._allowed(shared["keys"]):
+                    code, body = (
+                        401,
+                        b'{"detail": "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"}',
+                    )
+                    headers["WWW-Authenticate"] = "Bearer"
+                else:
+                    code, body = 200, json.dumps(shared["status"]).encode()
+            else:
+                code, body = 404, b'{"detail": "only /healthz, /readyz and /status are served here"}'
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
+
+        def _allowed(self, keys: list[str]) -> bool:
+            auth = self.headers.get("Authorization", "")
+            key = auth[7:].strip() if auth[:7].lower() == "bearer " else self.headers.get("X-API-Key")
+            if not key:
+                return False
+            digest = hashlib.sha256(key.encode()).hexdigest()
+            found = False
+            for k in keys:  # no early exit: every key is compared, as on the API ports
+                found |= hmac.compare_digest(digest, k)
+            return found
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: probes are not requests
             pass

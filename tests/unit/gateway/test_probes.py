@@ -11,21 +11,41 @@ from types import SimpleNamespace
 
 import httpx
 
+from gateway.auth import KeyRing
 from gateway.observability.probes import ProbeServer
 from gateway.server import watch_loop_lag
 
 
 class Registry:
     def __init__(self) -> None:
-        self.readers = {"primary-0": SimpleNamespace(id="primary-0", state="ready")}
+        reader = SimpleNamespace(
+            id="primary-0",
+            group="primary",
+            settings=SimpleNamespace(kind="scripted", model="scripted"),
+            task="generate",
+            state="ready",
+            in_flight=0,
+            error=None,
+            engine=None,
+        )
+        self.readers = {"primary-0": reader}
         self.is_ready = True
 
     def ready(self) -> bool:
         return self.is_ready
 
+    def groups(self) -> dict:
+        return {"primary": list(self.readers.values())}
+
+
+def fake_runtime(keys: KeyRing | None = None) -> SimpleNamespace:
+    return SimpleNamespace(
+        registry=Registry(), draining=False, started_at=time.time(), keys=keys or KeyRing([], [], None)
+    )
+
 
 def test_probes_answer_while_the_event_loop_is_blocked():
-    runtime = SimpleNamespace(registry=Registry(), draining=False)
+    runtime = fake_runtime()
     probes = ProbeServer(runtime, "127.0.0.1", 0, stall_seconds=1.0)  # type: ignore[arg-type]
     probes.start()
     url = f"http://127.0.0.1:{probes.port}"
@@ -78,6 +98,9 @@ def test_probes_answer_while_the_event_loop_is_blocked():
         r = httpx.get(url + "/readyz")
         assert r.status_code == 503 and r.json() == {"status": "draining", "readers": {"primary-0": "ready"}}
         assert httpx.get(url + "/generate").status_code == 404
+        # without keys, the status is open (as on the API ports) and says draining
+        status = httpx.get(url + "/status").json()
+        assert status["status"] == "draining" and status["live_readers"]["primary-0"]["state"] == "ready"
     finally:
         probes.stop()
     assert probes.proc.returncode is not None  # the child is gone with its port
@@ -88,9 +111,30 @@ def test_a_taken_probe_port_is_a_clear_error():
 
     import pytest
 
-    runtime = SimpleNamespace(registry=Registry(), draining=False)
+    runtime = fake_runtime()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         with pytest.raises(OSError, match="in use"):
             ProbeServer(runtime, "127.0.0.1", taken.getsockname()[1])  # type: ignore[arg-type]
+
+
+def test_status_on_the_probe_port_needs_a_key_when_keys_are_configured(tmp_path):
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text("keys:\n  - {name: ops, key: sk-ops, scopes: [admin]}\n")
+    runtime = fake_runtime(KeyRing(["sk-team"], ["sk-admin"], keys_file))
+    probes = ProbeServer(runtime, "127.0.0.1", 0)  # type: ignore[arg-type]
+    url = f"http://127.0.0.1:{probes.port}"
+    try:
+        for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"X-API-Key": "sk-ops"}):  # ops: no inference scope
+            r = httpx.get(url + "/status", headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
+            assert "API key" in r.json()["detail"]
+        for headers in ({"Authorization": "Bearer sk-team"}, {"X-API-Key": "sk-admin"}):
+            r = httpx.get(url + "/status", headers=headers)
+            assert r.status_code == 200 and r.json()["live_readers"]["primary-0"]["consumer_group"] == "primary"
+        # probes stay public; the snapshot carries digests, never a key
+        assert httpx.get(url + "/readyz").status_code == 200
+        assert b"sk-team" not in bytes(probes.snapshot.buf[: probes.snapshot.buf.nbytes])
+    finally:
+        probes.stop()

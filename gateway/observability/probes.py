@@ -130,9 +130,12 @@ class ProbeServer:
         rt = self.runtime
         try:
             code, ready = readiness_payload(rt.registry, rt.draining)
-            now = status(rt.registry, rt.draining, rt.started_at)
         except RuntimeError:  # a reader added or removed while reading: next beat
             return
+        try:
+            now = status(rt.registry, rt.draining, rt.started_at)
+        except Exception as exc:  # the heartbeat (liveness) must go on whatever /status meets
+            now = {"status": "unknown", "error": f"the status could not be read: {exc}"}
         keys = [d.hex() for d in rt.keys.digests(INFERENCE)] if rt.keys.configured else None
         self.snapshot.write(code, {"ready": ready, "status": now, "keys": keys})
 

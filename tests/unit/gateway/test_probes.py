@@ -138,3 +138,16 @@ def test_status_on_the_probe_port_needs_a_key_when_keys_are_configured(tmp_path)
         assert b"sk-team" not in bytes(probes.snapshot.buf[: probes.snapshot.buf.nbytes])
     finally:
         probes.stop()
+
+
+def test_a_status_that_cannot_be_read_does_not_stop_the_heartbeat():
+    runtime = fake_runtime()
+    probes = ProbeServer(runtime, "127.0.0.1", 0)  # type: ignore[arg-type]
+    url = f"http://127.0.0.1:{probes.port}"
+    try:
+        runtime.registry.groups = None  # type: ignore[assignment]  # status() fails on it
+        probes.beat()  # no error: liveness depends on the beats going on
+        assert httpx.get(url + "/readyz").status_code == 200
+        assert "could not be read" in httpx.get(url + "/status").json()["error"]
+    finally:
+        probes.stop()

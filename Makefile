@@ -99,9 +99,10 @@ bench: install-dev
 	$(BIN)/python -m benchmarks.embeddings
 	$(BIN)/python -m benchmarks.structured
 	$(BIN)/python -m benchmarks.embeddings_load --rounds 2
+	$(BIN)/python -m benchmarks.rerank_load --rounds 2
 	$(BIN)/python -m benchmarks.stall
 	$(BIN)/python -m benchmarks.responses
-	$(BIN)/python -m benchmarks.frontend --rounds 2
+	$(BIN)/python -m benchmarks.frontend --rounds 3
 
 # podman on a bare Debian root (mmdebstrap): no Docker engine or base-image registry needed.
 # With a registry, `docker build -f deploy/docker/Dockerfile.$(ACCEL) .` builds the same image.

@@ -51,10 +51,11 @@ class Target:
         self.kind, self.url, self.model, self.stop, self.pid = kind, url, model, stop, pid
 
 
-def start_infinity(model: str) -> Target:
+def start_infinity(model: str, name: str = "minilm", route: str = "/embeddings") -> Target:
+    """infinity-emb serving `model` as `name`; the target is its `route`."""
     python = client_venv(ROOT / "tests" / "artifacts" / "infinity-venv", "infinity-emb[server,torch]==0.0.78")
     port = free_port()
-    log = open(RESULTS / "embeddings-infinity.log", "wb")
+    log = open(RESULTS / f"{name}-infinity.log", "wb")
     proc = subprocess.Popen(
         [
             str(python.parent / "infinity_emb"),
@@ -62,7 +63,7 @@ def start_infinity(model: str) -> Target:
             "--model-id",
             model,
             "--served-model-name",
-            "minilm",
+            name,
             "--engine",
             "torch",
             "--device",
@@ -82,7 +83,7 @@ def start_infinity(model: str) -> Target:
     deadline = time.monotonic() + 300
     while True:
         if proc.poll() is not None:
-            raise RuntimeError((RESULTS / "embeddings-infinity.log").read_text()[-3000:])
+            raise RuntimeError((RESULTS / f"{name}-infinity.log").read_text()[-3000:])
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 break
@@ -99,7 +100,7 @@ def start_infinity(model: str) -> Target:
         except subprocess.TimeoutExpired:
             proc.kill()
 
-    return Target("infinity", url + "/embeddings", "minilm", stop, proc.pid)
+    return Target("infinity", url + route, name, stop, proc.pid)
 
 
 def start_gw(kind: str = "gateway") -> Target:

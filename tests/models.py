@@ -13,8 +13,12 @@ def minilm_path() -> Path:
     return path()
 
 
-def make_cross_encoder(folder: Path, labels: list[str] | None = None, seed: int = 0) -> Path:
-    """A tiny BERT sequence classifier with random weights and MiniLM's tokenizer.
+def make_cross_encoder(
+    folder: Path, labels: list[str] | None = None, seed: int = 0, shape: tuple[int, int, int, int] = (32, 2, 2, 64)
+) -> Path:
+    """A BERT sequence classifier with random weights and MiniLM's tokenizer, tiny unless
+    `shape` (hidden size, layers, heads, intermediate size) says otherwise (benchmarks use
+    ms-marco-MiniLM-L-6's: 384, 6, 12, 1536).
 
     Loaded through sentence-transformers' real CrossEncoder code; one label makes a
     re-ranker, several a classifier.
@@ -25,13 +29,14 @@ def make_cross_encoder(folder: Path, labels: list[str] | None = None, seed: int 
     labels = labels or ["relevance"]
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    hidden, layers, heads, intermediate = shape
     config = BertConfig(
         vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=128 if hidden == 32 else 512,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
@@ -63,7 +68,7 @@ def make_lora_adapter(base_model: Path, folder: Path, seed: int = 0, rank: int =
             if "lora_" in name:
                 param.mul_(4.0)  # strong enough to change greedy output of a 135M model
     folder.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(folder)
+    peft_model.save_pretrained(str(folder))
     return folder
 
 

@@ -349,6 +349,11 @@ def test_sigterm_lets_eight_streams_complete(guarded):
     r = httpx.get(probe + "/readyz")
     assert r.status_code == 200 and r.json()["readers"]["primary-0"] == "ready"
     assert httpx.get(probe + "/healthz").json() == {"status": "ok"}
+    # /status there too, as of the last snapshot (at most 100 ms old), behind the same keys
+    r = httpx.get(probe + "/status")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    live = httpx.get(probe + "/status", headers=headers).json()["live_readers"]["primary-0"]
+    assert live["state"] == "ready" and live["engine_requests"] >= 8 and live["requests_in_flight"] >= 8
     guarded.proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     # draining: not ready, no new work, but the eight go on

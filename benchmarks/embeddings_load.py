@@ -27,6 +27,7 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -123,24 +124,25 @@ def start_gw(kind: str = "gateway") -> Target:
     return target
 
 
-async def load(t: Target, clients: int, per_request: int) -> dict[str, float]:
-    total = max(200, 20 * clients)
+async def closed_loop(
+    url: str, clients: int, total: int, body: Callable[[int], dict[str, Any]], check: Callable[[Any], None]
+) -> dict[str, float]:
+    """`clients` clients each sending its next request (`body(i)`) when its answer (passed
+    to `check`) arrives, until `total` are answered, after a warm-up; requests/s and
+    latency p50/p99."""
     sent = 0
     latencies: list[float] = []
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector) as s:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as s:
 
         async def client() -> None:
             nonlocal sent
             while sent < total:
                 i = sent
                 sent += 1
-                inputs = [text(i * per_request + k) for k in range(per_request)]
-                body = {"model": t.model, "input": inputs if per_request > 1 else inputs[0]}
                 t0 = time.perf_counter()
-                async with s.post(t.url, json=body) as r:
-                    r.raise_for_status()
-                    await r.read()
+                async with s.post(url, json=body(i)) as r:
+                    assert r.status == 200, await r.text()
+                    check(await r.json())
                 latencies.append(time.perf_counter() - t0)
 
         await asyncio.gather(*(client() for _ in range(min(clients, 8))))  # warm-up
@@ -151,10 +153,22 @@ async def load(t: Target, clients: int, per_request: int) -> dict[str, float]:
         wall = time.perf_counter() - t0
     latencies.sort()
     return {
-        "embeddings_per_s": total * per_request / wall,
+        "requests_per_s": total / wall,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000,
     }
+
+
+async def load(t: Target, clients: int, per_request: int) -> dict[str, float]:
+    def body(i: int) -> dict[str, Any]:
+        inputs = [text(i * per_request + k) for k in range(per_request)]
+        return {"model": t.model, "input": inputs if per_request > 1 else inputs[0]}
+
+    def check(answer: Any) -> None:
+        assert len(answer["data"]) == per_request, answer
+
+    out = await closed_loop(t.url, clients, max(200, 20 * clients), body, check)
+    return {"embeddings_per_s": out.pop("requests_per_s") * per_request, **out}
 
 
 def batch_histogram(metrics_url: str) -> dict[str, float]:

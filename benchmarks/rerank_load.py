@@ -22,14 +22,11 @@ import argparse
 import asyncio
 import json
 import statistics
-import time
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from benchmarks.embeddings_load import Target, start_infinity, text
+from benchmarks.embeddings_load import Target, closed_loop, start_infinity, text
 from benchmarks.serving import settle
 from tests.models import make_cross_encoder
 from tests.servers import ROOT, start_gateway
@@ -80,35 +77,11 @@ def answers(task: str, kind: str, body: Any) -> int:
 
 
 async def load(t: Target, task: str, clients: int) -> dict[str, float]:
-    total = max(100, 20 * clients)
-    sent = 0
-    latencies: list[float] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as s:
+    def check(answer: Any) -> None:
+        assert answers(task, t.kind, answer) == DOCUMENTS, answer
 
-        async def client() -> None:
-            nonlocal sent
-            while sent < total:
-                i = sent
-                sent += 1
-                t0 = time.perf_counter()
-                async with s.post(t.url, json=body_of(t, task, i)) as r:
-                    assert r.status == 200, await r.text()
-                    got = await r.json()
-                    assert answers(task, t.kind, got) == DOCUMENTS, got
-                latencies.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(client() for _ in range(min(clients, 4))))  # warm-up
-        latencies.clear()
-        sent = 0
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        wall = time.perf_counter() - t0
-    latencies.sort()
-    return {
-        "inputs_per_s": total * DOCUMENTS / wall,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000,
-    }
+    out = await closed_loop(t.url, clients, max(100, 20 * clients), lambda i: body_of(t, task, i), check)
+    return {"inputs_per_s": out.pop("requests_per_s") * DOCUMENTS, **out}
 
 
 def run_server(kind: str, task: str, levels: tuple[int, ...]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,12 @@ class Principal:
 
 
 LOCAL = Principal("local")
+
+
+def principal_of(scope: Mapping[str, Any]) -> Principal:
+    """The caller the guard found for this request (an ASGI scope; "local" without keys)."""
+    principal: Principal = scope.get("state", {}).get("principal", LOCAL)
+    return principal
 
 
 def _digest(key: str) -> bytes:

@@ -1,6 +1,6 @@
 """Readers (loaded models) grouped into consumer groups: their life, and balancing.
 
-A request's consumer group is resolved by `gateway.serving.routing`; inside the group it
+A request's consumer group is resolved by `gateway.machinery.routing`; inside the group it
 goes to the ready reader with the fewest requests in flight, unless that reader is at its
 in-flight limit (admission control, 429). Readers load in the background so the listeners
 answer `/healthz` and `/readyz` while models load. Engines are built by

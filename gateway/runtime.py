@@ -15,9 +15,9 @@ from starlette.requests import Request
 from gateway.auth import KeyRing
 from gateway.continuation import ContinuationStore, make_store
 from gateway.errors import GatewayError
+from gateway.machinery.pipeline import Pipeline
 from gateway.observability.metrics import attach
 from gateway.registry import EngineFactory, ReaderState, Registry
-from gateway.serving.pipeline import Pipeline
 from gateway.settings import Settings
 
 
@@ -55,7 +55,7 @@ class Runtime:
 
     def busy(self) -> int:
         """Requests still being served (for the shutdown drain)."""
-        return self.registry.in_flight() + len(self.pipeline.budgets)
+        return self.pipeline.in_flight()
 
     def cut_all(self, error: GatewayError) -> int:
         """Stop every request in flight with `error` (after a drain timed out)."""

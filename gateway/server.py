@@ -91,7 +91,7 @@ async def _drain(runtime: Runtime) -> None:
         )
         log.warning("drain timeout: stopped %d request(s) still in flight", n)
         deadline = loop.time() + 2.0
-        while runtime.pipeline.budgets and loop.time() < deadline:  # noqa: ASYNC110
+        while runtime.busy() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
 

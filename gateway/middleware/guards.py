@@ -57,12 +57,6 @@ def _is_preflight(scope: Scope) -> bool:
     )
 
 
-def principal_of(scope: Scope) -> Principal:
-    """The caller the guard found for this request ("local" without keys)."""
-    principal: Principal = scope.get("state", {}).get("principal", LOCAL)
-    return principal
-
-
 def presented_key(scope: Scope) -> str | None:
     """The key of `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
     for name, value in scope.get("headers", ()):

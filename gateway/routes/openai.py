@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from gateway.protocols.openai import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from gateway.protocols.responses import ResponsesRequest
-from gateway.serving import openai, openai_chat, responses
+from gateway.serving.openai import chat, models, responses
+from gateway.serving.openai import completions as text_completions
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -17,25 +18,25 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     """Chat completion, whole or streamed (`stream: true`)."""
-    return await openai_chat.chat(request, body)
+    return await chat.chat(request, body)
 
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     """Text completion for one prompt or several, whole or streamed."""
-    return await openai.completions(request, body)
+    return await text_completions.completions(request, body)
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(request: Request) -> dict[str, Any]:
+async def list_models(request: Request) -> models.ModelList:
     """Every consumer group and every loaded model's name (both work as `model`)."""
-    return openai.model_list(request)
+    return models.model_list(request)
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard)
-async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+async def get_model(model_id: str, request: Request) -> models.ModelCard:
     """One entry of the model list."""
-    return openai.model_card(request, model_id)
+    return models.model_card(request, model_id)
 
 
 @router.post("/responses", response_model=None)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.machinery.bodies import ManagedEventSource
 from gateway.protocols.takeoff import GenerateRequest, GenerateResponse
 from gateway.serving import takeoff
-from gateway.serving.streaming import ManagedEventSource
 
 router = APIRouter(tags=["takeoff"])
 

@@ -1,7 +1,7 @@
 """The OpenAI-style chat service API at the root of the main port: `/chat`,
 `/chat/completions` and `/embeddings`.
 
-It speaks OpenAI's chat protocol (gateway/serving/openai.py does the translation) with
+It speaks OpenAI's chat protocol (gateway/serving/openai/chat.py does the translation) with
 three differences of a one-model service: messages may leave out their role (they are
 the user's), a configured system prompt is added when the conversation has none, and a
 `model` that names no loaded model or group is served by the default group (and echoed
@@ -16,11 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import NotFound, NotReady
+from gateway.machinery.pipeline import pipeline_of
+from gateway.machinery.routing import Target
 from gateway.protocols.chat_service import ServiceChatRequest
 from gateway.protocols.embeddings import EmbeddingRequest
-from gateway.serving import embeddings, openai_chat
-from gateway.serving.pipeline import pipeline_of
-from gateway.serving.routing import Target
+from gateway.serving import embeddings
+from gateway.serving.openai import chat
 
 
 def _target(model: str | None, task: str = "generate") -> Target:
@@ -30,7 +31,7 @@ def _target(model: str | None, task: str = "generate") -> Target:
 async def chat_completions(request: Request, body: ServiceChatRequest) -> Response:
     """OpenAI's chat completion with the service's defaults."""
     settings = pipeline_of(request).settings
-    plan = openai_chat.chat_plan(body, settings)
+    plan = chat.chat_plan(body, settings)
     neutral = plan.request
     if body.max_tokens is None and body.max_completion_tokens is None:
         default = settings.default_max_new_tokens
@@ -40,7 +41,7 @@ async def chat_completions(request: Request, body: ServiceChatRequest) -> Respon
     assert neutral.messages is not None
     if system and not any(m["role"] == "system" for m in neutral.messages):
         neutral.messages.insert(0, {"role": "system", "content": system})
-    return await openai_chat.chat(request, body, plan, _target(body.model))
+    return await chat.chat(request, body, plan, _target(body.model))
 
 
 def status(request: Request) -> dict[str, Any]:

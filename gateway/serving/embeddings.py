@@ -11,12 +11,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import BadRequest
+from gateway.machinery.bodies import FastJSONResponse
+from gateway.machinery.pipeline import pipeline_of
+from gateway.machinery.routing import Target
 from gateway.observability.metrics import current as observation
 from gateway.protocols.embeddings import ClassifyRequest, EmbeddingRequest, RerankRequest, TakeoffEmbedRequest
 from gateway.registry import Reader
-from gateway.serving.common import FastJSONResponse
-from gateway.serving.pipeline import pipeline_of
-from gateway.serving.routing import Target
 
 
 def _note_tokens(n: int) -> None:

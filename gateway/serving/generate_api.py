@@ -1,4 +1,4 @@
-"""generate-one / generate-batch surface (seed 004), with request_id continuation.
+"""The generate-one / generate-batch API, with request_id continuation.
 
 A request whose key is in the continuation store continues from the stored token
 sequence and ignores its prompt; every finished generation stores its full sequence
@@ -20,14 +20,16 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from engine_adapters.base import Constraint, GenerationRequest, GenerativeEngine, SamplingOptions
+from gateway.auth import principal_of
 from gateway.continuation import ContinuationStore, scoped_key
 from gateway.errors import BadRequest
-from gateway.middleware.guards import principal_of
+from gateway.machinery.bodies import FastJSONResponse
+from gateway.machinery.engine_streams import Completion, Tagged, new_request_id
+from gateway.machinery.limits import Fields, check_count
+from gateway.machinery.pipeline import Generation, pipeline_of
 from gateway.observability.metrics import STORE_WRITE_ERRORS
 from gateway.protocols.generate_api import GenerateBatchRequest, GenerateOneRequest, GenerationConfig
-from gateway.serving.common import Completion, FastJSONResponse, Tagged, backend_name, new_request_id
-from gateway.serving.limits import Fields, check_count
-from gateway.serving.pipeline import Generation, pipeline_of
+from gateway.serving.constraints import ConstraintField, constraint_of
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,8 @@ async def generate_one(request: Request, body: GenerateOneRequest) -> Response:
     pipeline = pipeline_of(request)
     settings, store = pipeline.settings, pipeline.store
     check_request_id(body.request_id, "request_id", settings)
-    sampling = sampling_of(body.generation_config, settings)
-    constraint = constraint_of(body.generation_config)
+    sampling = config_sampling(body.generation_config, settings)
+    constraint = requested_constraint(body.generation_config)
     key = one_key(settings, principal_of(request.scope).name, body.request_id)
     job = await make_job(store, key, body.prompt, sampling, constraint, "prompt")
 
@@ -82,8 +84,8 @@ async def generate_batch(request: Request, body: GenerateBatchRequest) -> Respon
         if rid in seen:
             raise BadRequest(f"prompts[{i}].request_id repeats an earlier one", param=f"prompts[{i}].request_id")
         seen.add(rid)
-    sampling = sampling_of(body.generation_config, settings)
-    constraint = constraint_of(body.generation_config)
+    sampling = config_sampling(body.generation_config, settings)
+    constraint = requested_constraint(body.generation_config)
     jobs = [
         await make_job(store, key, p.prompt, sampling, constraint, f"prompts[{i}].prompt")
         for i, (key, p) in enumerate(
@@ -129,7 +131,7 @@ def check_request_id(request_id: str, field: str, settings: Settings) -> None:
         raise BadRequest(f"{field} must be at most {settings.max_request_id_length} characters", param=field)
 
 
-def sampling_of(cfg: GenerationConfig | None, settings: Settings) -> SamplingOptions:
+def config_sampling(cfg: GenerationConfig | None, settings: Settings) -> SamplingOptions:
     """`generation_config` onto neutral sampling, with the gateway's defaults."""
     d = settings.generate_api_defaults
     c = cfg or GenerationConfig()
@@ -149,25 +151,19 @@ def sampling_of(cfg: GenerationConfig | None, settings: Settings) -> SamplingOpt
     )
 
 
-def constraint_of(cfg: GenerationConfig | None) -> Constraint | None:
-    """The extension fields `regex`, `json_schema`, `choice` of `generation_config`."""
+def requested_constraint(cfg: GenerationConfig | None) -> Constraint | None:
+    """The extension fields `regex`, `json_schema`, `choice` of `generation_config` (one at most)."""
     if cfg is None:
         return None
-    given = [
-        (k, v) for k, v in (("regex", cfg.regex), ("json", cfg.json_schema), ("choice", cfg.choice)) if v is not None
-    ]
-    if len(given) > 1:
-        raise BadRequest("generation_config takes one of regex, json_schema, choice", param="generation_config")
-    backend = backend_name(cfg.constrained_decoding_backend)
-    if not given:
-        return None
-    kind, value = given[0]
-    return Constraint(
-        kind=kind,  # type: ignore[arg-type]
-        value=value,
-        backend=backend,
-        param="generation_config." + ("json_schema" if kind == "json" else kind),
+    return constraint_of(
+        [
+            ConstraintField("regex", cfg.regex, "generation_config.regex"),
+            ConstraintField("json", cfg.json_schema, "generation_config.json_schema"),
+            ConstraintField("choice", cfg.choice, "generation_config.choice"),
+        ],
+        backend=cfg.constrained_decoding_backend,
         backend_param="generation_config.constrained_decoding_backend",
+        one_of="generation_config",
     )
 
 

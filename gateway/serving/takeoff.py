@@ -1,4 +1,4 @@
-"""Takeoff surface: `/generate` and `/generate_stream` onto neutral requests and back.
+"""Takeoff's API: `/generate` and `/generate_stream` onto neutral requests and back.
 
 Stream framing (documented in the README):
   * each piece of new text is one event whose `data` is the text itself (multi-line text
@@ -21,12 +21,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine_adapters.base import Constraint, GenerationRequest, GenerativeEngine, SamplingOptions
-from gateway.errors import BadRequest, classify, takeoff_body
+from gateway.errors import classify, takeoff_body
+from gateway.machinery.bodies import FastJSONResponse
+from gateway.machinery.engine_streams import Completion, Tagged, merge, new_request_id
+from gateway.machinery.limits import Fields
+from gateway.machinery.pipeline import Generation, pipeline_of
+from gateway.machinery.routing import Target
 from gateway.protocols.takeoff import GenerateRequest, GenerationMetadata
-from gateway.serving.common import Completion, FastJSONResponse, Tagged, backend_name, merge, new_request_id
-from gateway.serving.limits import Fields
-from gateway.serving.pipeline import Generation, pipeline_of
-from gateway.serving.routing import Target
+from gateway.serving.constraints import ConstraintField, constraint_of
 from gateway.settings import Settings
 
 FIELDS = Fields(prompts="text", max_new_tokens="max_new_tokens", min_new_tokens="min_new_tokens", stop="stop")
@@ -53,31 +55,14 @@ async def generate(request: Request, body: GenerateRequest, stream: bool) -> Res
     return await pipeline.generate(request, generation)
 
 
-def constraint_of(body: GenerateRequest) -> Constraint | None:
+def requested_constraint(body: GenerateRequest) -> Constraint | None:
     """The decoding constraint: a regex wins over a JSON schema, as Takeoff documents."""
-    backend = backend_name(body.constrained_decoding_backend)
-    if body.regex is not None:
-        regex, param = body.regex
-        return Constraint(
-            kind="regex", value=regex, backend=backend, param=param, backend_param="constrained_decoding_backend"
-        )
-    if body.json_schema is not None:
-        schema: Any = body.json_schema
-        if isinstance(schema, str):
-            try:
-                schema = json.loads(schema)
-            except ValueError:
-                raise BadRequest("json_schema is a string but not valid JSON", param="json_schema") from None
-        if not isinstance(schema, dict):
-            raise BadRequest("json_schema must be a JSON object", param="json_schema")
-        return Constraint(
-            kind="json",
-            value=schema,
-            backend=backend,
-            param="json_schema",
-            backend_param="constrained_decoding_backend",
-        )
-    return None
+    regex, regex_param = body.regex or (None, "regex_string")
+    return constraint_of(
+        [ConstraintField("regex", regex, regex_param), ConstraintField("json", body.json_schema, "json_schema")],
+        backend=body.constrained_decoding_backend,
+        backend_param="constrained_decoding_backend",
+    )
 
 
 def to_neutral(body: GenerateRequest, settings: Settings) -> list[GenerationRequest]:
@@ -98,7 +83,7 @@ def to_neutral(body: GenerateRequest, settings: Settings) -> list[GenerationRequ
         seed=body.seed,
         stop=tuple(body.stop or ()),
     )
-    constraint = constraint_of(body)
+    constraint = requested_constraint(body)
     return [
         GenerationRequest(
             request_id=new_request_id("takeoff"),
@@ -157,7 +142,7 @@ async def stream_events(
     try:
         async with contextlib.AsyncExitStack() as stack:
             for s in streams:
-                stack.push_async_callback(s.aclose)  # type: ignore[attr-defined]
+                stack.push_async_callback(s.aclose)
             async for i, out in merge(streams):
                 if completions is not None:
                     completions[i].add(out)

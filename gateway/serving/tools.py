@@ -1,16 +1,24 @@
-"""Function calling that works with any model: `tool_choice` "required" and a named tool.
+"""Tools and tool choice, translated once for every API that has them (OpenAI chat, the
+Responses API, Anthropic Messages).
 
-Both are constrained decoding against a JSON schema made of the tools' parameter
-schemas, so the arguments are always valid JSON for the schema, whatever the model:
+Each API reads its own wire fields into `Tool`s and a `ToolUse` (`tool_use`); from there
+the rules are the same everywhere. Tool modes:
 
-* a named tool: the output *is* the arguments object (schema: the tool's parameters);
-* "required": the output is `[{"name": ..., "parameters": {...}}, ...]`, one item per
-  call (at most one unless `parallel_tool_calls`), each item tied to its tool's schema.
+* "required" (Anthropic's `any`) and a named tool ("function"; Anthropic's `tool`) are
+  constrained decoding against a JSON schema made of the tools' parameter schemas, so the
+  arguments are always valid JSON for the schema, whatever the model:
+  - a named tool: the output *is* the arguments object (schema: the tool's parameters);
+  - "required": the output is `[{"name": ..., "parameters": {...}}, ...]`, one item per
+    call (at most one unless parallel calls are allowed), each tied to its tool's schema.
+  Either excludes a response format (one constraint per request).
+* "auto": the reader's own tool-call parser (vLLM's, named by the reader's
+  `tool_call_parser`) reads the model's markup; a reader without one answers in text,
+  its chat template having seen the tools.
+* "none": text; the template still sees the tools.
 
-`ToolChoiceParser` turns that output into tool calls, whole or streamed: the name goes
-first, then the arguments in fragments, which are the raw text of the parameters value
-as the model writes it (so the fragments join into valid JSON). `"auto"` is the reader's
-own tool-call parser (vLLM's), chosen per reader; see gateway/serving/openai.py.
+`ToolChoiceParser` turns constrained output into tool calls, whole or streamed: the name
+goes first, then the arguments in fragments, which are the raw text of the parameters
+value as the model writes it (so the fragments join into valid JSON).
 """
 
 from __future__ import annotations
@@ -19,11 +27,23 @@ import json
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from engine_adapters.base import Constraint, ParsedDelta, ParsedOutput, ToolCall, ToolCallDelta, check_json_schema
+from engine_adapters.base import (
+    Constraint,
+    GenerationRequest,
+    GenerativeEngine,
+    OutputParser,
+    ParsedDelta,
+    ParsedOutput,
+    ToolCall,
+    ToolCallDelta,
+    check_json_schema,
+)
 from gateway.errors import BadRequest
+
+ToolMode = Literal["none", "auto", "required", "function"]
 
 _EMPTY_OBJECT: dict[str, Any] = {"type": "object", "properties": {}}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -99,6 +119,89 @@ def constraint(tools: Sequence[Tool], choice: Tool | None, parallel: bool, param
 def call_id() -> str:
     """A new tool call id, in OpenAI's style."""
     return f"call_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass(slots=True)
+class ToolUse:
+    """A request's tools and how the model must use them."""
+
+    tools: list[Tool] = field(default_factory=list)
+    mode: ToolMode = "none"
+    choice: Tool | None = None  # the named tool of mode "function"
+    parallel: bool = True  # "required" may make several calls
+    param: str = "tool_choice"  # the wire field of the choice, for errors
+
+    @property
+    def constrained(self) -> bool:
+        """Whether decoding follows the tools' schema (required or a named tool)."""
+        return self.mode in ("required", "function")
+
+    def constraint(
+        self, requested: Constraint | None, format_param: str, format_names: str | None = None
+    ) -> Constraint | None:
+        """The request's one constraint: the tools' schema when the choice forces a call
+        (which cannot be combined with a response format, `requested`: a 400 naming
+        `format_param`), else `requested`."""
+        if not self.constrained:
+            return requested
+        if requested is not None:
+            raise BadRequest(
+                f"{self.param} {self.mode} cannot be combined with {format_names or format_param}", param=format_param
+            )
+        return constraint(self.tools, self.choice, self.parallel, self.param)
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        """The tools as the chat template (and vLLM's parsers) see them, or None."""
+        return [t.template_dict() for t in self.tools] or None
+
+    def parsers(
+        self, engine: GenerativeEngine, request: GenerationRequest, prompt_ids: Sequence[int], n: int
+    ) -> list[OutputParser] | None:
+        """One output parser per sequence, or None when the output is plain content."""
+        if self.constrained:
+            return [ToolChoiceParser(self.choice) for _ in range(n)]
+        first = engine.output_parser(request, prompt_ids)
+        if first is None:
+            return None
+        rest = [engine.output_parser(request, prompt_ids) for _ in range(n - 1)]
+        return [first, *(p for p in rest if p is not None)]
+
+
+def tool_use(
+    tools: list[Tool], choice: str | None, named_tool: str | None, *, parallel: bool, param: str = "tool_choice"
+) -> ToolUse:
+    """The tool use a request asks for: `choice` is "none", "auto", "required" or None
+    (unset: "auto" with tools), `named_tool` the name of a tool the choice names.
+
+    A choice that forces a call needs tools (400 naming `param`); "auto" and "none" do not.
+    """
+    if named_tool is not None:
+        if not tools:
+            raise BadRequest(f"{param} names the tool {named_tool!r}, but there are no tools", param=param)
+        return ToolUse(tools, "function", named(tools, named_tool, param), parallel, param)
+    if not tools:
+        if choice == "required":
+            raise BadRequest(f"{param} {choice} needs tools", param=param)
+        return ToolUse([], "none", None, parallel, param)
+    if choice is None:
+        return ToolUse(tools, "auto", None, parallel, param)
+    if choice not in _CHOICES:
+        raise BadRequest(f"{param} must be none, auto, required or name a tool", param=param)
+    return ToolUse(tools, _CHOICES[choice], None, parallel, param)
+
+
+_CHOICES: dict[str, ToolMode] = {"none": "none", "auto": "auto", "required": "required"}
+
+
+def template_arguments(text: str) -> Any:
+    """A past call's arguments as chat templates render them: an object (`| tojson`). The
+    wire carries them as JSON text, so they are parsed back when they are a JSON object
+    (as vLLM does); anything else stays text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -182,7 +182,7 @@ def test_cut_all_stops_streams_with_a_clear_error(client_factory):
         t = threading.Thread(target=stream)
         t.start()
         deadline = time.monotonic() + 5
-        while not rt.pipeline.budgets:
+        while not rt.pipeline.deadlines:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert c.portal.call(rt.cut_all, NotReady("the server is shutting down; the request was stopped")) == 1

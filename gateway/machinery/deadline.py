@@ -1,21 +1,21 @@
-"""Per-request deadlines, and stopping requests that outlive a shutdown's drain.
+"""Per-request deadlines, and stopping requests from outside (a drain, a removed reader).
 
-Every request gets a `Budget`: its deadline (from `X-Request-Timeout` or a body field
-`timeout`, else the server default) and a way to be cut short. Each wait for the engine
-runs under it; when the deadline passes, or a draining server cuts the budget, the wait is
-cancelled (which aborts the engine request) and the request fails with a clear error: 504
-(or an error event) for a deadline, 503 for a shutdown.
+Every request gets a `Deadline`: when it must be over (from `X-Request-Timeout` or a body
+field `timeout`, else the server default) and a way to be cut short (`cut`). Each wait for
+the engine runs under it; when the deadline passes, or a draining server cuts it, the wait
+is cancelled (which aborts the engine request) and the request fails with a clear error:
+504 (or an error event) for a deadline, 503 for a shutdown.
 
 A whole answer waits once, under `asyncio.timeout_at` (`bound`). A stream waits once per
-token (`next_of`): there one timer per request watches the streams' waits, rather than a
-timer made and cancelled per token, which cost a tenth of the front end's CPU at GPU
-token rates.
+token (`enter` ... `leave`, which `gateway.machinery.engine_streams` does inline): there
+one timer per request watches the streams' waits, rather than a timer made and cancelled
+per token, which cost a tenth of the front end's CPU at GPU token rates.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from types import TracebackType
 from typing import TypeVar
 
@@ -31,15 +31,15 @@ TIMEOUT_HEADER = "x-request-timeout"
 PRIORITY_HEADER = "x-priority"
 
 
-class Budget:
-    """The deadline of one request, which can also be cut short from outside."""
+class Deadline:
+    """When one request must be over; it can also be cut short from outside."""
 
     def __init__(self, at: float | None, seconds: float | None) -> None:
         self.at = at
         self.seconds = seconds
         self._error: GatewayError | None = None
         self._timeouts: set[asyncio.Timeout] = set()
-        # the streams' waits (`next_of`): the tasks waiting now, those the budget cancelled,
+        # the streams' waits (`enter`): the tasks waiting now, those the deadline cancelled,
         # and the one timer that fires at the deadline
         self._waiting: set[asyncio.Task[object]] = set()
         self._cancelled: set[asyncio.Task[object]] = set()
@@ -50,34 +50,14 @@ class Budget:
         """Why the request was stopped."""
         return self._error or DeadlineExceeded(f"the request's deadline of {self.seconds:g} s passed")
 
-    def guard(self) -> _Guard:
-        """Run the block under the deadline; past it, raise the budget's error.
-
-        A plain class rather than a generator-based context manager: a stream enters it
-        once per token.
-        """
-        return _Guard(self)
-
     async def bound(self, awaitable: Awaitable[T]) -> T:
-        """Await under the deadline."""
-        async with self.guard():
+        """Await under the deadline (once per request: one `asyncio.timeout_at`)."""
+        async with _Bound(self):
             return await awaitable
 
-    async def next_of(self, stream: AsyncIterator[T]) -> T:
-        """The next item of `stream`, under the deadline (the same as
-        `bound(stream.__anext__())`, without a timer per item)."""
-        task = self.enter()
-        try:
-            return await stream.__anext__()
-        except asyncio.CancelledError:
-            self.check_cancelled(task)
-            raise
-        finally:
-            self.leave(task)
-
     def enter(self) -> asyncio.Task[object]:
-        """A stream's wait begins (see `next_of`, which the streams inline): fail at once
-        past the deadline, else watch the waiting task."""
+        """A stream's wait begins: fail at once past the deadline, else watch the waiting
+        task until `leave` (the one timer of the request cancels it at the deadline)."""
         if self._expired:
             raise self.error()
         if self._timer is None and self.at is not None:
@@ -88,7 +68,7 @@ class Budget:
         return task
 
     def check_cancelled(self, task: asyncio.Task[object]) -> None:
-        """The wait was cancelled: raise the budget's error if the budget did it (and
+        """The wait was cancelled: raise the deadline's error if the deadline did it (and
         nobody else also cancelled the task); return to let the cancellation go on."""
         if task in self._cancelled:
             self._cancelled.discard(task)
@@ -124,27 +104,27 @@ class Budget:
         self._expire()
 
 
-class _Guard:
-    """`Budget.guard()`: an `asyncio.timeout_at` that `Budget.cut` can also fire."""
+class _Bound:
+    """`Deadline.bound`'s block: an `asyncio.timeout_at` that `Deadline.cut` can also fire."""
 
-    __slots__ = ("_budget", "_timeout")
+    __slots__ = ("_deadline", "_timeout")
 
-    def __init__(self, budget: Budget) -> None:
-        self._budget = budget
-        self._timeout = asyncio.timeout_at(budget.at)
+    def __init__(self, deadline: Deadline) -> None:
+        self._deadline = deadline
+        self._timeout = asyncio.timeout_at(deadline.at)
 
     async def __aenter__(self) -> None:
         await self._timeout.__aenter__()
-        self._budget._timeouts.add(self._timeout)
+        self._deadline._timeouts.add(self._timeout)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._budget._timeouts.discard(self._timeout)
+        self._deadline._timeouts.discard(self._timeout)
         try:
             await self._timeout.__aexit__(exc_type, exc, tb)
         except TimeoutError:
-            raise self._budget.error() from None
+            raise self._deadline.error() from None
 
 
 def _float_header(request: Request, name: str) -> float | None:
@@ -157,8 +137,8 @@ def _float_header(request: Request, name: str) -> float | None:
         raise BadRequest(f"the {name} header must be a number", param=name) from None
 
 
-def make_budget(request: Request, settings: Settings, body_timeout: float | None = None) -> Budget:
-    """The budget of a request: body field, else header, else the server default."""
+def deadline_of(request: Request, settings: Settings, body_timeout: float | None = None) -> Deadline:
+    """The deadline of a request: body field, else header, else the server default."""
     seconds = body_timeout if body_timeout is not None else _float_header(request, TIMEOUT_HEADER)
     param = "timeout" if body_timeout is not None else TIMEOUT_HEADER
     if seconds is None:
@@ -170,11 +150,11 @@ def make_budget(request: Request, settings: Settings, body_timeout: float | None
             param=param,
         )
     at = None if seconds is None else asyncio.get_running_loop().time() + seconds
-    return Budget(at, seconds)
+    return Deadline(at, seconds)
 
 
 def priority_of(request: Request, body_priority: int | None) -> int:
-    """One meaning on every surface, vLLM's: lower values are scheduled first (default 0)."""
+    """One meaning on every API, vLLM's: lower values are scheduled first (default 0)."""
     if body_priority is not None:
         return body_priority
     raw = request.headers.get(PRIORITY_HEADER)

@@ -1,8 +1,8 @@
-"""Surface-independent serving helpers: run, collect and merge generations.
+"""Engine streams of a request: run, collect, tag and merge generations.
 
-The pipeline (gateway/serving/pipeline.py) runs every surface's neutral requests with
-these; surfaces use `Completion` and `merge` to build their answers. Nothing here knows
-a wire format.
+The pipeline (gateway/machinery/pipeline.py) runs every API's neutral requests with
+these; the translations use `Completion` and `merge` to build their answers. Nothing here
+knows a wire format.
 """
 
 from __future__ import annotations
@@ -11,33 +11,18 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine, TokenLogprob
 from gateway.errors import ClientGone, classify
+from gateway.machinery.deadline import Deadline
 from gateway.observability.metrics import Observation
 from gateway.observability.metrics import current as observation
-from gateway.serving.budget import Budget
 
 T = TypeVar("T")
-
-
-def backend_name(name: str | None) -> str | None:
-    """vLLM's name of a structured-output backend a request named (the protocol checked it)."""
-    return "lm-format-enforcer" if name == "lmfe" else name
-
-
-class FastJSONResponse(JSONResponse):
-    """JSON via orjson, numpy arrays included: 16x faster than json.dumps on embedding
-    vectors (64 responses of 384 floats: 0.8 ms instead of 13 ms here)."""
-
-    def render(self, content: Any) -> bytes:
-        """Serialize with orjson."""
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+T_co = TypeVar("T_co", covariant=True)
 
 
 def new_request_id(prefix: str) -> str:
@@ -121,12 +106,24 @@ async def collect_many(engine: GenerativeEngine, requests: Sequence[GenerationRe
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class ClosableStream(Protocol[T_co]):
+    """An async iterator that can be closed early (an engine stream: closing aborts it)."""
+
+    def __aiter__(self) -> ClosableStream[T_co]: ...
+
+    async def __anext__(self) -> T_co: ...
+
+    async def aclose(self) -> None:
+        """Stop the stream (abort its engine request if it still runs)."""
+        ...
+
+
 # One prompt's engine stream as `open_streams` hands it out: (prompt index, engine step).
-Tagged = AsyncIterator[tuple[int, GenerationOutput]]
+Tagged = ClosableStream[tuple[int, GenerationOutput]]
 
 
 async def open_streams(
-    engine: GenerativeEngine, requests: list[GenerationRequest], budget: Budget | None = None
+    engine: GenerativeEngine, requests: list[GenerationRequest], deadline: Deadline | None = None
 ) -> list[Tagged]:
     """Start every prompt's generation and wait until the engine has accepted each.
 
@@ -140,62 +137,73 @@ async def open_streams(
         for i, r in enumerate(requests):
             stream = engine.generate(r)
             try:
-                accepted = await (budget.bound(stream.__anext__()) if budget else stream.__anext__())
+                accepted = await (deadline.bound(stream.__anext__()) if deadline else stream.__anext__())
             except BaseException:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await _close(stream)
                 raise
-            streams.append(_Primed(i, accepted, stream, budget))
+            streams.append(EngineStream(i, stream, deadline, accepted))
     except BaseException:
         for s in streams:
-            await s.aclose()  # type: ignore[attr-defined]
+            await s.aclose()
         raise
     return streams
 
 
-class _Primed:
-    """An engine stream whose first (already received) item is handed out again, each
-    item tagged with the stream's prompt index, each wait under the request's budget.
+async def _close(stream: AsyncIterator[Any]) -> None:
+    aclose = getattr(stream, "aclose", None)  # engine streams are async generators
+    if aclose is not None:
+        await aclose()
+
+
+class EngineStream:
+    """One engine stream as the translations read it: each item tagged with its prompt's
+    index, each wait under the request's deadline, the first (already received) item
+    handed out again.
 
     A class rather than an async generator: `aclose()` of a generator that never started
     runs none of its code, and the engine stream inside must be closed (aborted) anyway.
-    It is the only layer between a surface and the engine, entered once per token: the
-    budget's wait is done inline here rather than in a coroutine of its own.
+    It is the only layer between a translation and the engine, entered once per token: the
+    deadline's wait is done inline here rather than in a coroutine of its own.
     """
 
-    __slots__ = ("_budget", "_first", "_index", "_obs", "_rest")
+    __slots__ = ("_deadline", "_first", "_index", "_obs", "_rest")
 
     def __init__(
-        self, index: int, first: GenerationOutput, rest: AsyncIterator[GenerationOutput], budget: Budget | None = None
+        self,
+        index: int,
+        rest: AsyncIterator[GenerationOutput],
+        deadline: Deadline | None = None,
+        first: GenerationOutput | None = None,
     ) -> None:
         self._index = index
-        self._first: GenerationOutput | None = first
+        self._first = first
         self._rest = rest
-        self._budget = budget
+        self._deadline = deadline
         self._obs = observation()
-        if self._obs is not None:
+        if self._obs is not None and first is not None:
             note_output(self._obs, first, True)
 
-    def __aiter__(self) -> _Primed:
+    def __aiter__(self) -> EngineStream:
         return self
 
     async def __anext__(self) -> tuple[int, GenerationOutput]:
         if self._first is not None:
             first, self._first = self._first, None
             return self._index, first
-        budget = self._budget
+        deadline = self._deadline
         try:
-            if budget is None:
+            if deadline is None:
                 out = await self._rest.__anext__()
             else:
                 # the deadline (or a shutdown) cancels the wait, which aborts the engine request
-                task = budget.enter()
+                task = deadline.enter()
                 try:
                     out = await self._rest.__anext__()
                 except asyncio.CancelledError:
-                    budget.check_cancelled(task)
+                    deadline.check_cancelled(task)
                     raise
                 finally:
-                    budget.leave(task)
+                    deadline.leave(task)
         except StopAsyncIteration:
             raise
         except Exception as exc:
@@ -209,10 +217,10 @@ class _Primed:
     async def aclose(self) -> None:
         """Close the engine stream (aborting its request if it is still running)."""
         self._first = None
-        await self._rest.aclose()  # type: ignore[attr-defined]
+        await _close(self._rest)
 
 
-def merge(streams: Sequence[AsyncIterator[tuple[int, T]]]) -> AsyncIterator[tuple[int, T]]:
+def merge(streams: Sequence[Tagged]) -> AsyncIterator[tuple[int, GenerationOutput]]:
     """Interleave tagged streams (`open_streams`) as items arrive.
 
     One stream is returned as it is (no layer per token); the first error of several
@@ -224,11 +232,11 @@ def merge(streams: Sequence[AsyncIterator[tuple[int, T]]]) -> AsyncIterator[tupl
     return _interleave(streams)
 
 
-async def _interleave(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
+async def _interleave(streams: Sequence[Tagged]) -> AsyncIterator[tuple[int, GenerationOutput]]:
     queue: asyncio.Queue[Any] = asyncio.Queue()
     done = object()
 
-    async def pump(it: AsyncIterator[T]) -> None:
+    async def pump(it: Tagged) -> None:
         try:
             async for item in it:
                 queue.put_nowait(item)

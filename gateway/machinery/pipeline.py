@@ -1,15 +1,15 @@
-"""The one request pipeline every surface's routes go through.
+"""The one request pipeline every API's routes go through.
 
-A surface supplies only its translation: a `Generation` (neutral requests, which group
-they ask for, how to build the whole answer and the stream events) for text generation,
-or a function of a reader for embeddings and classification. The pipeline does the rest,
-once for everyone, in this order:
+An API supplies only its translation: a `Generation` (neutral requests, which group they
+ask for, how to build the whole answer and the stream events) for text generation, or a
+function of a reader for embeddings and classification. The pipeline does the rest, once
+for everyone, in this order:
 
-    limits -> priority -> deadline budget -> reader pick and admission -> in flight
+    limits -> priority -> deadline -> reader pick and admission -> in flight
       -> buffered answer (cancelled if the client goes) | stream (accepted before the 200)
 
 Cancellation always reaches the engine: a disconnect, a deadline, a shutdown or the
-removal of the reader aborts the engine request (design rule 8).
+removal of the reader aborts the engine request.
 """
 
 from __future__ import annotations
@@ -24,18 +24,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine_adapters.base import GenerationRequest, GenerativeEngine
-from gateway.auth import Principal
+from gateway.auth import Principal, principal_of
 from gateway.continuation import ContinuationStore
 from gateway.errors import GatewayError
-from gateway.middleware.guards import principal_of
+from gateway.machinery.bodies import ManagedEventSource, ManagedStreamingResponse
+from gateway.machinery.deadline import Deadline, deadline_of, priority_of
+from gateway.machinery.engine_streams import Completion, Tagged, cancel_on_disconnect, collect_many, open_streams
+from gateway.machinery.limits import Fields, check_count, check_generation
+from gateway.machinery.routing import Target, resolve
 from gateway.observability.metrics import Observation
 from gateway.observability.metrics import current as observation
 from gateway.registry import Reader, Registry
-from gateway.serving.budget import Budget, make_budget, priority_of
-from gateway.serving.common import Completion, Tagged, cancel_on_disconnect, collect_many, open_streams
-from gateway.serving.limits import Fields, check_count, check_generation
-from gateway.serving.routing import Target, resolve
-from gateway.serving.streaming import ManagedEventSource, ManagedStreamingResponse
 from gateway.settings import Settings
 
 T = TypeVar("T")
@@ -49,7 +48,7 @@ Events = Callable[[GenerativeEngine, Streams], AsyncIterator[Any]]
 
 @dataclass(slots=True)
 class Generation:
-    """A surface's translation of one generation request."""
+    """An API's translation of one generation request."""
 
     requests: list[GenerationRequest]
     answer: Answer
@@ -60,7 +59,7 @@ class Generation:
     timeout: float | None = None
     priority: int | None = None
     fields: Fields = field(default_factory=Fields)
-    # runs once the reader is known, before the engine sees the requests (a surface
+    # runs once the reader is known, before the engine sees the requests (a translation
     # whose prompt depends on the reader's tokenizer completes its requests here)
     prepare: Callable[[GenerativeEngine], Awaitable[None]] | None = None
     # background work: the whole answer runs detached from the HTTP request (never
@@ -69,13 +68,13 @@ class Generation:
 
 
 class Pipeline:
-    """Serves generations and pooling work for every surface of one process."""
+    """Serves generations and pooling work for every API of one process."""
 
     def __init__(self, settings: Settings, registry: Registry, store: ContinuationStore) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
-        self.budgets: set[Budget] = set()  # of the requests in flight, for shutdown
+        self.deadlines: set[Deadline] = set()  # of the requests in flight, for shutdown
         self.detached: dict[str, asyncio.Task[Any]] = {}  # background work by its key
         self._chores: set[asyncio.Task[Any]] = set()
 
@@ -96,7 +95,7 @@ class Pipeline:
         for r in gen.requests:
             r.priority = priority
             r.trace_headers = trace
-        budget = make_budget(request, settings, gen.timeout)
+        deadline = deadline_of(request, settings, gen.timeout)
         caller = principal_of(request.scope)
         weight = sum(r.sampling.n * r.sampling.num_beams for r in gen.requests)
         reader = resolve(self.registry, gen.target, gen.requests, allow=caller.check_group, weight=weight)
@@ -104,14 +103,14 @@ class Pipeline:
         if gen.prepare is not None:
             await gen.prepare(engine)
         if gen.stream and gen.events is not None:
-            return await self._stream(reader, engine, gen, gen.events, budget, caller, weight)
+            return await self._stream(reader, engine, gen, gen.events, deadline, caller, weight)
 
         async def whole() -> Response:
             return await gen.answer(engine, await collect_many(engine, gen.requests))
 
         if gen.detach is not None:
-            return gen.detach(self._detached(reader, budget, whole(), caller, weight))
-        return await self._buffered(request, reader, budget, whole(), caller, weight)
+            return gen.detach(self._detached(reader, deadline, whole(), caller, weight))
+        return await self._buffered(request, reader, deadline, whole(), caller, weight)
 
     async def _stream(
         self,
@@ -119,32 +118,32 @@ class Pipeline:
         engine: GenerativeEngine,
         gen: Generation,
         events: Events,
-        budget: Budget,
+        deadline: Deadline,
         caller: Principal,
         weight: int,
     ) -> Response:
         # Accepted by the engine before the 200: invalid input is a normal error answer.
         # The reader and the caller's key count the request in flight, and the shutdown
-        # knows its budget, until the response's cleanup runs, however it ends.
+        # knows its deadline, until the response's cleanup runs, however it ends.
         caller.admit()
-        release = reader.acquire(budget.cut, weight)
-        self.budgets.add(budget)
+        release = reader.acquire(deadline.cut, weight)
+        self.deadlines.add(deadline)
         obs = observation()
         try:
-            streams = await open_streams(engine, gen.requests, budget)
+            streams = await open_streams(engine, gen.requests, deadline)
         except BaseException:
             release()
             caller.release(0)
-            self.budgets.discard(budget)
+            self.deadlines.discard(deadline)
             raise
 
         async def close() -> None:
             release()
             caller.release(_tokens(obs))
-            self.budgets.discard(budget)
-            budget.close()
+            self.deadlines.discard(deadline)
+            deadline.close()
             for s in streams:
-                await s.aclose()  # type: ignore[attr-defined]
+                await s.aclose()
 
         content = events(engine, streams)
         if gen.stream_as == "text":
@@ -152,7 +151,7 @@ class Pipeline:
         return ManagedEventSource(content, on_close=close, keepalive_seconds=self.settings.sse_keepalive_seconds)
 
     async def _buffered(
-        self, request: Request, reader: Reader, budget: Budget, work: Awaitable[T], caller: Principal, weight: int
+        self, request: Request, reader: Reader, deadline: Deadline, work: Awaitable[T], caller: Principal, weight: int
     ) -> T:
         """A whole answer: in flight on `reader` and the caller's key, under the deadline,
         cancelled if the client goes."""
@@ -162,17 +161,17 @@ class Pipeline:
             if inspect.iscoroutine(work):
                 work.close()  # never started
             raise
-        self.budgets.add(budget)
+        self.deadlines.add(deadline)
         obs = observation()
         try:
-            with reader.track(budget.cut, weight):
-                return await cancel_on_disconnect(request, budget.bound(work))
+            with reader.track(deadline.cut, weight):
+                return await cancel_on_disconnect(request, deadline.bound(work))
         finally:
-            self.budgets.discard(budget)
+            self.deadlines.discard(deadline)
             caller.release(_tokens(obs))
 
     def _detached(
-        self, reader: Reader, budget: Budget, work: Awaitable[Response], caller: Principal, weight: int
+        self, reader: Reader, deadline: Deadline, work: Awaitable[Response], caller: Principal, weight: int
     ) -> asyncio.Task[Response]:
         """A whole answer as a task of its own: in flight on `reader` and the caller's key,
         under the deadline and the shutdown's cut, but not tied to the client's connection."""
@@ -182,15 +181,15 @@ class Pipeline:
             if inspect.iscoroutine(work):
                 work.close()
             raise
-        self.budgets.add(budget)
+        self.deadlines.add(deadline)
         obs = observation()
 
         async def run() -> Response:
             try:
-                with reader.track(budget.cut, weight):
-                    return await budget.bound(work)
+                with reader.track(deadline.cut, weight):
+                    return await deadline.bound(work)
             finally:
-                self.budgets.discard(budget)
+                self.deadlines.discard(deadline)
                 caller.release(_tokens(obs))
 
         return asyncio.ensure_future(run())
@@ -204,10 +203,10 @@ class Pipeline:
         counted in flight, under the deadline, cancelled if the client goes. `inputs` is
         the number of inputs, carried by the request field `field`."""
         check_count(inputs, self.settings, field, "inputs")
-        budget = make_budget(request, self.settings)
+        deadline = deadline_of(request, self.settings)
         caller = principal_of(request.scope)
         reader = resolve(self.registry, target, allow=caller.check_group, weight=inputs)
-        return await self._buffered(request, reader, budget, work(reader), caller, inputs)
+        return await self._buffered(request, reader, deadline, work(reader), caller, inputs)
 
     # ------------------------------------------------------------------ reads
 
@@ -216,12 +215,16 @@ class Pipeline:
         reads never count as requests and are never refused for load)."""
         return resolve(self.registry, target, admit=False)
 
+    def in_flight(self) -> int:
+        """Requests being served (whole, streamed or in the background), for the drain."""
+        return len(self.deadlines)
+
     def cut_all(self, error: GatewayError) -> int:
         """Stop every request in flight with `error` (after a drain timed out)."""
-        budgets = list(self.budgets)
-        for b in budgets:
-            b.cut(error)
-        return len(budgets)
+        deadlines = list(self.deadlines)
+        for d in deadlines:
+            d.cut(error)
+        return len(deadlines)
 
 
 _TRACE_HEADERS = ("traceparent", "tracestate")

@@ -1,4 +1,4 @@
-"""The streaming responses (gateway/serving/streaming.py), driven as an ASGI server does:
+"""The streaming responses (gateway/machinery/bodies.py), driven as an ASGI server does:
 framing, keep-alive comments, disconnects and the once-only cleanup."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.serving.streaming import KEEPALIVE, ManagedEventSource, ManagedStreamingResponse
+from gateway.machinery.bodies import KEEPALIVE, ManagedEventSource, ManagedStreamingResponse
 
 
 class Client:

@@ -1,4 +1,4 @@
-"""Which reader serves a request (gateway/serving/routing.py)."""
+"""Which reader serves a request (gateway/machinery/routing.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from engine_adapters.base import Constraint, GenerationRequest
 from gateway.errors import BadRequest, NotFound
+from gateway.machinery.routing import Target, group_of, resolve
 from gateway.registry import Registry
-from gateway.serving.routing import Target, group_of, resolve
 from gateway.settings import ReaderSettings, Settings
 
 

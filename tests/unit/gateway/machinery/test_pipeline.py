@@ -1,5 +1,5 @@
 """The one generation pipeline: limits, priority, reader pick, in-flight accounting,
-buffered and streamed answers (gateway/serving/pipeline.py), on the scripted engine."""
+buffered and streamed answers (gateway/machinery/pipeline.py), on the scripted engine."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from starlette.responses import JSONResponse, Response
 from engine_adapters.base import GenerationRequest, GenerativeEngine, SamplingOptions
 from gateway.continuation import MemoryStore
 from gateway.errors import BadRequest, NotFound, Overloaded
+from gateway.machinery.bodies import ManagedEventSource
+from gateway.machinery.engine_streams import Completion
+from gateway.machinery.limits import Fields
+from gateway.machinery.pipeline import Generation, Pipeline
+from gateway.machinery.routing import Target
 from gateway.registry import Registry
-from gateway.serving.common import Completion
-from gateway.serving.limits import Fields
-from gateway.serving.pipeline import Generation, Pipeline
-from gateway.serving.routing import Target
-from gateway.serving.streaming import ManagedEventSource
 from gateway.settings import ContinuationSettings, ReaderSettings, Settings
 
 
@@ -65,12 +65,12 @@ def test_buffered_answer_counts_in_flight_only_while_running():
         seen = []
 
         async def watching(engine: GenerativeEngine, completions: list[Completion]) -> Response:
-            seen.append((reader.in_flight, len(p.budgets)))
+            seen.append((reader.in_flight, len(p.deadlines)))
             return await answer(engine, completions)
 
         r = await p.generate(http_request(), Generation(requests(2), watching))
         assert r.status_code == 200 and b'"tokens":[4,4]' in r.body
-        assert seen == [(1, 1)] and reader.in_flight == 0 and not p.budgets
+        assert seen == [(1, 1)] and reader.in_flight == 0 and not p.deadlines
         await p.registry.shutdown()
 
     asyncio.run(go())
@@ -117,9 +117,9 @@ def test_a_stream_is_accepted_before_the_answer_and_released_by_its_cleanup():
         response = await p.generate(http_request(), Generation(requests(1), answer, events, stream=True))
         assert isinstance(response, ManagedEventSource)
         engine = reader.engine
-        assert reader.in_flight == 1 and len(p.budgets) == 1 and engine is not None and engine.stats().running == 1
+        assert reader.in_flight == 1 and len(p.deadlines) == 1 and engine is not None and engine.stats().running == 1
         await response._on_close()  # what the response runs however it ends
-        assert reader.in_flight == 0 and not p.budgets and engine.stats().running == 0
+        assert reader.in_flight == 0 and not p.deadlines and engine.stats().running == 0
         await p.registry.shutdown()
 
     asyncio.run(go())
@@ -131,7 +131,7 @@ def test_a_stream_that_the_engine_refuses_is_an_error_answer_and_holds_nothing()
         with pytest.raises(Exception) as exc:
             await p.generate(http_request(), Generation(requests(1), answer, events, stream=True))
         assert type(exc.value).__name__ == "PromptTooLongError"
-        assert p.registry.readers["a"].in_flight == 0 and not p.budgets
+        assert p.registry.readers["a"].in_flight == 0 and not p.deadlines
         await p.registry.shutdown()
 
     asyncio.run(go())

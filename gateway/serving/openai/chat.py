@@ -1,15 +1,11 @@
 """OpenAI chat completions onto neutral requests and back, tools and reasoning included.
 
-Function calling has three modes (README, "Tools"):
-* `tool_choice` "required" or a named function: constrained decoding against the tools'
-  schemas (gateway/serving/tools.py), so it works with any model;
-* "auto" (the default when tools are sent): the reader's own tool-call parser (vLLM's,
-  named by the reader's `tool_call_parser`) reads the model's markup; a reader without
-  one answers in text, its chat template having seen the tools;
-* "none": text, the template still sees the tools.
-A reader with a `reasoning_parser` puts the thinking in `reasoning_content`, never in
-`content` or the tool-call parsing. Without tools and parsers the per-token path is the
-plain one: chunks assembled from pre-rendered JSON, only the text encoded per token.
+Tools and tool choice are translated as for every API (gateway/serving/tools.py: "required"
+and a named function are constrained decoding, "auto" the reader's parser); the legacy
+`functions` / `function_call` fields map onto the same modes. A reader with a
+`reasoning_parser` puts the thinking in `reasoning_content`, never in `content` or the
+tool-call parsing. Without tools and parsers the per-token path is the plain one: chunks
+assembled from pre-rendered JSON, only the text encoded per token.
 """
 
 from __future__ import annotations
@@ -19,19 +15,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine_adapters.base import (
-    GenerationRequest,
-    GenerativeEngine,
-    OutputParser,
-    ParsedDelta,
-    ToolCall,
-)
+from engine_adapters.base import GenerationRequest, GenerativeEngine, OutputParser, ParsedDelta, ToolCall
 from gateway.errors import BadRequest
+from gateway.machinery.bodies import FastJSONResponse
+from gateway.machinery.engine_streams import Completion, Tagged, merge, new_request_id
+from gateway.machinery.pipeline import Generation, pipeline_of
+from gateway.machinery.routing import Target
 from gateway.protocols.openai import (
     UNSUPPORTED_CHAT,
     AnyMessage,
@@ -43,21 +37,19 @@ from gateway.protocols.openai import (
     ToolMessage,
 )
 from gateway.serving import tools as tooling
-from gateway.serving.common import Completion, FastJSONResponse, Tagged, merge, new_request_id
-from gateway.serving.openai import (
+from gateway.serving.openai.common import (
     DONE,
+    Usage,
     chat_logprobs,
-    constraint_of,
     error_event,
     fields_of,
     json_str,
     refuse_unsupported,
+    requested_constraint,
     sampling_of,
     sse,
     usage_of,
 )
-from gateway.serving.pipeline import Generation, pipeline_of
-from gateway.serving.routing import Target
 from gateway.settings import Settings
 
 
@@ -66,9 +58,7 @@ class ChatPlan:
     """A chat request in neutral terms, and what its answer needs besides the text."""
 
     request: GenerationRequest
-    tools: list[tooling.Tool] = field(default_factory=list)
-    mode: str = "none"  # "none" | "auto" | "required" | "function"
-    choice: tooling.Tool | None = None  # the named function
+    tools: tooling.ToolUse = field(default_factory=tooling.ToolUse)
     legacy: bool = False  # `functions` / `function_call`: answer with `function_call`
     echo: str = ""  # text of the final message, put before the answer
     include_reasoning: bool = True
@@ -79,8 +69,8 @@ async def chat(
 ) -> Response:
     """Serve a chat completion, whole or streamed, through the pipeline.
 
-    Another surface speaking OpenAI's chat (the chat service API) passes its own plan
-    and target.
+    Another API speaking OpenAI's chat (the chat service API) passes its own plan and
+    target.
     """
     pipeline = pipeline_of(request)
     if plan is None:
@@ -89,7 +79,7 @@ async def chat(
 
     async def answer(engine: GenerativeEngine, completions: list[Completion]) -> Response:
         c = completions[0]
-        parsers = output_parsers(engine, chat_plan_, c.prompt_token_ids, len(c.texts))
+        parsers = chat_plan_.tools.parsers(engine, chat_plan_.request, c.prompt_token_ids, len(c.texts))
         return FastJSONResponse(chat_response(body, chat_plan_, c, parsers))
 
     def events(engine: GenerativeEngine, streams: list[Tagged]) -> AsyncIterator[bytes]:
@@ -119,16 +109,6 @@ def _text(content: Any) -> str:
     return "\n".join(p.text for p in content)
 
 
-def _arguments(text: str) -> Any:
-    # Chat templates render a call's arguments as an object (`| tojson`); the wire
-    # carries them as JSON text, so they are parsed back when they are JSON (as vLLM does).
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    return value if isinstance(value, dict) else text
-
-
 def message_dict(m: AnyMessage) -> dict[str, Any]:
     """One wire message as the chat template sees it."""
     if isinstance(m, ToolMessage):
@@ -148,7 +128,7 @@ def message_dict(m: AnyMessage) -> dict[str, Any]:
                 {
                     "id": cid or f"call_{i}",
                     "type": "function",
-                    "function": {"name": name, "arguments": _arguments(args)},
+                    "function": {"name": name, "arguments": tooling.template_arguments(args)},
                 }
                 for i, (cid, name, args) in enumerate(calls)
             ]
@@ -157,40 +137,34 @@ def message_dict(m: AnyMessage) -> dict[str, Any]:
     return out
 
 
-def _tools(req: ChatCompletionRequest) -> tuple[list[tooling.Tool], bool]:
-    """The request's tools, and whether they came in the legacy `functions` field."""
+def tool_use_of(req: ChatCompletionRequest) -> tuple[tooling.ToolUse, bool]:
+    """The request's tools and tool choice, and whether they came in the legacy
+    `functions` / `function_call` fields."""
     if req.tools and req.functions:
         raise BadRequest("send tools or the legacy functions, not both", param="functions")
-    if req.functions:
-        defs, param, legacy = req.functions, "functions", True
-    else:
-        defs, param, legacy = [t.function for t in req.tools or []], "tools", False
+    legacy = bool(req.functions)
+    defs = req.functions or [t.function for t in req.tools or []]
+    param = "functions" if legacy else "tools"
     tools = [tooling.Tool(d.name, d.description, d.parameters or {"type": "object", "properties": {}}) for d in defs]
     tooling.check_tools(tools, param)
-    return tools, legacy
-
-
-def _mode(req: ChatCompletionRequest, tools: list[tooling.Tool], legacy: bool) -> tuple[str, tooling.Tool | None]:
-    choice: Any = req.function_call if legacy else req.tool_choice
-    param = "function_call" if legacy else "tool_choice"
     if req.tool_choice is not None and legacy:
         raise BadRequest("tool_choice goes with tools; functions take function_call", param="tool_choice")
-    if choice is not None and not tools:
-        raise BadRequest(f"{param} needs {'functions' if legacy else 'tools'}", param=param)
-    if not tools:
-        return "none", None
-    if choice is None:
-        return "auto", None
+    choice = req.function_call if legacy else req.tool_choice
+    choice_param = "function_call" if legacy else "tool_choice"
+    if choice is not None and not tools:  # OpenAI's rule: a choice needs its tools
+        raise BadRequest(f"{choice_param} needs {param}", param=choice_param)
+    named = None
     if isinstance(choice, NamedToolChoice):
-        return "function", tooling.named(tools, choice.function.name, param)
-    if isinstance(choice, NamedFunction):
-        return "function", tooling.named(tools, choice.name, param)
-    return str(choice), None
+        named, choice = choice.function.name, None
+    elif isinstance(choice, NamedFunction):
+        named, choice = choice.name, None
+    use = tooling.tool_use(tools, choice, named, parallel=req.parallel_tool_calls is not False, param=choice_param)
+    return use, legacy
 
 
 def chat_plan(req: ChatCompletionRequest, settings: Settings) -> ChatPlan:
     """The neutral request of a chat completion, and how to answer it."""
-    refuse_unsupported(req, UNSUPPORTED_CHAT)
+    refuse_unsupported(req.model_extra, UNSUPPORTED_CHAT)
     if req.top_logprobs is not None and not req.logprobs:
         raise BadRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
     if req.continue_final_message and req.add_generation_prompt:
@@ -198,18 +172,12 @@ def chat_plan(req: ChatCompletionRequest, settings: Settings) -> ChatPlan:
             "continue_final_message continues the last message: set add_generation_prompt to false",
             param="continue_final_message",
         )
-    tools, legacy = _tools(req)
-    mode, choice = _mode(req, tools, legacy)
-    constraint = constraint_of(req.response_format, req.structured_outputs)
-    if mode in ("required", "function"):
-        if constraint is not None:
-            raise BadRequest(
-                f"{'function_call' if legacy else 'tool_choice'} {mode} cannot be combined with response_format "
-                "or structured_outputs",
-                param="response_format",
-            )
-        parallel = req.parallel_tool_calls is not False
-        constraint = tooling.constraint(tools, choice, parallel, "function_call" if legacy else "tool_choice")
+    tools, legacy = tool_use_of(req)
+    constraint = tools.constraint(
+        requested_constraint(req.response_format, req.structured_outputs),
+        "response_format",
+        "response_format or structured_outputs",
+    )
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     kwargs = dict(req.chat_template_kwargs or {})
@@ -223,44 +191,78 @@ def chat_plan(req: ChatCompletionRequest, settings: Settings) -> ChatPlan:
         sampling=sampling_of(req, settings, max_tokens, logprobs),
         constraint=constraint,
         stream=req.stream,
-        tools=[t.template_dict() for t in tools] or None,
-        tool_choice=mode,  # type: ignore[arg-type]
+        tools=tools.template_tools(),
+        tool_choice=tools.mode,
         chat_template_kwargs=kwargs or None,
         continue_final_message=req.continue_final_message,
     )
     echo = ""
     if req.echo and messages and messages[-1]["role"] == "assistant":
         echo = messages[-1]["content"]
-    return ChatPlan(neutral, tools, mode, choice, legacy, echo, req.include_reasoning)
-
-
-def output_parsers(engine: GenerativeEngine, plan: ChatPlan, prompt_ids: Any, n: int) -> list[OutputParser] | None:
-    """One parser per choice, or None when the output is plain content."""
-    if plan.mode in ("required", "function"):
-        return [tooling.ToolChoiceParser(plan.choice) for _ in range(n)]
-    first = engine.output_parser(plan.request, prompt_ids)
-    if first is None:
-        return None
-    rest = [engine.output_parser(plan.request, prompt_ids) for _ in range(n - 1)]
-    return [first, *(p for p in rest if p is not None)]
+    return ChatPlan(neutral, tools, legacy, echo, req.include_reasoning)
 
 
 # ----------------------------------------------------------------------------- answers
 
 
-def _tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+class FunctionOut(TypedDict):
+    """A call's function: name and arguments (JSON text)."""
+
+    name: str
+    arguments: str
+
+
+class ToolCallOut(TypedDict):
+    """A tool call of the answer."""
+
+    id: str
+    type: Literal["function"]
+    function: FunctionOut
+
+
+class AnswerMessage(TypedDict):
+    """The assistant message of a choice."""
+
+    role: Literal["assistant"]
+    content: str | None
+    reasoning_content: NotRequired[str]
+    tool_calls: NotRequired[list[ToolCallOut]]
+    function_call: NotRequired[FunctionOut]
+
+
+class ChatChoice(TypedDict):
+    """One choice of a `chat.completion`."""
+
+    index: int
+    message: AnswerMessage
+    logprobs: dict[str, Any] | None
+    finish_reason: str | None
+
+
+class ChatCompletion(TypedDict):
+    """A whole `chat.completion` object."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+def _tool_calls(calls: list[ToolCall]) -> list[ToolCallOut]:
     return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
 
 
 def chat_response(
     req: ChatCompletionRequest, plan: ChatPlan, c: Completion, parsers: list[OutputParser] | None
-) -> dict[str, Any]:
+) -> ChatCompletion:
     """A whole `chat.completion` object."""
     k = req.top_logprobs or 0
-    choices = []
+    choices: list[ChatChoice] = []
     for i, text in enumerate(c.texts):
         finish = c.finish_reasons[i]
-        message: dict[str, Any] = {"role": "assistant", "content": text}
+        message: AnswerMessage = {"role": "assistant", "content": text}
         if parsers is not None:
             parsed = parsers[i].parse(text, c.token_ids[i])
             message["content"] = parsed.content
@@ -356,7 +358,7 @@ async def chat_stream(
             prompt_tokens = len(out.prompt_token_ids)
             if first:
                 first = False
-                parsers = output_parsers(engine, plan, out.prompt_token_ids, req.n)
+                parsers = plan.tools.parsers(engine, plan.request, out.prompt_token_ids, req.n)
             for d in out.deltas:
                 tokens += len(d.token_ids)
                 if parsers is None:

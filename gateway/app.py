@@ -1,18 +1,19 @@
-"""Build the FastAPI apps (one per listener) and their error handlers.
+"""Build the FastAPI apps (one per listener) from the API table, and their error handlers.
 
 One process serves several listeners that share one `Runtime` (and so one engine per
-reader): the main API on `port`, the management API on `port + 1` and the OpenAI API
-on `openai_port`. `create_app` builds a self-contained main app for tests and ASGI
-servers; `gateway.server.serve` runs all listeners.
+reader): the main port (`port`), the management port (`port + 1`) and the OpenAI port
+(`openai_port`). Each listener's app includes the routers of the API families the table
+(gateway/apis.py) serves there. `create_app` builds a self-contained main app for tests
+and ASGI servers; `gateway.server.serve` runs all listeners.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Literal
+import importlib
+from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,26 +21,32 @@ from starlette.middleware.cors import CORSMiddleware
 
 from engine_adapters.base import EngineError
 from gateway import __version__
-from gateway.errors import BadRequest, GatewayError, classify, error_body, from_status, shape_for, validation_message
+from gateway.apis import Api, ApiIndex, Listener, served
+from gateway.errors import BadRequest, GatewayError, classify, error_body, from_status, validation_message
 from gateway.middleware.guards import Guard
-from gateway.observability.access import Observer
+from gateway.observability.access import Observer, api_of
 from gateway.observability.metrics import current as observation
 from gateway.protocols.openapi import with_limits
 from gateway.registry import EngineFactory
-from gateway.routes import chat_service, embeddings, generate_api, health, management, openai, takeoff, tokenization, ui
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 
-Surface = Literal["main", "management", "openai"]
+Lifespan = Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]
+TITLES: dict[Listener, str] = {
+    "main": "LLM gateway",
+    "management": "LLM gateway management",
+    "openai": "LLM gateway OpenAI-compatible API",
+}
 
 
 def _render(request: Request, error: BaseException) -> JSONResponse:
-    """Every error answer of every app: the one table, the path's one shape."""
+    """Every error answer of every app: the one error table, the family's one shape."""
     info = classify(error)
     obs = observation()
     if obs is not None:
         obs.error_type = info.type
-    shape = shape_for(request.app.state.surface, request.url.path)
+    index: ApiIndex = request.app.state.apis
+    shape = api_of(request.scope, index).shape_on(index.listener)
     return JSONResponse(error_body(info, shape), status_code=info.status, headers=info.headers or None)
 
 
@@ -61,13 +68,28 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     return _render(request, from_status(exc.status_code, str(exc.detail), dict(exc.headers or {})))
 
 
-def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = None) -> FastAPI:
-    app = FastAPI(title=title, version=__version__, lifespan=lifespan)  # type: ignore[arg-type]
+def _install(app: FastAPI, api: Api) -> None:
+    """Include the family's routers (or run its installers) in `app`."""
+    for name in api.routers:
+        module, _, attribute = name.partition(":")
+        target = getattr(importlib.import_module(f"gateway.routes.{module}"), attribute)
+        if isinstance(target, APIRouter):
+            app.include_router(target)
+        else:
+            installer: Callable[[FastAPI], None] = target
+            installer(app)
+
+
+def build_app(runtime: Runtime, listener: Listener, lifespan: Lifespan | None = None) -> FastAPI:
+    """The app of one listener: the routers of every API family the table serves there."""
+    app = FastAPI(title=TITLES[listener], version=__version__, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.pipeline = runtime.pipeline
-    app.state.surface = surface
+    app.state.listener = listener
+    index = ApiIndex(listener)
+    app.state.apis = index
     s = runtime.settings
-    ui = surface == "main" and s.ui_enabled
+    ui = listener == "main" and s.ui_enabled
     # Added last = outermost: CORS answers preflights before the guard asks for a key.
     app.add_middleware(
         Guard,
@@ -79,11 +101,12 @@ def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = 
         public_prefixes=("/ui/",) if ui else (),
         max_body_bytes=s.max_body_bytes,
         is_draining=lambda: runtime.draining,
-        surface=surface,
+        listener=listener,
+        apis=index,
     )
     # the console on the main port adds and removes readers through this port
     ui_origin = (
-        rf"^https?://(127\.0\.0\.1|localhost|\[::1\]):{s.port}$" if surface == "management" and s.ui_enabled else None
+        rf"^https?://(127\.0\.0\.1|localhost|\[::1\]):{s.port}$" if listener == "management" and s.ui_enabled else None
     )
     if s.cors_allow_origins or ui_origin:
         app.add_middleware(
@@ -95,50 +118,15 @@ def _new_app(runtime: Runtime, surface: Surface, title: str, lifespan: object = 
             expose_headers=["X-Request-Id", "Retry-After"],
         )
     # outermost: sees every answer, refusals by the guard included
-    app.add_middleware(Observer, surface=surface, enabled=lambda: s.access_log)
+    app.add_middleware(Observer, apis=index, enabled=lambda: s.access_log)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(GatewayError, _on_error)
     app.add_exception_handler(EngineError, _on_error)
     app.add_exception_handler(Exception, _on_error)
     app.openapi = with_limits(app, s)  # type: ignore[method-assign]
-    return app
-
-
-def build_main_app(runtime: Runtime, lifespan: object = None) -> FastAPI:
-    """The main API (port 3000): Takeoff inference, health and status."""
-    app = _new_app(runtime, "main", "LLM gateway", lifespan)
-    app.include_router(health.router)
-    app.include_router(takeoff.router)
-    app.include_router(openai.router)
-    app.include_router(embeddings.v1_router)
-    app.include_router(generate_api.router)
-    app.include_router(embeddings.router)
-    app.include_router(tokenization.router)
-    app.include_router(chat_service.router)
-    if runtime.settings.metrics_on_main_port:
-        app.include_router(health.metrics_router)
-    if runtime.settings.ui_enabled:
-        app.include_router(ui.router)
-        app.mount("/ui", ui.UIFiles(directory=ui.STATIC), name="ui")
-    return app
-
-
-def build_management_app(runtime: Runtime) -> FastAPI:
-    """The management API (port 3001): status for operators and the Takeoff client."""
-    app = _new_app(runtime, "management", "LLM gateway management")
-    app.include_router(health.router)
-    app.include_router(health.metrics_router)
-    app.include_router(management.router)
-    return app
-
-
-def build_openai_app(runtime: Runtime) -> FastAPI:
-    """The OpenAI-compatible API on its own port (3003, as Takeoff's compatibility layer)."""
-    app = _new_app(runtime, "openai", "LLM gateway OpenAI-compatible API")
-    app.include_router(health.router)
-    app.include_router(openai.router)
-    app.include_router(embeddings.v1_router)
+    for api in served(s, listener):
+        _install(app, api)
     return app
 
 
@@ -185,4 +173,4 @@ def create_apps(
         finally:
             await runtime.close()
 
-    return build_main_app(runtime, lifespan), build_management_app(runtime), build_openai_app(runtime)
+    return build_app(runtime, "main", lifespan), build_app(runtime, "management"), build_app(runtime, "openai")

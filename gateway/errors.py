@@ -1,8 +1,9 @@
 """Typed errors and the ONE table that maps them to HTTP status codes and bodies.
 
 Handlers never parse error messages: they look the exception's class up in
-`ERROR_TABLE` (after TGI's single `From<InferError>`). Each surface has one error
-shape; bodies are short, name the offending field, and never echo the request.
+`ERROR_TABLE` (after TGI's single `From<InferError>`). Each API family has one error
+shape (gateway/apis.py); bodies are short, name the offending field, and never echo the
+request.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ _INTERNAL = ErrorKind(500, "internal_error")
 
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
-    """Everything a surface needs to render an error."""
+    """Everything an error shape needs to render an error."""
 
     status: int
     type: str
@@ -177,16 +178,8 @@ def from_status(status: int, message: str, headers: dict[str, str] | None = None
     return cls(message, headers=headers)
 
 
+# The error shapes of the API families (gateway/apis.py says which family speaks which).
 ErrorShape = Literal["openai", "takeoff"]
-
-# Paths of the main port that speak OpenAI's error shape (the chat service API included).
-OPENAI_PREFIXES = ("/v1/", "/chat/completions", "/embeddings", "/rerank")
-
-
-def shape_for(app_surface: str, path: str) -> ErrorShape:
-    """The one rule for which error shape a path speaks: everything on the OpenAI port,
-    and the OpenAI-style paths of the main port."""
-    return "openai" if app_surface == "openai" or path.startswith(OPENAI_PREFIXES) else "takeoff"
 
 
 def error_body(info: ErrorInfo, shape: ErrorShape) -> dict[str, Any]:
@@ -200,7 +193,8 @@ def openai_body(info: ErrorInfo) -> dict[str, Any]:
 
 
 def takeoff_body(info: ErrorInfo) -> dict[str, Any]:
-    """The shape of every non-OpenAI surface: FastAPI's `detail` plus type and field."""
+    """Takeoff's shape (and that of the other non-OpenAI APIs): FastAPI's `detail` plus
+    type and field."""
     return {"detail": info.message, "type": info.type, "field": info.param}
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from engine_adapters.base import EngineDeadError, GenerativeEngine, PoolingEngine, UnknownAdapterError
-from engine_adapters.factory import Engine, build_engine, spawns_processes
+from engine_adapters.factory import ENGINE_KINDS, Engine, build_engine
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, NotReady, Overloaded
 from gateway.observability.metrics import EMBED_BATCH
 from gateway.observability.metrics import current as observation
@@ -69,9 +69,7 @@ class Reader:
     @property
     def adapters(self) -> tuple[str, ...]:
         """LoRA adapter names (configured; the engine serves them once ready)."""
-        if self.settings.kind == "scripted":
-            return tuple(self.settings.scripted.get("lora_adapters", ()))
-        return tuple(self.settings.lora_adapters)
+        return self.settings.adapter_names
 
     @property
     def serving(self) -> bool:
@@ -320,7 +318,7 @@ class Registry:
         return engine
 
     async def _start(self, reader: Reader, engine: Engine) -> None:
-        if not spawns_processes(reader.settings.kind):
+        if not ENGINE_KINDS[reader.settings.kind].spawns_processes:
             await engine.start()
             return
         async with self._spawn_lock:

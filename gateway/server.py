@@ -21,12 +21,15 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from gateway.app import build_main_app, build_management_app, build_openai_app, open_to_the_network
+from gateway.apis import Listener
+from gateway.app import build_app, open_to_the_network
+from gateway.auth import INFERENCE
 from gateway.errors import NotReady
 from gateway.observability.metrics import LOOP_LAG
-from gateway.observability.probes import ProbeServer
+from gateway.observability.probes import ProbeServer, ProbeState
 from gateway.registry import Reader
 from gateway.runtime import Runtime
+from gateway.serving.status import readiness_payload, status
 from gateway.settings import Settings, non_default
 
 log = logging.getLogger("gateway")
@@ -51,14 +54,14 @@ def freeze_startup_heap() -> None:
     log.info("froze %d start-up objects out of the garbage collector's scans", gc.get_freeze_count())
 
 
-def _listeners(runtime: Runtime) -> list[tuple[str, FastAPI, int]]:
+def _listeners(runtime: Runtime) -> list[tuple[Listener, FastAPI, int]]:
     s = runtime.settings
-    out = [
-        ("main", build_main_app(runtime), s.port),
-        ("management", build_management_app(runtime), s.effective_management_port),
+    out: list[tuple[Listener, FastAPI, int]] = [
+        ("main", build_app(runtime, "main"), s.port),
+        ("management", build_app(runtime, "management"), s.effective_management_port),
     ]
     if s.openai_port is not None:
-        out.append(("openai", build_openai_app(runtime), s.openai_port))
+        out.append(("openai", build_app(runtime, "openai"), s.openai_port))
     return out
 
 
@@ -93,6 +96,21 @@ async def _drain(runtime: Runtime) -> None:
         deadline = loop.time() + 2.0
         while runtime.busy() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+
+
+def probe_state(runtime: Runtime) -> ProbeState:
+    """What the probe process answers from, as of now: readiness, `/status` (or why it
+    could not be read: the heartbeat that liveness depends on must go on regardless) and
+    the digests of the keys that may read it."""
+    code, ready = readiness_payload(runtime.registry, runtime.draining)
+    try:
+        now = status(runtime.registry, runtime.draining, runtime.started_at)
+    except RuntimeError:
+        raise
+    except Exception as exc:
+        now = {"status": "unknown", "error": f"the status could not be read: {exc}"}
+    keys = runtime.keys.digests(INFERENCE) if runtime.keys.configured else None
+    return ProbeState(code, ready, now, keys)
 
 
 ENGINE_DEATH_GRACE_SECONDS = 2.0
@@ -167,7 +185,7 @@ async def serve(settings: Settings) -> int:
     probes = None
     if settings.probe_port is not None:
         try:
-            probes = ProbeServer(runtime, settings.host, settings.probe_port)
+            probes = ProbeServer(lambda: probe_state(runtime), settings.host, settings.probe_port)
         except OSError as exc:
             log.error("cannot listen on %s:%d for the probes: %s", settings.host, settings.probe_port, exc)
             for sock in sockets:

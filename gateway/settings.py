@@ -18,11 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
-EngineKind = Literal["vllm", "sentence-transformers", "pooling", "scripted"]
-
-# Reader kinds the management API may create by default ("scripted" answers with canned
-# text: only test configurations allow it).
-_SAFE_KINDS: tuple[EngineKind, ...] = ("vllm", "sentence-transformers", "pooling")
+from engine_adapters.factory import ENGINE_KINDS, EngineKind
 
 # The consumer group a generation goes to when the request names none (Takeoff's name).
 DEFAULT_GROUP = "primary"
@@ -80,15 +76,20 @@ class ReaderSettings(BaseModel):
     allow_dimensions: bool = True
 
     @property
-    def effective_task(self) -> str:
+    def effective_task(self) -> Task:
         """The reader's task, with the default of its kind."""
         if self.task is not None:
             return self.task
-        return "generate" if self.kind in ("vllm", "scripted") else "embed"
+        return ENGINE_KINDS[self.kind].default_task
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The LoRA adapters it serves (configured; the engine serves them once ready)."""
+        return ENGINE_KINDS[self.kind].adapters(self.model_dump())
 
     @model_validator(mode="after")
     def _check_task(self) -> ReaderSettings:
-        generative = self.kind in ("vllm", "scripted")
+        generative = ENGINE_KINDS[self.kind].generative
         if generative and self.task not in (None, "generate"):
             raise ValueError(
                 f"a {self.kind} reader generates; use kind sentence-transformers or pooling to {self.task}"
@@ -273,7 +274,9 @@ class Settings(BaseSettings):
     probe_port: int | None = Field(None, ge=1, le=65535)
 
     # the management API: what POST /reader may create
-    allowed_reader_kinds: list[EngineKind] = Field(default_factory=lambda: list(_SAFE_KINDS))
+    allowed_reader_kinds: list[EngineKind] = Field(
+        default_factory=lambda: [k for k, info in ENGINE_KINDS.items() if info.creatable]
+    )
     allowed_engine_args: list[str] = Field(
         default_factory=lambda: [
             "max_num_batched_tokens",
@@ -315,7 +318,7 @@ class Settings(BaseSettings):
 
     def hub_models(self) -> list[str]:
         """Configured models that are hub ids (neither embedded nor a local folder)."""
-        return [r.model for r in self.readers if r.kind != "scripted" and is_hub_id(r.model)]
+        return [r.model for r in self.readers if ENGINE_KINDS[r.kind].loads_model and is_hub_id(r.model)]
 
     @property
     def effective_offline(self) -> bool:

@@ -21,17 +21,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.apis import Api, ApiIndex, Listener
 from gateway.auth import ADMIN, INFERENCE, LOCAL, KeyRing, Principal
-from gateway.errors import (
-    Forbidden,
-    GatewayError,
-    NotReady,
-    PayloadTooLarge,
-    Unauthorized,
-    classify,
-    error_body,
-    shape_for,
-)
+from gateway.errors import Forbidden, GatewayError, NotReady, PayloadTooLarge, Unauthorized, classify, error_body
 from gateway.observability.metrics import current as observation
 
 log = logging.getLogger(__name__)
@@ -83,7 +75,8 @@ class Guard:
         public_prefixes: Iterable[str] = (),
         max_body_bytes: int,
         is_draining: Callable[[], bool],
-        surface: str,
+        listener: Listener,
+        apis: ApiIndex,
     ) -> None:
         self.app = app
         self.keys = keys
@@ -93,7 +86,8 @@ class Guard:
         self.public_prefixes = tuple(public_prefixes)
         self.max_body = max_body_bytes
         self.is_draining = is_draining
-        self.surface = surface
+        self.listener = listener
+        self.apis = apis
 
     def _trusted_host(self, host: str) -> bool:
         return bool(_LOOPBACK_HOST.match(host)) or host.lower().rsplit(":", 1)[0] in self.trusted_hosts
@@ -103,7 +97,9 @@ class Guard:
         obs = observation()
         if obs is not None:
             obs.error_type = info.type
-        body = json.dumps(error_body(info, shape_for(self.surface, scope.get("path", "")))).encode()
+        found = scope.get("state", {}).get("api")
+        api = found if isinstance(found, Api) else self.apis.api_of(scope.get("path", ""))
+        body = json.dumps(error_body(info, api.shape_on(self.listener))).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in info.headers.items()]
         await send({"type": "http.response.start", "status": info.status, "headers": headers})
@@ -126,9 +122,9 @@ class Guard:
                 "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        scope_needed = ADMIN if self.surface == "management" else INFERENCE
-        if not principal.can(scope_needed):
-            return Forbidden(f"the key {principal.name!r} has no {scope_needed} scope for this port")
+        needed = ADMIN if self.listener == "management" else INFERENCE
+        if not principal.can(needed):
+            return Forbidden(f"the key {principal.name!r} has no {needed} permission for this port")
         return principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

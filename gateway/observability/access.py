@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.apis import Api, ApiIndex
 from gateway.observability.metrics import Observation, begin, end
 
 log = logging.getLogger("gateway.access")
@@ -24,33 +25,19 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def surface_of(app_surface: str, path: str) -> str:
-    """A bounded label naming the API family a path belongs to."""
-    if app_surface == "management":
-        return "management"
-    if path.startswith("/v1/") or app_surface == "openai":
-        return "openai"
-    if path in ("/generate", "/generate_stream"):
-        return "takeoff"
-    if path.startswith("/api/"):
-        return "generate_api"
-    if path.startswith(("/chat", "/embeddings")):
-        return "chat_service"
-    if path in ("/embed", "/classify", "/rerank"):
-        return "embeddings"
-    if path.startswith(("/tokenize", "/detokenize", "/chat_template")):
-        return "tokenizer"
-    if path in _QUIET or path == "/status":
-        return "ops"
-    return "other"
+def api_of(scope: Scope, index: ApiIndex) -> Api:
+    """The API family of the request (the observer found it; else looked up now)."""
+    found = scope.get("state", {}).get("api")
+    return found if isinstance(found, Api) else index.api_of(scope.get("path", ""))
 
 
 class Observer:
-    """Wraps an app: starts the request's observation, finishes it when the answer ends."""
+    """Wraps an app: starts the request's observation, finishes it when the answer ends.
+    It finds the request's API family once, for the labels and the error shape."""
 
-    def __init__(self, app: ASGIApp, *, surface: str, enabled: Callable[[], bool]) -> None:
+    def __init__(self, app: ASGIApp, *, apis: ApiIndex, enabled: Callable[[], bool]) -> None:
         self.app = app
-        self.surface = surface
+        self.apis = apis
         self.enabled = enabled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -65,9 +52,9 @@ class Observer:
                 break
         rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
         path = scope.get("path", "")
-        obs = Observation(
-            request_id=rid, surface=surface_of(self.surface, path), method=scope.get("method", ""), path=path
-        )
+        api = self.apis.api_of(path)
+        scope.setdefault("state", {})["api"] = api
+        obs = Observation(request_id=rid, api=api.metrics_label, method=scope.get("method", ""), path=path)
         header = (b"x-request-id", rid.encode())
 
         async def observing_send(message: Message) -> None:
@@ -102,7 +89,7 @@ def access_fields(obs: Observation, scope: Scope) -> dict[str, Any]:
         "method": obs.method,
         "path": obs.path,
         "route": obs.route,
-        "surface": obs.surface,
+        "api": obs.api,
         "group": obs.group or None,
         "key": obs.key or None,
         "status": obs.status,

@@ -1,7 +1,7 @@
 """Prometheus series of the gateway, and the per-request observation that feeds them.
 
-Label values are bounded: `surface` and `route` come from a fixed list and the route
-templates, `group` from the configured consumer groups, `status` from HTTP codes.
+Label values are bounded: `api` (the API family, gateway/apis.py) and `route` come from
+the table and the route templates, `group` from the configured consumer groups, `status` from HTTP codes.
 vLLM registers its own `vllm:*` series in the same default registry, so `/metrics`
 serves both. With `PROMETHEUS_MULTIPROC_DIR` set (several worker processes) the
 multiprocess collector aggregates them.
@@ -20,11 +20,11 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 
-REQUESTS = Counter("gateway_requests", "HTTP requests answered", ["surface", "route", "group", "status"])
-ERRORS = Counter("gateway_errors", "Requests that failed, by error type", ["surface", "type"])
+REQUESTS = Counter("gateway_requests", "HTTP requests answered", ["api", "route", "group", "status"])
+ERRORS = Counter("gateway_errors", "Requests that failed, by error type", ["api", "type"])
 REJECTIONS = Counter("gateway_admission_rejections", "Requests refused by admission control (429)", ["group"])
-CANCELLATIONS = Counter("gateway_cancellations", "Requests whose client went away before the answer", ["surface"])
-DEADLINES = Counter("gateway_deadline_expiries", "Requests stopped by their deadline", ["surface"])
+CANCELLATIONS = Counter("gateway_cancellations", "Requests whose client went away before the answer", ["api"])
+DEADLINES = Counter("gateway_deadline_expiries", "Requests stopped by their deadline", ["api"])
 LOOP_LAG = Histogram(
     "gateway_event_loop_lag_seconds",
     "How late the event loop ran a timer due every 100 ms (a busy loop answers everything late)",
@@ -33,29 +33,29 @@ LOOP_LAG = Histogram(
 TTFT = Histogram(
     "gateway_time_to_first_token_seconds",
     "Arrival to first generated token",
-    ["surface", "group"],
+    ["api", "group"],
     buckets=LATENCY_BUCKETS,
 )
 ITL = Histogram(
     "gateway_inter_token_latency_seconds",
     "Mean time between generated tokens, per request",
-    ["surface", "group"],
+    ["api", "group"],
     buckets=TOKEN_LATENCY_BUCKETS,
 )
 DURATION = Histogram(
     "gateway_request_duration_seconds",
     "Arrival to the end of the answer",
-    ["surface", "route", "group"],
+    ["api", "route", "group"],
     buckets=LATENCY_BUCKETS,
 )
 QUEUE = Histogram(
     "gateway_queue_time_seconds",
     "Arrival until the engine accepted the request (admission, tokenizing, queueing)",
-    ["surface", "group"],
+    ["api", "group"],
     buckets=LATENCY_BUCKETS,
 )
-PROMPT_TOKENS = Counter("gateway_prompt_tokens", "Prompt tokens of answered requests", ["surface", "group"])
-GENERATED_TOKENS = Counter("gateway_generated_tokens", "Generated tokens", ["surface", "group"])
+PROMPT_TOKENS = Counter("gateway_prompt_tokens", "Prompt tokens of answered requests", ["api", "group"])
+GENERATED_TOKENS = Counter("gateway_generated_tokens", "Generated tokens", ["api", "group"])
 KEY_REQUESTS = Counter("gateway_key_requests", "Requests answered, per API key name", ["key", "status"])
 KEY_TOKENS = Counter("gateway_key_tokens", "Tokens per API key name", ["key", "kind"])
 KEY_REJECTIONS = Counter("gateway_key_rejections", "Requests refused with 429, per API key name", ["key"])
@@ -75,7 +75,7 @@ class Observation:
     """What one request did, filled in as it goes (see `current`)."""
 
     request_id: str
-    surface: str
+    api: str  # the API family's metrics label
     method: str
     path: str
     start: float = field(default_factory=time.perf_counter)
@@ -110,7 +110,7 @@ class Observation:
 
     def record(self) -> None:
         """Update the Prometheus series (once, when the answer is over)."""
-        s, g = self.surface, self.group
+        s, g = self.api, self.group
         REQUESTS.labels(s, self.route or "unmatched", g, str(self.status)).inc()
         DURATION.labels(s, self.route or "unmatched", g).observe(time.perf_counter() - self.start)
         if self.error_type is not None:

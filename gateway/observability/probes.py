@@ -28,17 +28,30 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from multiprocessing import shared_memory
-from typing import TYPE_CHECKING, Any
-
-from gateway.auth import INFERENCE
-from gateway.serving.status import readiness_payload, status
-
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+from typing import Any
 
 log = logging.getLogger("gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeState:
+    """What the probe process answers from: readiness (status code and body), the main
+    port's `/status` body, and the SHA-256 digests of the keys that may read it (None when
+    no key is configured: `/status` is open)."""
+
+    code: int
+    ready: dict[str, Any]
+    status: dict[str, Any]
+    keys: list[bytes] | None
+
+
+# Called by the event loop every 100 ms; the gateway's server hands it in, so this module
+# knows neither the runtime nor the serving layer.
+Feed = Callable[[], ProbeState]
 
 # sequence (odd while written), heartbeat (CLOCK_MONOTONIC, shared by every process),
 # readiness status code, body length; then the body: JSON with the readiness body
@@ -104,10 +117,10 @@ class Snapshot:
 
 
 class ProbeServer:
-    """Starts, feeds and stops the probe process for `runtime`."""
+    """Starts, feeds (from `feed`) and stops the probe process."""
 
-    def __init__(self, runtime: Runtime, host: str, port: int, stall_seconds: float = 30.0) -> None:
-        self.runtime = runtime
+    def __init__(self, feed: Feed, host: str, port: int, stall_seconds: float = 30.0) -> None:
+        self.feed = feed
         self.snapshot = Snapshot()
         self.beat()
         self.proc = subprocess.Popen(
@@ -126,18 +139,14 @@ class ProbeServer:
 
     def beat(self) -> None:
         """Called from the event loop every 100 ms: it still turns; readiness and status
-        as of now."""
-        rt = self.runtime
+        as of now (a feed that fails skips this beat's snapshot, never the heartbeat's
+        next turn)."""
         try:
-            code, ready = readiness_payload(rt.registry, rt.draining)
+            state = self.feed()
         except RuntimeError:  # a reader added or removed while reading: next beat
             return
-        try:
-            now = status(rt.registry, rt.draining, rt.started_at)
-        except Exception as exc:  # the heartbeat (liveness) must go on whatever /status meets
-            now = {"status": "unknown", "error": f"the status could not be read: {exc}"}
-        keys = [d.hex() for d in rt.keys.digests(INFERENCE)] if rt.keys.configured else None
-        self.snapshot.write(code, {"ready": ready, "status": now, "keys": keys})
+        keys = [d.hex() for d in state.keys] if state.keys is not None else None
+        self.snapshot.write(state.code, {"ready": state.ready, "status": state.status, "keys": keys})
 
     def start(self) -> None:
         log.info("probes (/healthz, /readyz) on port %d, answered by process %d", self.port, self.proc.pid)

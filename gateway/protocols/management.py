@@ -7,6 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from engine_adapters.factory import EngineKind
+from gateway.settings import Task
+
 
 class CreateReaderRequest(BaseModel):
     """Body of `POST /reader`: Takeoff's ReaderConfig fields, plus this gateway's.
@@ -41,8 +44,8 @@ class CreateReaderRequest(BaseModel):
     # this gateway's reader fields
     id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     model: str | None = Field(None, min_length=1)
-    kind: Literal["vllm", "sentence-transformers", "pooling", "scripted"] | None = None
-    task: Literal["generate", "embed", "classify"] | None = None
+    kind: EngineKind | None = None
+    task: Task | None = None
     dtype: str | None = None
     max_model_len: int | None = Field(None, ge=1)
     enforce_eager: bool | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
@@ -59,3 +59,8 @@ class UIFiles(StaticFiles):
             await send(message)
 
         await super().__call__(scope, receive, with_headers)
+
+
+def install(app: FastAPI) -> None:
+    """Serve the page's files under /ui (a mount, which a router cannot hold)."""
+    app.mount("/ui", UIFiles(directory=STATIC), name="ui")

@@ -9,11 +9,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engine_adapters.factory import ENGINE_KINDS, EngineKind
 from gateway.errors import BadRequest, Conflict, Overloaded, Unprocessable, validation_message
 from gateway.protocols.management import CreateReaderRequest
 from gateway.registry import Registry
 from gateway.serving.status import describe
-from gateway.settings import DEFAULT_GROUP, ReaderSettings, Settings
+from gateway.settings import DEFAULT_GROUP, ReaderSettings, Settings, Task
 
 # Takeoff's ReaderConfig names -> our reader fields
 _TAKEOFF_FIELDS = {
@@ -150,13 +151,13 @@ def check_allowed(reader: ReaderSettings, settings: Settings) -> None:
         if key not in settings.allowed_engine_args:
             allowed = ", ".join(settings.allowed_engine_args)
             raise BadRequest(f"engine_args.{key} is not allowed here (allowed: {allowed})", param=f"engine_args.{key}")
-    if reader.kind != "scripted":
+    if ENGINE_KINDS[reader.kind].loads_model:
         check_model(reader.model, settings, "model_name")
         for name, path in reader.lora_adapters.items():
             check_model(path, settings, f"lora_adapters.{name}")
 
 
-def detect_kind(model: str) -> tuple[str, str | None]:
+def detect_kind(model: str) -> tuple[EngineKind, Task | None]:
     """What kind of reader a model needs, as Takeoff decides for itself: a
     sentence-transformers folder (modules.json) embeds, or classifies when its model is
     a sequence classifier; anything else is a vLLM generative model."""

@@ -82,7 +82,7 @@ def test_prometheus_reads_gateway_and_vllm_series(gateway, http, prometheus):
     assert http.post("/generate", json={"text": "x", "consumer_group": "nope"}).status_code == 404
     # the gateway's own series, with bounded labels
     served = wait_for(prometheus, 'gateway_requests_total{route="/generate",status="200",group="primary"} >= 3')
-    assert served[0]["metric"]["surface"] == "takeoff"
+    assert served[0]["metric"]["api"] == "takeoff"
     wait_for(prometheus, 'gateway_requests_total{route="/generate",status="404"}')
     wait_for(prometheus, 'gateway_generated_tokens_total{group="primary"} >= 24')
     wait_for(prometheus, 'gateway_time_to_first_token_seconds_count{group="primary"} >= 3')

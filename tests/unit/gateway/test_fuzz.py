@@ -133,7 +133,11 @@ def test_linked_sequences_never_answer_5xx(openai_schema, main_schema):
         def create(self, case):  # type: ignore[no-untyped-def]
             if isinstance(case.body, dict) and not case.body.get("input"):
                 case.body["input"] = "Hello"  # input or previous_response_id: a rule across fields
-            return response_id(send(case), "resp_unknown")
+            created = response_id(send(case), "resp_unknown")
+            if created != "resp_unknown":  # read it back at once too (the random rules may not)
+                read = operation(openai_schema, "GET", "/v1/responses/{response_id}")
+                send(read.Case(path_parameters={"response_id": created}))
+            return created
 
         @rule(target=responses, case=creates, previous=responses)
         def continue_response(self, case, previous):  # type: ignore[no-untyped-def]

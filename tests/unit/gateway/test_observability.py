@@ -39,7 +39,7 @@ def test_one_json_access_line_per_request_without_the_prompt(client, caplog):
         client.post("/generate", json={"text": "SECRET PROMPT", "max_new_tokens": 5}, headers={"X-Request-Id": "r-1"})
     lines = [r.fields for r in caplog.records if r.name == "gateway.access"]
     (line,) = [x for x in lines if x["request_id"] == "r-1"]
-    assert line["surface"] == "takeoff" and line["route"] == "/generate" and line["group"] == "primary"
+    assert line["api"] == "takeoff" and line["route"] == "/generate" and line["group"] == "primary"
     assert line["status"] == 200 and line["generated_tokens"] == 5 and line["prompt_tokens"] == 13
     assert line["ttft_ms"] is not None and line["completed"] is True
     assert "SECRET" not in json.dumps(lines)
@@ -50,11 +50,11 @@ def test_metrics_on_the_management_port(client):
     client.post("/generate", json={"text": "hello", "max_new_tokens": 4})
     client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3, "model": "nope"})
     text = client.management.get("/metrics").text
-    labels = {"surface": "takeoff", "route": "/generate", "group": "primary", "status": "200"}
+    labels = {"api": "takeoff", "route": "/generate", "group": "primary", "status": "200"}
     assert metric(text, "gateway_requests_total", **labels) == metric(before, "gateway_requests_total", **labels) + 1
-    assert metric(text, "gateway_errors_total", surface="openai", type="not_found_error") >= 1
-    assert metric(text, "gateway_generated_tokens_total", surface="takeoff", group="primary") >= 4
-    assert metric(text, "gateway_time_to_first_token_seconds_count", surface="takeoff", group="primary") >= 1
+    assert metric(text, "gateway_errors_total", api="openai", type="not_found_error") >= 1
+    assert metric(text, "gateway_generated_tokens_total", api="takeoff", group="primary") >= 4
+    assert metric(text, "gateway_time_to_first_token_seconds_count", api="takeoff", group="primary") >= 1
     assert metric(text, "gateway_reader_up", group="primary", reader="primary-0") == 1
     # one series per state, 1 only for the current one (alerts ignore readers still loading)
     assert metric(text, "gateway_reader_state", group="primary", reader="primary-0", state="ready") == 1
@@ -86,7 +86,7 @@ def test_cancellations_rejections_and_deadlines_are_counted(client_factory):
         text = c.get("/metrics").text
         for name, labels in (
             ("gateway_admission_rejections_total", {"group": "primary"}),
-            ("gateway_deadline_expiries_total", {"surface": "takeoff"}),
+            ("gateway_deadline_expiries_total", {"api": "takeoff"}),
         ):
             assert metric(text, name, **labels) == metric(base, name, **labels) + 1, name
 

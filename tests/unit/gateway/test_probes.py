@@ -13,7 +13,7 @@ import httpx
 
 from gateway.auth import KeyRing
 from gateway.observability.probes import ProbeServer
-from gateway.server import watch_loop_lag
+from gateway.server import probe_state, watch_loop_lag
 
 
 class Registry:
@@ -46,7 +46,7 @@ def fake_runtime(keys: KeyRing | None = None) -> SimpleNamespace:
 
 def test_probes_answer_while_the_event_loop_is_blocked():
     runtime = fake_runtime()
-    probes = ProbeServer(runtime, "127.0.0.1", 0, stall_seconds=1.0)  # type: ignore[arg-type]
+    probes = ProbeServer(lambda: probe_state(runtime), "127.0.0.1", 0, stall_seconds=1.0)
     probes.start()
     url = f"http://127.0.0.1:{probes.port}"
     try:
@@ -116,14 +116,14 @@ def test_a_taken_probe_port_is_a_clear_error():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         with pytest.raises(OSError, match="in use"):
-            ProbeServer(runtime, "127.0.0.1", taken.getsockname()[1])  # type: ignore[arg-type]
+            ProbeServer(lambda: probe_state(runtime), "127.0.0.1", taken.getsockname()[1])
 
 
 def test_status_on_the_probe_port_needs_a_key_when_keys_are_configured(tmp_path):
     keys_file = tmp_path / "keys.yaml"
     keys_file.write_text("keys:\n  - {name: ops, key: sk-ops, scopes: [admin]}\n")
     runtime = fake_runtime(KeyRing(["sk-team"], ["sk-admin"], keys_file))
-    probes = ProbeServer(runtime, "127.0.0.1", 0)  # type: ignore[arg-type]
+    probes = ProbeServer(lambda: probe_state(runtime), "127.0.0.1", 0)
     url = f"http://127.0.0.1:{probes.port}"
     try:
         for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"X-API-Key": "sk-ops"}):  # ops: no inference scope
@@ -142,10 +142,10 @@ def test_status_on_the_probe_port_needs_a_key_when_keys_are_configured(tmp_path)
 
 def test_a_status_that_cannot_be_read_does_not_stop_the_heartbeat():
     runtime = fake_runtime()
-    probes = ProbeServer(runtime, "127.0.0.1", 0)  # type: ignore[arg-type]
+    probes = ProbeServer(lambda: probe_state(runtime), "127.0.0.1", 0)
     url = f"http://127.0.0.1:{probes.port}"
     try:
-        runtime.registry.groups = None  # type: ignore[assignment]  # status() fails on it
+        runtime.registry.groups = None  # status() fails on it
         probes.beat()  # no error: liveness depends on the beats going on
         assert httpx.get(url + "/readyz").status_code == 200
         assert "could not be read" in httpx.get(url + "/status").json()["error"]

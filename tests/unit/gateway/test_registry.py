@@ -173,7 +173,12 @@ class _SpawningEngine(ScriptedEngine):
 
 def test_device_selection_is_per_reader_and_never_overlaps(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr("gateway.registry.spawns_processes", lambda kind: True)
+    import dataclasses
+
+    from engine_adapters.factory import ENGINE_KINDS
+
+    spawning = dataclasses.replace(ENGINE_KINDS["scripted"], spawns_processes=True)
+    monkeypatch.setitem(ENGINE_KINDS, "scripted", spawning)
 
     def factory(data: dict[str, Any], cache: Path, on_batch: Any) -> Any:
         return _SpawningEngine(ScriptedConfig(name=data["id"]))

@@ -22,7 +22,7 @@ EXTRA_INDEX = $(if $(filter cpu,$(ACCEL)),$(torch_index))
 # Debian packages of servers the tests start themselves on 127.0.0.1.
 DEB_PACKAGES ?= redis-server prometheus chromium
 
-.PHONY: install install-dev system-deps serve test lint lock bench image clean print-extra-index
+.PHONY: install install-dev system-deps serve test check lint lock bench image clean print-extra-index
 
 # What `make serve` needs: the gateway, its engine and the embedded models; no test tools.
 install: $(STAMP)
@@ -89,8 +89,19 @@ system-deps:
 	  echo "installing the Debian package npm"; $$sudo apt-get install -y -q npm >/dev/null \
 	  || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q npm >/dev/null; }; }
 
+# Coverage is of the test process (the unit tests run the HTTP side in process); the e2e
+# gateways are processes of their own and are not measured.
 test: install-dev system-deps lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --cov=gateway --cov=engine_adapters --cov-report=term:skip-covered $(PYTEST_ARGS)
+
+# The quick loop: lint, types and the unit tests on the scripted engine (no real engine,
+# no system services, no image), about a minute and a half on 2 cores.
+CHECK_TESTS ?= tests/unit --ignore=tests/unit/deploy
+check: install-dev
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(CHECK_TESTS)
 
 # Speed and memory targets live here, never in the tests (see benchmarks/README.md).
 bench: install-dev

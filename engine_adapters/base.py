@@ -1,8 +1,8 @@
 """Engine Protocols, neutral request/response types and typed engine errors.
 
-Every API surface translates its wire schema into a `GenerationRequest`; every engine
+Every API translates its wire schema into a `GenerationRequest`; every engine
 (vLLM, the scripted test engine) consumes one and yields `GenerationOutput`s. Nothing in
-this module knows about HTTP or any surface (design rule 3, after TEI's backend trait).
+this module knows about HTTP or any API (after TEI's backend trait).
 """
 
 from __future__ import annotations
@@ -62,12 +62,19 @@ class EngineOverloadedError(EngineError):
     """The engine refused the request because its queue is full."""
 
 
+# --------------------------------------------------------------------------- tasks
+
+# What a reader does (its `task`), and what a request asks for: the reader tasks and
+# "score" (re-ranking), which readers that embed or classify serve.
+ReaderTask = Literal["generate", "embed", "classify"]
+Work = Literal["generate", "embed", "classify", "score"]
+
 # --------------------------------------------------------------------------- request
 
 
 @dataclass(slots=True)
 class SamplingOptions:
-    """Decoding parameters common to every surface.
+    """Decoding parameters common to every API.
 
     `temperature == 0` means greedy decoding; `top_k == 0` means no top-k cut.
     """
@@ -111,7 +118,7 @@ class Constraint:
 
 @dataclass(slots=True)
 class GenerationRequest:
-    """One generation, whatever surface it came from.
+    """One generation, whatever API it came from.
 
     Exactly one of `prompt`, `messages` or `prompt_token_ids` is set. With
     `use_chat_template`, a plain `prompt` is rendered as one user message.
@@ -195,8 +202,8 @@ class ModelInfo:
     dtype: str
     has_chat_template: bool
     eos_token_id: int | None = None
-    # what the model can do: "generate", "embed", "classify", "score"
-    tasks: tuple[str, ...] = ("generate",)
+    # what the model can do
+    tasks: tuple[Work, ...] = ("generate",)
     dimensions: int | None = None
     labels: tuple[str, ...] = ()
     adapters: tuple[str, ...] = ()  # LoRA adapter names

@@ -7,7 +7,9 @@ See https://docs.vllm.ai/en/latest/features/custom_logitsprocs.html
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from vllm import SamplingParams
@@ -53,7 +55,7 @@ class NoRepeatNGramLogitsProcessor(AdapterLogitsProcessor):
         """Banning tokens changes the greedy choice."""
         return False
 
-    def new_req_logits_processor(self, params: SamplingParams):  # type: ignore[no-untyped-def]
+    def new_req_logits_processor(self, params: SamplingParams) -> Callable[[list[int], Any], Any] | None:
         """A per-request processor for requests with a size, else None."""
         size = (params.extra_args or {}).get(NO_REPEAT_NGRAM_KEY)
         if not size:

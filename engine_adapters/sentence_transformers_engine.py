@@ -22,6 +22,7 @@ from engine_adapters.base import (
     PoolingInput,
     TextPair,
     UnsupportedFeatureError,
+    Work,
 )
 from engine_adapters.batching import DynamicBatcher
 
@@ -90,11 +91,11 @@ class SentenceTransformersEngine:
             self._max_tokens = int(model.max_seq_length or model.tokenizer.model_max_length)
             id2label = model.config.id2label or {}
             labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(model.config.num_labels))
-            tasks = ("classify", "score") if len(labels) == 1 else ("classify",)
+            tasks: tuple[Work, ...] = ("classify", "score") if len(labels) == 1 else ("classify",)
             self._info = self._make_info(tasks, None, labels)
         return model
 
-    def _make_info(self, tasks: tuple[str, ...], dims: int | None, labels: tuple[str, ...]) -> ModelInfo:
+    def _make_info(self, tasks: tuple[Work, ...], dims: int | None, labels: tuple[str, ...]) -> ModelInfo:
         return ModelInfo(
             name=self.config.served_name,
             path=self.config.model,
@@ -198,7 +199,7 @@ class SentenceTransformersEngine:
 
     # ---------------------------------------------------------------- API
 
-    def _require(self, task: str) -> DynamicBatcher[Any, Any]:
+    def _require(self, task: Work) -> DynamicBatcher[Any, Any]:
         if self._batcher is None or self._info is None:
             raise EngineNotReadyError("the model is still loading")
         if task not in self._info.tasks:
@@ -206,7 +207,7 @@ class SentenceTransformersEngine:
         return self._batcher
 
     async def embed(self, inputs: list[PoolingInput]) -> EmbeddingResult:
-        """Embed texts; token-id inputs are decoded to text first (see the README)."""
+        """Embed texts; token-id inputs are decoded to text first (docs/apis/embeddings.md)."""
         batcher = self._require("embed")
         tok = self._model.tokenizer
         for i, x in enumerate(inputs):

@@ -15,7 +15,7 @@ def prepare_cpu_env(cpu_kv_cache_gib: int | None) -> None:
 
     Without an explicit KV cache size vLLM asks for most of NUMA node 0 and fails to start
     on small machines; without the reservation override it keeps one of two cores idle
-    (see vllm-on-cpu.md).
+    (measured on 2-core machines: docs/settings.md, "Running vLLM on a CPU").
     """
     if cpu_kv_cache_gib is not None:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib)

@@ -25,7 +25,7 @@ from gateway.apis import Api, ApiIndex, Listener, served
 from gateway.errors import BadRequest, GatewayError, classify, error_body, from_status, validation_message
 from gateway.middleware.guards import Guard
 from gateway.observability.access import Observer, api_of
-from gateway.observability.metrics import current as observation
+from gateway.observability.metrics import current_observation
 from gateway.protocols.openapi import with_limits
 from gateway.registry import EngineFactory
 from gateway.runtime import Runtime
@@ -42,7 +42,7 @@ TITLES: dict[Listener, str] = {
 def _render(request: Request, error: BaseException) -> JSONResponse:
     """Every error answer of every app: the one error table, the family's one shape."""
     info = classify(error)
-    obs = observation()
+    obs = current_observation()
     if obs is not None:
         obs.error_type = info.type
     index: ApiIndex = request.app.state.apis

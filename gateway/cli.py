@@ -10,11 +10,14 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 import yaml
 
 import gateway
+
+if TYPE_CHECKING:  # the settings module is imported only when a command needs it
+    from gateway.settings import Settings
 
 # Flags for the primary reader's fields (the names vLLM's `serve` uses), as the
 # GATEWAY_* shortcuts of settings.PRIMARY_ENV.
@@ -27,7 +30,7 @@ READER_FLAGS = {
 }
 
 
-def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _settings(args: argparse.Namespace) -> Settings:
     from pydantic import ValidationError
 
     from gateway.errors import validation_message
@@ -42,7 +45,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         sys.exit(f"gateway: cannot read settings: {exc}")
 
 
-def _offline(settings) -> None:  # type: ignore[no-untyped-def]
+def _offline(settings: Settings) -> None:
     # Set before transformers or vLLM are imported: they read these once.
     hub = settings.hub_models()
     if settings.offline is True and hub:

@@ -1,7 +1,8 @@
-"""The request_id continuation store of the generate-one/batch API (seed 004).
+"""The store of the generate-one/batch API's request_id continuations (and of the
+Responses API's stored responses).
 
-Seed 004 says a request_id is "used for internal caching" and that a repeated id
-"continues generation", ignoring the prompt. The store keeps, per key, the full token
+The generate-one API documents a request_id as "used for internal caching" and says a
+repeated id "continues generation", ignoring the prompt. The store keeps, per key, the full token
 sequence so far (prompt + generated); a repeated id sends that sequence back to the
 engine, where vLLM's prefix caching makes the repeated prefix cheap.
 

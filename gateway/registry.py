@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from engine_adapters.base import EngineDeadError, GenerativeEngine, PoolingEngine, UnknownAdapterError
+from engine_adapters.base import EngineDeadError, GenerativeEngine, PoolingEngine, ReaderTask, UnknownAdapterError, Work
 from engine_adapters.factory import ENGINE_KINDS, Engine, build_engine
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, NotReady, Overloaded
-from gateway.observability.metrics import EMBED_BATCH
-from gateway.observability.metrics import current as observation
+from gateway.observability.metrics import EMBED_BATCH, current_observation
 from gateway.settings import ReaderSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ class Reader:
         return self.settings.consumer_group
 
     @property
-    def task(self) -> str:
+    def task(self) -> ReaderTask:
         """ "generate", "embed" or "classify"."""
         return self.settings.effective_task
 
@@ -76,7 +75,7 @@ class Reader:
         """Ready, and its engine has not died since (before the watcher noticed)."""
         return self.state == "ready" and not (self.engine is not None and self.engine.dead)
 
-    def can(self, task: str) -> bool:
+    def can(self, task: Work) -> bool:
         """Whether the reader serves `task` ("score" is served by embed and classify readers)."""
         return self.task == task or (task == "score" and self.task in ("embed", "classify"))
 
@@ -171,7 +170,7 @@ class Registry:
             out.setdefault(r.group, []).append(r)
         return out
 
-    def groups_for(self, task: str) -> list[str]:
+    def groups_for(self, task: Work) -> list[str]:
         """The groups with at least one reader for `task`, in configuration order."""
         return [g for g, rs in self.groups().items() if any(r.can(task) for r in rs)]
 
@@ -194,7 +193,7 @@ class Registry:
     def candidates(
         self,
         group: str,
-        task: str = "generate",
+        task: Work = "generate",
         *,
         backend: str | None = None,
         backend_param: str | None = None,
@@ -211,7 +210,7 @@ class Registry:
         if not members:
             names = ", ".join(sorted(self.groups())) or "none"
             raise NotFound(f"unknown consumer group {group!r}; the groups are: {names}", param=group_param)
-        obs = observation()
+        obs = current_observation()
         if obs is not None:
             obs.group = group  # a configured group: a bounded label
         members = [r for r in members if r.can(task)]
@@ -262,7 +261,7 @@ class Registry:
                     f"consumer group {group!r} is at capacity ({limit} sequences in flight per reader); retry shortly",
                     headers={"Retry-After": "1"},
                 )
-            obs = observation()
+            obs = current_observation()
             if obs is not None:
                 obs.reader = best.id
         return best

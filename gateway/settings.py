@@ -2,7 +2,7 @@
 
 Precedence, highest first: `GATEWAY_*` environment variables, the Takeoff environment
 variables (for the primary reader), the YAML file given with `--config`, the defaults
-below. Every field is documented in the README's settings table.
+below. Every field is documented in docs/settings.md.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from engine_adapters.base import ReaderTask
 from engine_adapters.factory import ENGINE_KINDS, EngineKind
 
 # The consumer group a generation goes to when the request names none (Takeoff's name).
 DEFAULT_GROUP = "primary"
-Task = Literal["generate", "embed", "classify"]
+Task = ReaderTask
 
 
 class ReaderSettings(BaseModel):
@@ -149,7 +150,7 @@ PRIMARY_ENV = {
 
 class GenerateApiDefaults(BaseModel):
     """Defaults of `generation_config` on `/api/generate-one` and `/api/generate-batch`
-    (the ".env" defaults of seed 004)."""
+    (the ".env" defaults of that API's original service)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -345,7 +346,7 @@ class Settings(BaseSettings):
 
 class _EnvAndDotenv(EnvSettingsSource):
     """GATEWAY_* variables of the environment over those of a `.env` file in the working
-    directory (seed 004's generation defaults live there). Other lines of the file are
+    directory (the generate-one API's generation defaults live there). Other lines are
     left to `process_env` (TAKEOFF_*) or ignored."""
 
     def _load_env_vars(self) -> Mapping[str, str | None]:

@@ -18,8 +18,7 @@ from starlette.requests import Request
 from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine, TokenLogprob
 from gateway.errors import ClientGone, classify
 from gateway.machinery.deadline import Deadline
-from gateway.observability.metrics import Observation
-from gateway.observability.metrics import current as observation
+from gateway.observability.metrics import Observation, current_observation
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -28,7 +27,7 @@ T_co = TypeVar("T_co", covariant=True)
 def new_request_id(prefix: str) -> str:
     """A unique engine request id (vLLM needs them unique across in-flight requests),
     starting with the HTTP request's id so that vLLM's lines can be matched to it."""
-    obs = observation()
+    obs = current_observation()
     head = f"{obs.request_id}-" if obs is not None else ""
     return f"{head}{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -71,7 +70,7 @@ class Completion:
 async def collect(engine: GenerativeEngine, request: GenerationRequest) -> Completion:
     """Run a generation to the end and return everything it produced."""
     result = Completion()
-    obs = observation()
+    obs = current_observation()
     first = True
     async for out in engine.generate(request):
         if obs is not None:
@@ -179,7 +178,7 @@ class EngineStream:
         self._first = first
         self._rest = rest
         self._deadline = deadline
-        self._obs = observation()
+        self._obs = current_observation()
         if self._obs is not None and first is not None:
             note_output(self._obs, first, True)
 

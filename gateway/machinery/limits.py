@@ -1,9 +1,9 @@
-"""The server's limits on a generation, checked once for every surface, with one wording.
+"""The server's limits on a generation, checked once for every API, with one wording.
 
-Surfaces translate their wire request into neutral requests (defaults applied); the
-pipeline checks those here. Error messages name the field as the surface calls it
+The translations turn their wire request into neutral requests (defaults applied); the
+pipeline checks those here. Error messages name the field as the API calls it
 (`max_tokens` on OpenAI, `max_new_tokens` on Takeoff, `generation_config.max_new_tokens`
-on generate-one), through the surface's `Fields`.
+on generate-one), through the API's `Fields`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from gateway.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class Fields:
-    """The wire names of the neutral fields on one surface."""
+    """The wire names of the neutral fields in one API."""
 
     prompts: str = "text"
     max_new_tokens: str = "max_new_tokens"

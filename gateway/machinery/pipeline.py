@@ -32,8 +32,7 @@ from gateway.machinery.deadline import Deadline, deadline_of, priority_of
 from gateway.machinery.engine_streams import Completion, Tagged, cancel_on_disconnect, collect_many, open_streams
 from gateway.machinery.limits import Fields, check_count, check_generation
 from gateway.machinery.routing import Target, resolve
-from gateway.observability.metrics import Observation
-from gateway.observability.metrics import current as observation
+from gateway.observability.metrics import Observation, current_observation
 from gateway.registry import Reader, Registry
 from gateway.settings import Settings
 
@@ -128,7 +127,7 @@ class Pipeline:
         caller.admit()
         release = reader.acquire(deadline.cut, weight)
         self.deadlines.add(deadline)
-        obs = observation()
+        obs = current_observation()
         try:
             streams = await open_streams(engine, gen.requests, deadline)
         except BaseException:
@@ -162,7 +161,7 @@ class Pipeline:
                 work.close()  # never started
             raise
         self.deadlines.add(deadline)
-        obs = observation()
+        obs = current_observation()
         try:
             with reader.track(deadline.cut, weight):
                 return await cancel_on_disconnect(request, deadline.bound(work))
@@ -182,7 +181,7 @@ class Pipeline:
                 work.close()
             raise
         self.deadlines.add(deadline)
-        obs = observation()
+        obs = current_observation()
 
         async def run() -> Response:
             try:

@@ -1,6 +1,6 @@
 """Which reader serves a request: the one place that turns a name into a reader.
 
-A request names a consumer group (Takeoff's `consumer_group`), or on the OpenAI surfaces
+A request names a consumer group (Takeoff's `consumer_group`), or in the OpenAI APIs
 a `model` that may be a group, a loaded model's name or a LoRA adapter's name; a request
 that names nothing goes to the default group of its task. Inside the group the registry
 balances and applies admission control.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from engine_adapters.base import GenerationRequest
+from engine_adapters.base import GenerationRequest, Work
 from gateway.errors import NotFound
 from gateway.registry import Reader, Registry
 from gateway.settings import DEFAULT_GROUP
@@ -19,7 +19,7 @@ from gateway.settings import DEFAULT_GROUP
 # Where a request that names no group goes, per task (generation: DEFAULT_GROUP, always):
 # embeddings to "embed", classification to "classify" (the Takeoff client's default),
 # re-ranking to the first of these that exists.
-DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
+DEFAULT_GROUPS: dict[Work, tuple[str, ...]] = {
     "embed": ("embed",),
     "classify": ("classify",),
     "score": ("rerank", "classify", "embed"),
@@ -31,13 +31,13 @@ class Target:
     """What a request asks to be served by."""
 
     name: str | None = None
-    task: str = "generate"
+    task: Work = "generate"
     param: str = "consumer_group"  # the request field that carried `name`, for errors
     by_model: bool = False  # OpenAI's `model`: a group, a served model's name or an adapter's
     fallback: bool = False  # a name that matches nothing uses the default group (one-model services)
 
 
-def _default_group(registry: Registry, task: str, param: str) -> str:
+def _default_group(registry: Registry, task: Work, param: str) -> str:
     if task == "generate":
         return DEFAULT_GROUP  # Takeoff's rule; the registry names the groups there are if it is missing
     groups = registry.groups()

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.apis import Api, ApiIndex, Listener
 from gateway.auth import ADMIN, INFERENCE, LOCAL, KeyRing, Principal
 from gateway.errors import Forbidden, GatewayError, NotReady, PayloadTooLarge, Unauthorized, classify, error_body
-from gateway.observability.metrics import current as observation
+from gateway.observability.metrics import current_observation
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Guard:
 
     async def _refuse(self, scope: Scope, send: Send, error: GatewayError) -> None:
         info = classify(error)
-        obs = observation()
+        obs = current_observation()
         if obs is not None:
             obs.error_type = info.type
         found = scope.get("state", {}).get("api")
@@ -146,7 +146,7 @@ class Guard:
             await self._refuse(scope, send, caller)
             return
         scope.setdefault("state", {})["principal"] = caller
-        obs = observation()
+        obs = current_observation()
         if obs is not None:
             obs.key = caller.name
         for name, value in scope.get("headers", ()):

@@ -28,9 +28,9 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Never drops a record."""
         if not hasattr(record, "request_id"):
-            from gateway.observability.metrics import current
+            from gateway.observability.metrics import current_observation
 
-            obs = current()
+            obs = current_observation()
             record.request_id = obs.request_id if obs is not None else "-"
         return True
 

@@ -147,7 +147,7 @@ LIVE_TOKENS: dict[str, int] = {}
 _CURRENT: contextvars.ContextVar[Observation | None] = contextvars.ContextVar("observation", default=None)
 
 
-def current() -> Observation | None:
+def current_observation() -> Observation | None:
     """The observation of the request being served, if any."""
     return _CURRENT.get()
 

@@ -1,4 +1,4 @@
-"""Wire models of the OpenAI-style chat service API (seed 003): `/chat`, `/chat/completions`
+"""Wire models of the OpenAI-style chat service API: `/chat`, `/chat/completions`
 and `/embeddings` at the root of the main port."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Wire types shared by several surfaces."""
+"""Wire types shared by several APIs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
-
-BACKEND_NAMES = ("auto", "xgrammar", "guidance", "outlines", "lmfe", "lm-format-enforcer")
 
 
 def _lower(value: Any) -> Any:

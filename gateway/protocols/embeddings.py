@@ -1,5 +1,5 @@
 """Wire models of embeddings, classification and re-ranking: Takeoff's `/embed` and
-`/classify`, OpenAI's `/v1/embeddings` (and seed 003's `/embeddings`), and `/rerank` in
+`/classify`, OpenAI's `/v1/embeddings` (and the chat service's `/embeddings`), and `/rerank` in
 the shape Cohere, Jina and vLLM clients use."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class EmbeddingRequest(BaseModel):
-    """Body of OpenAI's `POST /v1/embeddings` (and seed 003's `/embeddings`)."""
+    """Body of OpenAI's `POST /v1/embeddings` (and the chat service's `/embeddings`)."""
 
     model_config = ConfigDict(extra="ignore")
 

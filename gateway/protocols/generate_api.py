@@ -1,4 +1,4 @@
-"""Wire models of the generate-one / generate-batch API (seed 004)."""
+"""Wire models of the generate-one / generate-batch API."""
 
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ class FunctionMessage(_Message):
     """A function's result in the legacy `functions` protocol."""
 
     role: Literal["function"]
-    name: StrictStr  # type: ignore[assignment]
+    name: StrictStr
     content: StrictStr | None = None
 
 
@@ -310,14 +310,6 @@ class CompletionRequest(_SamplingFields):
     best_of: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
     response_format: ResponseFormat | None = None
-
-
-class Usage(BaseModel):
-    """Token accounting of one request."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class ModelCard(BaseModel):

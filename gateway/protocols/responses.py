@@ -2,7 +2,7 @@
 after OpenAI's API reference and the openai SDK's types.
 
 Input items the gateway understands are typed; fields it accepts but does not act on are
-declared in `IGNORED` (README, "Responses"), so clients that always send them work.
+declared in `IGNORED` (docs/apis/responses.md), so clients that always send them work.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Wire models of the Takeoff inference API (`/generate`, `/generate_stream`).
 
-Fields and defaults follow Takeoff's documentation (seed 000) and what the official
-`takeoff-client` 0.7.0 sends: every optional parameter may arrive as JSON null, which
-means "use the default". No engine imports here (design rule 1).
+Fields and defaults follow Takeoff's documentation and what the official `takeoff-client`
+0.7.0 sends: every optional parameter may arrive as JSON null, which means "use the
+default". Wire models only: no engine imports here.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from engine_adapters.base import Work
 from gateway.errors import NotFound, NotReady
 from gateway.machinery.pipeline import pipeline_of
 from gateway.machinery.routing import Target
@@ -24,7 +25,7 @@ from gateway.serving import embeddings
 from gateway.serving.openai import chat
 
 
-def _target(model: str | None, task: str = "generate") -> Target:
+def _target(model: str | None, task: Work = "generate") -> Target:
     return Target(model, task=task, param="model", by_model=True, fallback=True)
 
 

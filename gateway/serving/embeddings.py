@@ -14,13 +14,13 @@ from gateway.errors import BadRequest
 from gateway.machinery.bodies import FastJSONResponse
 from gateway.machinery.pipeline import pipeline_of
 from gateway.machinery.routing import Target
-from gateway.observability.metrics import current as observation
+from gateway.observability.metrics import current_observation
 from gateway.protocols.embeddings import ClassifyRequest, EmbeddingRequest, RerankRequest, TakeoffEmbedRequest
 from gateway.registry import Reader
 
 
 def _note_tokens(n: int) -> None:
-    obs = observation()
+    obs = current_observation()
     if obs is not None:
         obs.accepted(n)
 

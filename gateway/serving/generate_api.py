@@ -49,7 +49,7 @@ async def generate_one(request: Request, body: GenerateOneRequest) -> Response:
     settings, store = pipeline.settings, pipeline.store
     check_request_id(body.request_id, "request_id", settings)
     sampling = config_sampling(body.generation_config, settings)
-    constraint = requested_constraint(body.generation_config)
+    constraint = config_constraint(body.generation_config)
     key = one_key(settings, principal_of(request.scope).name, body.request_id)
     job = await make_job(store, key, body.prompt, sampling, constraint, "prompt")
 
@@ -85,7 +85,7 @@ async def generate_batch(request: Request, body: GenerateBatchRequest) -> Respon
             raise BadRequest(f"prompts[{i}].request_id repeats an earlier one", param=f"prompts[{i}].request_id")
         seen.add(rid)
     sampling = config_sampling(body.generation_config, settings)
-    constraint = requested_constraint(body.generation_config)
+    constraint = config_constraint(body.generation_config)
     jobs = [
         await make_job(store, key, p.prompt, sampling, constraint, f"prompts[{i}].prompt")
         for i, (key, p) in enumerate(
@@ -151,7 +151,7 @@ def config_sampling(cfg: GenerationConfig | None, settings: Settings) -> Samplin
     )
 
 
-def requested_constraint(cfg: GenerationConfig | None) -> Constraint | None:
+def config_constraint(cfg: GenerationConfig | None) -> Constraint | None:
     """The extension fields `regex`, `json_schema`, `choice` of `generation_config` (one at most)."""
     if cfg is None:
         return None

@@ -1,6 +1,6 @@
 """Takeoff's API: `/generate` and `/generate_stream` onto neutral requests and back.
 
-Stream framing (documented in the README):
+Stream framing (documented in docs/apis/takeoff.md):
   * each piece of new text is one event whose `data` is the text itself (multi-line text
     becomes several `data:` lines, which SSE clients join with newlines);
   * for a list of prompts the event name is the prompt's index ("0", "1", ...);
@@ -55,7 +55,7 @@ async def generate(request: Request, body: GenerateRequest, stream: bool) -> Res
     return await pipeline.generate(request, generation)
 
 
-def requested_constraint(body: GenerateRequest) -> Constraint | None:
+def takeoff_constraint(body: GenerateRequest) -> Constraint | None:
     """The decoding constraint: a regex wins over a JSON schema, as Takeoff documents."""
     regex, regex_param = body.regex or (None, "regex_string")
     return constraint_of(
@@ -83,7 +83,7 @@ def to_neutral(body: GenerateRequest, settings: Settings) -> list[GenerationRequ
         seed=body.seed,
         stop=tuple(body.stop or ()),
     )
-    constraint = requested_constraint(body)
+    constraint = takeoff_constraint(body)
     return [
         GenerationRequest(
             request_id=new_request_id("takeoff"),

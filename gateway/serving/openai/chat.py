@@ -43,9 +43,9 @@ from gateway.serving.openai.common import (
     chat_logprobs,
     error_event,
     fields_of,
+    format_constraint,
     json_str,
     refuse_unsupported,
-    requested_constraint,
     sampling_of,
     sse,
     usage_of,
@@ -174,7 +174,7 @@ def chat_plan(req: ChatCompletionRequest, settings: Settings) -> ChatPlan:
         )
     tools, legacy = tool_use_of(req)
     constraint = tools.constraint(
-        requested_constraint(req.response_format, req.structured_outputs),
+        format_constraint(req.response_format, req.structured_outputs),
         "response_format",
         "response_format or structured_outputs",
     )

@@ -80,7 +80,7 @@ def sampling_of(
     )
 
 
-def requested_constraint(fmt: ResponseFormat | None, so: StructuredOutputs | None) -> Constraint | None:
+def format_constraint(fmt: ResponseFormat | None, so: StructuredOutputs | None) -> Constraint | None:
     """The constraint of `response_format` or vLLM's `structured_outputs` (not both)."""
     if fmt is not None and fmt.type != "text" and so is not None:
         raise BadRequest("send either response_format or structured_outputs, not both", param="structured_outputs")

@@ -23,9 +23,9 @@ from gateway.serving.openai.common import (
     completion_logprobs,
     error_event,
     fields_of,
+    format_constraint,
     json_str,
     refuse_unsupported,
-    requested_constraint,
     sampling_of,
     sse,
     usage_of,
@@ -59,24 +59,31 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
 # --------------------------------------------------------------------------- requests
 
 
+def prompts_of(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """The prompts of `prompt`: a text, texts, one prompt's token ids or several prompts'."""
+    if isinstance(prompt, str):
+        return [prompt]
+    out: list[str | list[int]] = []
+    ids: list[int] = []
+    for item in prompt:
+        if isinstance(item, int):
+            ids.append(item)
+        else:
+            out.append(item)
+    return [ids] if ids else out
+
+
 def completion_to_neutral(req: CompletionRequest, settings: Settings) -> list[GenerationRequest]:
     """One neutral request per prompt of a text completion."""
     refuse_unsupported(req.model_extra, UNSUPPORTED_COMPLETION)
     if req.best_of is not None and req.best_of != req.n:
         raise BadRequest("best_of is not supported (only best_of equal to n)", param="best_of")
-    p = req.prompt
-    prompts: list[str | list[int]]
-    if isinstance(p, str):
-        prompts = [p]
-    elif p and isinstance(p[0], int):
-        prompts = [p]  # type: ignore[list-item]
-    else:
-        prompts = list(p)  # type: ignore[arg-type]
+    prompts = prompts_of(req.prompt)
     sampling = sampling_of(req, settings, req.max_tokens, req.logprobs)
     if req.echo and req.logprobs is not None:
         # echo with logprobs scores the prompt too (OpenAI's legacy completions behaviour)
         sampling.prompt_logprobs = req.logprobs
-    constraint = requested_constraint(req.response_format, req.structured_outputs)
+    constraint = format_constraint(req.response_format, req.structured_outputs)
     out = []
     for prompt in prompts:
         out.append(

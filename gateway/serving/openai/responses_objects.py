@@ -4,7 +4,7 @@ message, function calls), as OpenAI's API reference describes them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 from engine_adapters.base import GenerativeEngine, OutputParser, ParsedOutput
 from gateway.continuation import ContinuationStore
@@ -24,7 +24,93 @@ class ResponseUsage(TypedDict):
     total_tokens: int
 
 
+class OutputText(TypedDict):
+    """The text part of a message item."""
+
+    type: Literal["output_text"]
+    text: str
+    annotations: list[Any]
+    logprobs: list[Any]
+
+
+class MessageOut(TypedDict):
+    """An assistant message output item."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    status: str
+    content: list[OutputText]
+
+
+class ReasoningText(TypedDict):
+    """The text part of a reasoning item."""
+
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class ReasoningOut(TypedDict):
+    """A reasoning output item."""
+
+    id: str
+    type: Literal["reasoning"]
+    summary: list[Any]
+    content: list[ReasoningText]
+
+
+class CallOut(TypedDict):
+    """A function call output item."""
+
+    id: str
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    status: str
+
+
+OutputItem = MessageOut | ReasoningOut | CallOut
+
+
+class ResponseError(TypedDict):
+    """Why a response failed."""
+
+    code: str
+    message: str
+
+
+class ResponseObject(TypedDict):
+    """The `response` object, as OpenAI's API reference describes it."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: str
+    background: bool
+    error: ResponseError | None
+    incomplete_details: dict[str, str] | None
+    instructions: str | None
+    max_output_tokens: int | None
+    metadata: dict[str, str]
+    model: str
+    output: list[OutputItem]
+    parallel_tool_calls: bool
+    previous_response_id: str | None
+    reasoning: dict[str, str | None]
+    store: bool
+    temperature: float
+    text: dict[str, Any]
+    tool_choice: str | dict[str, str]
+    tools: list[dict[str, Any]]
+    top_p: float
+    truncation: Literal["disabled"]
+    usage: ResponseUsage | None
+    user: str | None
+
+
 def usage(prompt: int, output: int, reasoning: int = 0) -> ResponseUsage:
+    """A response's token counts."""
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
@@ -37,17 +123,18 @@ def usage(prompt: int, output: int, reasoning: int = 0) -> ResponseUsage:
 def response_object(
     turn: Turn,
     status: str,
-    output: list[dict[str, Any]],
+    output: list[OutputItem],
     usage: ResponseUsage | None = None,
-    error: dict[str, Any] | None = None,
+    error: ResponseError | None = None,
     incomplete: str | None = None,
-) -> dict[str, Any]:
-    """The `response` object, as OpenAI's API reference describes it."""
+) -> ResponseObject:
+    """The `response` object of a turn in `status`."""
     b = turn.body
     fmt = b.text.format if b.text is not None and b.text.format is not None else None
-    tool_choice: Any = b.tool_choice
-    if isinstance(tool_choice, NamedFunctionChoice):
-        tool_choice = {"type": "function", "name": tool_choice.name}
+    choice = b.tool_choice
+    tool_choice: str | dict[str, str] | None = (
+        {"type": "function", "name": choice.name} if isinstance(choice, NamedFunctionChoice) else choice
+    )
     return {
         "id": turn.id,
         "object": "response",
@@ -83,7 +170,7 @@ def status_of(finish: str | None) -> tuple[str, str | None]:
     return "completed", None
 
 
-def message_item(text: str, item_id: str | None = None, status: str = "completed") -> dict[str, Any]:
+def message_item(text: str, item_id: str | None = None, status: str = "completed") -> MessageOut:
     """An assistant message output item."""
     return {
         "id": item_id or f"msg_{new_id()}",
@@ -94,7 +181,7 @@ def message_item(text: str, item_id: str | None = None, status: str = "completed
     }
 
 
-def reasoning_item(text: str, item_id: str | None = None) -> dict[str, Any]:
+def reasoning_item(text: str, item_id: str | None = None) -> ReasoningOut:
     """A reasoning output item (the reader's reasoning parser split it off)."""
     return {
         "id": item_id or f"rs_{new_id()}",
@@ -104,7 +191,7 @@ def reasoning_item(text: str, item_id: str | None = None) -> dict[str, Any]:
     }
 
 
-def call_item(call_id: str, name: str, arguments: str, item_id: str | None = None) -> dict[str, Any]:
+def call_item(call_id: str, name: str, arguments: str, item_id: str | None = None) -> CallOut:
     """A function call output item."""
     return {
         "id": item_id or f"fc_{new_id()}",
@@ -116,9 +203,9 @@ def call_item(call_id: str, name: str, arguments: str, item_id: str | None = Non
     }
 
 
-def output_items(parsed: ParsedOutput) -> list[dict[str, Any]]:
+def output_items(parsed: ParsedOutput) -> list[OutputItem]:
     """The output items of a whole answer: reasoning, text, function calls, in that order."""
-    out: list[dict[str, Any]] = []
+    out: list[OutputItem] = []
     if parsed.reasoning:
         out.append(reasoning_item(parsed.reasoning))
     if parsed.content or not parsed.tool_calls:
@@ -142,7 +229,7 @@ def conversation_of(turn: Turn, engine: GenerativeEngine, prompt: Sequence[int],
     return Conversation(engine.info.name, bool(output) and output[-1] == eos, instructions, [*prompt, *output])
 
 
-async def finish(store: ContinuationStore, engine: GenerativeEngine, turn: Turn, c: Completion) -> dict[str, Any]:
+async def finish(store: ContinuationStore, engine: GenerativeEngine, turn: Turn, c: Completion) -> ResponseObject:
     """The whole response of a finished generation; stored when asked to."""
     parsers = turn.tools.parsers(engine, turn.request, c.prompt_token_ids, 1)
     parsed = parse_output(parsers, c)

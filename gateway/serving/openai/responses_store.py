@@ -10,6 +10,7 @@ end-of-sequence token, the instructions) then the conversation's token ids, whic
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,8 +75,8 @@ async def load_conversation(store: ContinuationStore, key: str) -> Conversation 
 async def save(
     store: ContinuationStore,
     key: str,
-    response: dict[str, Any],
-    items: list[dict[str, Any]],
+    response: Mapping[str, Any],
+    items: Sequence[Mapping[str, Any]],
     conversation: Conversation | None,
 ) -> None:
     """Best effort: the client has its answer even if the store fails (logged, counted)."""

@@ -16,6 +16,8 @@ from gateway.errors import classify
 from gateway.machinery.engine_streams import Completion, Tagged, merge
 from gateway.serving import tools as tooling
 from gateway.serving.openai.responses_objects import (
+    OutputItem,
+    ResponseError,
     call_item,
     conversation_of,
     message_item,
@@ -90,10 +92,10 @@ def _opened(ev: _Events, item: _Open) -> list[bytes]:
     return [ev("response.output_item.added", output_index=item.index, item=added)]
 
 
-def _closed(ev: _Events, item: _Open) -> tuple[list[bytes], dict[str, Any]]:
+def _closed(ev: _Events, item: _Open) -> tuple[list[bytes], OutputItem]:
     text = "".join(item.text)
     if item.kind == "message":
-        done = message_item(text, item.id)
+        message = message_item(text, item.id)
         return [
             ev(
                 "response.output_text.done",
@@ -108,16 +110,16 @@ def _closed(ev: _Events, item: _Open) -> tuple[list[bytes], dict[str, Any]]:
                 item_id=item.id,
                 output_index=item.index,
                 content_index=0,
-                part=done["content"][0],
+                part=message["content"][0],
             ),
-            ev("response.output_item.done", output_index=item.index, item=done),
-        ], done
+            ev("response.output_item.done", output_index=item.index, item=message),
+        ], message
     if item.kind == "reasoning":
-        done = reasoning_item(text, item.id)
+        reasoning = reasoning_item(text, item.id)
         return [
             ev("response.reasoning_text.done", item_id=item.id, output_index=item.index, content_index=0, text=text),
-            ev("response.output_item.done", output_index=item.index, item=done),
-        ], done
+            ev("response.output_item.done", output_index=item.index, item=reasoning),
+        ], reasoning
     done = call_item(item.call_id, item.name, text, item.id)
     return [
         ev(
@@ -142,7 +144,7 @@ async def response_stream(
     ev = _Events()
     yield ev("response.created", response=response_object(turn, "in_progress", []))
     yield ev("response.in_progress", response=response_object(turn, "in_progress", []))
-    output: list[dict[str, Any]] = []
+    output: list[OutputItem] = []
     current: _Open | None = None
     parsers: list[OutputParser] | None = None
     c = Completion()
@@ -220,6 +222,6 @@ async def response_stream(
         yield ev("response.completed" if status == "completed" else "response.incomplete", response=response)
     except Exception as exc:  # after the 200 the only way to report is an event
         info = classify(exc)
-        error = {"code": info.type, "message": info.message}
+        error: ResponseError = {"code": info.type, "message": info.message}
         yield ev("error", code=error["code"], message=info.message, param=info.param)
         yield ev("response.failed", response=response_object(turn, "failed", output, error=error))

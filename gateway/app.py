@@ -22,6 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 from engine_adapters.base import EngineError
 from gateway import __version__
 from gateway.apis import Api, ApiIndex, Listener, served
+from gateway.auth import KeyRing
 from gateway.errors import BadRequest, GatewayError, classify, error_body, from_status, validation_message
 from gateway.middleware.guards import Guard
 from gateway.observability.access import Observer, api_of
@@ -133,15 +134,15 @@ def build_app(runtime: Runtime, listener: Listener, lifespan: Lifespan | None = 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def open_to_the_network(settings: Settings) -> str | None:
+def open_to_the_network(settings: Settings, keys: KeyRing) -> str | None:
     """Why these settings would serve an open API beyond this machine, or None.
 
     No keys and a non-loopback host is refused (the process exits 2 before loading any
-    model) unless `allow_unauthenticated` says it is meant.
+    model) unless `allow_unauthenticated` says it is meant. "No keys" is what the guard
+    sees (`keys.configured`), so the two can never disagree.
     """
-    has_keys = bool(settings.api_keys or settings.admin_api_keys or settings.api_keys_file)
     hosts = {settings.host, settings.management_host}
-    if has_keys or settings.allow_unauthenticated or hosts <= set(LOOPBACK):
+    if keys.configured or settings.allow_unauthenticated or hosts <= set(LOOPBACK):
         return None
     return (
         f"refusing to serve {', '.join(sorted(hosts - set(LOOPBACK)))} without API keys: set GATEWAY_API_KEYS "
@@ -160,10 +161,10 @@ def create_apps(
     """Main, management and OpenAI apps on one runtime; the main app's lifespan loads
     and stops the readers (for tests and single-port ASGI servers)."""
     settings = settings or load_settings()
-    reason = open_to_the_network(settings)
+    runtime = Runtime.create(settings, factory)
+    reason = open_to_the_network(settings, runtime.keys)
     if reason is not None:
         raise RuntimeError(reason)
-    runtime = Runtime.create(settings, factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

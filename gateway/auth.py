@@ -1,27 +1,37 @@
-"""API keys: who is calling, what they may do, and how much.
+"""API keys: who is calling, whose data they may read, what they may do, and how much.
 
 Keys come from three places, merged:
 * `GATEWAY_API_KEYS` (`api_keys`): inference keys for every consumer group;
 * `GATEWAY_ADMIN_API_KEYS` (`admin_api_keys`): keys for the management port too;
-* `api_keys_file`: a YAML file of named keys (the Helm chart mounts it from a Secret),
-  each plain or as a SHA-256 digest, with scopes, allowed consumer groups and limits:
+* `api_keys_file`: named keys with permissions, groups, limits and tenants (the Helm chart
+  mounts it from a Secret). Its format is explicit, never guessed: by the file's extension
+  (`.yaml`, `.yml`, `.json`: the structured format; `.txt`, `.keys`: one key per line) or
+  `api_keys_file_format`.
 
       keys:
-        - name: team-a
-          sha256: 9f86d081884c7d65...      # or key: sk-...
-          scopes: [inference]              # and/or admin
+        - name: team-a                     # unique; shown in logs and metrics
+          sha256: 9f86d081884c7d65...      # or key: sk-... (at least 16 characters)
+          tenant: team-a                   # whose data: default, the key's own
+          permissions: [inference]         # and/or admin (`scopes` is the older name)
           groups: [primary, embed]         # default: every group
           max_in_flight: 16                # requests at once (beyond: 429)
-          tokens_per_minute: 200000        # prompt + generated tokens (beyond: 429)
+          tokens_per_minute: 200000        # prompt + new tokens, reserved at admission
 
-  A file of plain lines (a key, or `sha256:<hex>`, per line) still works: inference keys.
-  The file is re-read when it changes (checked at most once a second), so a revoked key
-  stops working without a restart.
+Fail closed: a file that does not parse, or parses to anything but this shape (an unknown
+field, a duplicate name, a short key), refuses to start (exit 2 naming the line); on a
+reload it keeps the keys it had, logs an ERROR and counts `gateway_keys_file_errors`.
+Empty or short keys (under 16 characters) in the settings are a settings error.
+
+The *tenant* of a key decides which stored conversations and responses it reaches, and its
+share of the prefix cache. It derives from the key itself (an HMAC of its digest with the
+server secret), or from an explicit `tenant` in the file, so rotating, reordering or
+renaming keys never moves data from one tenant to another; a replacement key keeps its
+predecessor's data only when the file gives both the same `tenant`. Without any key there
+is one tenant, "local".
 
 Keys are compared as SHA-256 digests with `hmac.compare_digest`, against every key, so
-the time taken tells nothing. A request's `Principal` names the key (never the key
-itself) in logs, metrics and the continuation store's tenant scoping. Without any key
-there is one tenant, "local".
+the time taken tells nothing. Live usage (requests in flight, tokens this minute) belongs
+to the key's identity (its digest), so it survives reloads of the file.
 """
 
 from __future__ import annotations
@@ -35,70 +45,150 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import Forbidden, Overloaded
+from gateway.settings import key_problem
 
 log = logging.getLogger(__name__)
 
 INFERENCE = "inference"
 ADMIN = "admin"
-SCOPES = frozenset({INFERENCE, ADMIN})
+PERMISSIONS = frozenset({INFERENCE, ADMIN})
+KeysFormat = Literal["yaml", "lines"]
+FORMATS_BY_EXTENSION: dict[str, KeysFormat] = {
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".json": "yaml",
+    ".txt": "lines",
+    ".keys": "lines",
+}
+
+KEYS_FILE_ERRORS = Counter(
+    "gateway_keys_file_errors", "Reloads of the keys file that failed (the previous keys stay in force)"
+)
+
+
+class KeysFileError(ValueError):
+    """A keys file that cannot be used as it is (the message names the file and line)."""
+
+
+def keys_format(path: Path, given: KeysFormat | None) -> KeysFormat:
+    """The format of the keys file at `path`: `given`, else by its extension."""
+    if given is not None:
+        return given
+    found = FORMATS_BY_EXTENSION.get(path.suffix.lower())
+    if found is None:
+        raise KeysFileError(
+            f"{path}: cannot tell the keys file's format from its name; name it .yaml or .txt, "
+            "or set api_keys_file_format (yaml or lines)"
+        )
+    return found
+
+
+@dataclass(eq=False)
+class Usage:
+    """The live usage of one key identity: requests in flight, tokens of the last minute
+    (reservations of running requests, settled when they end)."""
+
+    in_flight: int = 0
+    window: deque[list[float]] = field(default_factory=deque)  # [time, tokens] per request
+
+    def used(self, now: float) -> float:
+        """Tokens of the last 60 seconds (a running request counts its reservation)."""
+        while self.window and self.window[0][0] <= now - 60:
+            self.window.popleft()
+        return sum(entry[1] for entry in self.window)
+
+
+@dataclass(eq=False, slots=True)
+class Admission:
+    """One admitted request of a principal: what it reserved, settled on release."""
+
+    principal: Principal
+    entry: list[float] | None
+    released: bool = False
+
+    def settle(self, tokens: int) -> None:
+        """The request used `tokens` (prompt and generated) in all."""
+        if self.entry is not None:
+            self.entry[1] = float(tokens)
+
+    def release(self, tokens: int | None = None) -> None:
+        """The request ended (once); with `tokens`, it used that many in all."""
+        if self.released:
+            return
+        self.released = True
+        self.principal.usage.in_flight -= 1
+        if tokens is not None:
+            self.settle(tokens)
 
 
 @dataclass(eq=False)
 class Principal:
-    """A caller: the key's name, its scopes, groups and limits, and its live usage."""
+    """A caller: the key's name, tenant, permissions, groups and limits, and its usage."""
 
     name: str
-    scopes: frozenset[str] = SCOPES
+    tenant: str
+    permissions: frozenset[str] = PERMISSIONS
     groups: frozenset[str] | None = None  # None: every group
     max_in_flight: int | None = None
     tokens_per_minute: int | None = None
-    in_flight: int = 0
-    _tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    usage: Usage = field(default_factory=Usage)
 
-    def can(self, scope: str) -> bool:
-        """Whether the key has `scope`."""
-        return scope in self.scopes
+    @property
+    def in_flight(self) -> int:
+        """Requests of this key in flight."""
+        return self.usage.in_flight
+
+    def can(self, permission: str) -> bool:
+        """Whether the key has `permission`."""
+        return permission in self.permissions
+
+    def may_use(self, group: str) -> bool:
+        """Whether the key may use consumer group `group`."""
+        return self.groups is None or group in self.groups
 
     def check_group(self, group: str) -> None:
         """A 403 unless the key may use consumer group `group`."""
-        if self.groups is not None and group not in self.groups:
+        if not self.may_use(group):
             raise Forbidden(f"the key {self.name!r} may not use consumer group {group!r}", param="model")
 
-    def _used(self, now: float) -> int:
-        while self._tokens and self._tokens[0][0] <= now - 60:
-            self._tokens.popleft()
-        return sum(n for _, n in self._tokens)
-
-    def admit(self) -> None:
-        """Count a request in flight, or refuse it (429) beyond the key's limits."""
-        if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+    def admit(self, reserve: int = 0) -> Admission:
+        """Count a request in flight and reserve `reserve` tokens of this minute's
+        allowance, or refuse it (429) beyond the key's limits."""
+        usage = self.usage
+        if self.max_in_flight is not None and usage.in_flight >= self.max_in_flight:
             raise Overloaded(
                 f"the key {self.name!r} has {self.max_in_flight} requests in flight, its limit; retry shortly",
                 headers={"Retry-After": "1"},
             )
+        entry = None
         if self.tokens_per_minute is not None:
             now = time.monotonic()
-            if self._used(now) >= self.tokens_per_minute:
-                wait = max(1, int(self._tokens[0][0] + 60 - now) + 1) if self._tokens else 1
+            used = usage.used(now)
+            # a request alone in an empty window always runs (it could never run otherwise)
+            if used >= self.tokens_per_minute or (used and used + reserve > self.tokens_per_minute):
+                wait = max(1, int(usage.window[0][0] + 60 - now) + 1) if usage.window else 1
                 raise Overloaded(
                     f"the key {self.name!r} used its {self.tokens_per_minute} tokens per minute; retry later",
                     headers={"Retry-After": str(wait)},
                 )
-        self.in_flight += 1
-
-    def release(self, tokens: int) -> None:
-        """The request ended, having used `tokens` (prompt and generated)."""
-        self.in_flight -= 1
-        if tokens and self.tokens_per_minute is not None:
-            self._tokens.append((time.monotonic(), tokens))
+            entry = [now, float(reserve)]
+            usage.window.append(entry)
+        usage.in_flight += 1
+        return Admission(self, entry)
 
 
-LOCAL = Principal("local")
+def _tenant_of(digest: bytes, secret: bytes) -> str:
+    return "k-" + hmac.new(secret, digest, hashlib.sha256).hexdigest()[:24]
+
+
+LOCAL = Principal("local", "local")
 
 
 def principal_of(scope: Mapping[str, Any]) -> Principal:
@@ -107,7 +197,8 @@ def principal_of(scope: Mapping[str, Any]) -> Principal:
     return principal
 
 
-def _digest(key: str) -> bytes:
+def digest_of(key: str) -> bytes:
+    """The SHA-256 digest a key is kept as."""
     return hashlib.sha256(key.encode()).digest()
 
 
@@ -117,77 +208,177 @@ class _Entry:
     principal: Principal
 
 
-def _entries_of_file(path: Path) -> list[_Entry]:
-    text = path.read_text()
-    data: Any = None
+class FileKey(BaseModel):
+    """One key of the structured keys file (unknown fields are refused: a misspelt limit
+    must not silently mean "no limit")."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")
+    key: str | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    tenant: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")
+    permissions: list[Literal["inference", "admin"]] | None = None
+    scopes: list[Literal["inference", "admin"]] | None = None
+    groups: list[str] | None = None
+    max_in_flight: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+
+    @field_validator("key")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        if value is not None and (problem := key_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> FileKey:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of key, sha256")
+        if self.permissions is not None and self.scopes is not None:
+            raise ValueError("give permissions or its older name scopes, not both")
+        return self
+
+
+class KeysFile(BaseModel):
+    """The structured keys file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[FileKey]
+
+
+def _line_of(text: str, index: int) -> int | None:
+    """The line of `keys[index]` in the YAML text (1-based), if it can be found."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(root, yaml.MappingNode):
+        return root.start_mark.line + 1 if root is not None else None
+    for key_node, value in root.value:
+        if key_node.value == "keys" and isinstance(value, yaml.SequenceNode) and index < len(value.value):
+            return int(value.value[index].start_mark.line) + 1
+    return None
+
+
+def _yaml_entries(path: Path, text: str, secret: bytes) -> list[_Entry]:
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        data = None
-    if not isinstance(data, dict):  # the older format: one key (or sha256:<hex>) per line
-        out = []
-        for n, raw in enumerate(text.splitlines()):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            digest = bytes.fromhex(line.removeprefix("sha256:")) if line.startswith("sha256:") else _digest(line)
-            out.append(_Entry(digest, Principal(f"file-{n + 1}", frozenset({INFERENCE}))))
-        return out
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "somewhere"
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise KeysFileError(f"{path}: {where}: {problem}") from None
+    try:
+        parsed = KeysFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        index = next((p for p in err["loc"] if isinstance(p, int)), None)
+        line = _line_of(text, index) if index is not None else 1
+        where = ".".join(str(p) for p in err["loc"]) or "the file"
+        raise KeysFileError(f"{path}: line {line}: {where}: {err['msg']}") from None
     entries = []
-    for i, item in enumerate(data.get("keys") or []):
-        if not isinstance(item, dict) or not item.get("name"):
-            raise ValueError(f"{path}: keys[{i}] needs a name")
-        if ("key" in item) == ("sha256" in item):
-            raise ValueError(f"{path}: keys[{i}] needs exactly one of key, sha256")
-        digest = _digest(str(item["key"])) if "key" in item else bytes.fromhex(str(item["sha256"]))
-        if len(digest) != 32:
-            raise ValueError(f"{path}: keys[{i}].sha256 must be 64 hex digits")
-        scopes = frozenset(item.get("scopes") or [INFERENCE])
-        if not scopes <= SCOPES:
-            raise ValueError(f"{path}: keys[{i}].scopes must be among {sorted(SCOPES)}")
-        groups = item.get("groups")
-        entries.append(
-            _Entry(
-                digest,
-                Principal(
-                    str(item["name"]),
-                    scopes,
-                    frozenset(groups) if groups is not None else None,
-                    item.get("max_in_flight"),
-                    item.get("tokens_per_minute"),
-                ),
-            )
+    names: dict[str, int] = {}
+    for i, item in enumerate(parsed.keys):
+        line = _line_of(text, i)
+        if item.name in names:
+            raise KeysFileError(f"{path}: line {line}: the name {item.name!r} repeats keys[{names[item.name]}]")
+        names[item.name] = i
+        digest = digest_of(item.key) if item.key is not None else bytes.fromhex(item.sha256 or "")
+        listed: list[str] = [*(item.permissions or item.scopes or ["inference"])]
+        permissions = frozenset(listed)
+        principal = Principal(
+            item.name,
+            item.tenant or _tenant_of(digest, secret),
+            permissions,
+            frozenset(item.groups) if item.groups is not None else None,
+            item.max_in_flight,
+            item.tokens_per_minute,
         )
+        entries.append(_Entry(digest, principal))
+    if len({e.digest for e in entries}) != len(entries):
+        raise KeysFileError(f"{path}: the same key appears twice")
     return entries
+
+
+def _line_entries(path: Path, text: str, secret: bytes) -> list[_Entry]:
+    entries = []
+    for n, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("sha256:"):
+            hexdigest = line.removeprefix("sha256:")
+            try:
+                digest = bytes.fromhex(hexdigest)
+            except ValueError:
+                digest = b""
+            if len(digest) != 32:
+                raise KeysFileError(f"{path}: line {n}: sha256: needs 64 hex digits")
+        else:
+            problem = key_problem(line)
+            if problem is not None:
+                raise KeysFileError(f"{path}: line {n}: {problem}")
+            digest = digest_of(line)
+        tenant = _tenant_of(digest, secret)
+        entries.append(_Entry(digest, Principal(f"key-{tenant[2:10]}", tenant, frozenset({INFERENCE}))))
+    return entries
+
+
+def read_keys_file(path: Path, fmt: KeysFormat | None, secret: bytes) -> list[_Entry]:
+    """The keys of the file at `path`; a `KeysFileError` naming the line if it cannot be
+    used as it is."""
+    kind = keys_format(path, fmt)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeysFileError(f"{path}: cannot read the keys file: {exc}") from None
+    return _yaml_entries(path, text, secret) if kind == "yaml" else _line_entries(path, text, secret)
 
 
 class KeyRing:
     """Every configured key; `authenticate` finds the caller of a presented key."""
 
-    def __init__(self, inference: Iterable[str], admin: Iterable[str], keys_file: Path | None) -> None:
-        self._fixed = [
-            _Entry(_digest(k), Principal(f"key-{i + 1}", frozenset({INFERENCE}))) for i, k in enumerate(inference) if k
-        ]
-        self._fixed += [_Entry(_digest(k), Principal(f"admin-{i + 1}", SCOPES)) for i, k in enumerate(admin) if k]
+    def __init__(
+        self,
+        inference: Iterable[str],
+        admin: Iterable[str],
+        keys_file: Path | None,
+        *,
+        secret: bytes = b"llm-gateway",
+        file_format: KeysFormat | None = None,
+    ) -> None:
+        self._secret = secret
+        self._usage: dict[bytes, Usage] = {}  # by key digest: survives reloads
+        fixed: list[_Entry] = []
+        for keys, permissions in ((inference, frozenset({INFERENCE})), (admin, PERMISSIONS)):
+            for key in keys:
+                problem = key_problem(key)
+                if problem is not None:
+                    raise KeysFileError(problem)
+                digest = digest_of(key)
+                tenant = _tenant_of(digest, secret)
+                fixed.append(_Entry(digest, Principal(f"key-{tenant[2:10]}", tenant, permissions)))
+        self._fixed = self._with_usage(fixed)
         self._file = keys_file
+        self._format = file_format
         self._file_entries: list[_Entry] = []
         self._mtime: float | None = None
         self._checked = 0.0
         if keys_file is not None:
-            self._load()
+            self._load()  # fails closed: a KeysFileError stops the start
+
+    def _with_usage(self, entries: list[_Entry]) -> list[_Entry]:
+        for e in entries:
+            e.principal.usage = self._usage.setdefault(e.digest, e.principal.usage)
+        return entries
 
     def _load(self) -> None:
         assert self._file is not None
         mtime = os.stat(self._file).st_mtime
-        fresh = _entries_of_file(self._file)
-        # keep the live usage (in flight, tokens) of keys that stay
-        old = {e.principal.name: e.principal for e in self._file_entries}
-        for e in fresh:
-            prev = old.get(e.principal.name)
-            if prev is not None:
-                e.principal.in_flight = prev.in_flight
-                e.principal._tokens = prev._tokens
-        self._file_entries, self._mtime = fresh, mtime
+        fresh = read_keys_file(self._file, self._format, self._secret)
+        self._file_entries, self._mtime = self._with_usage(fresh), mtime
 
     def _refresh(self) -> None:
         now = time.monotonic()
@@ -195,30 +386,32 @@ class KeyRing:
             return
         self._checked = now
         try:
-            if os.stat(self._file).st_mtime != self._mtime:
-                self._load()
-                log.info("re-read the keys file %s: %d keys", self._file, len(self._file_entries))
-        except (OSError, ValueError) as exc:  # keep the keys we have; say why
-            log.error("cannot re-read the keys file %s: %s", self._file, exc)
+            if os.stat(self._file).st_mtime == self._mtime:
+                return
+            self._load()
+            log.info("re-read the keys file %s: %d keys", self._file, len(self._file_entries))
+        except (OSError, KeysFileError) as exc:  # keep the keys we have; say why, loudly
+            KEYS_FILE_ERRORS.inc()
+            log.error("the keys file %s could not be used; the previous keys stay in force: %s", self._file, exc)
 
     @property
     def configured(self) -> bool:
-        """Whether any key exists (else every route is open to this machine)."""
-        # a keys file, even one emptied to revoke every key, keeps the server closed
+        """Whether any key exists (else the API answers only to this machine). A keys
+        file, even one emptied to revoke every key, keeps the server closed."""
         return bool(self._fixed) or self._file is not None
 
-    def digests(self, scope: str) -> list[bytes]:
-        """The SHA-256 digests of the keys that have `scope` (the probe process checks
+    def digests(self, permission: str) -> list[bytes]:
+        """The SHA-256 digests of the keys that have `permission` (the probe process checks
         `/status` reads against them)."""
         self._refresh()
-        return [e.digest for e in (*self._fixed, *self._file_entries) if e.principal.can(scope)]
+        return [e.digest for e in (*self._fixed, *self._file_entries) if e.principal.can(permission)]
 
     def authenticate(self, key: str | None) -> Principal | None:
         """The caller of `key`, or None if it is no configured key."""
         self._refresh()
         if key is None:
             return None
-        digest = _digest(key)
+        digest = digest_of(key)
         found = None
         for e in (*self._fixed, *self._file_entries):  # no early exit: every key is compared
             if hmac.compare_digest(digest, e.digest):

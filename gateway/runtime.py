@@ -40,6 +40,8 @@ class Runtime:
             (k.get_secret_value() for k in settings.api_keys),
             (k.get_secret_value() for k in settings.admin_api_keys),
             settings.api_keys_file,
+            secret=settings.continuation.secret.get_secret_value().encode(),
+            file_format=settings.api_keys_file_format,
         )
         registry = Registry(settings, factory) if factory is not None else Registry(settings)
         store = make_store(settings.continuation)

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 
 from gateway.apis import Listener
 from gateway.app import build_app, open_to_the_network
-from gateway.auth import INFERENCE
+from gateway.auth import INFERENCE, KeysFileError
 from gateway.errors import NotReady
 from gateway.observability.metrics import LOOP_LAG
 from gateway.observability.probes import ProbeServer, ProbeState
@@ -134,13 +134,18 @@ async def watch_loop_lag(probes: ProbeServer | None = None) -> None:
 
 async def serve(settings: Settings) -> int:
     """Serve until a signal or an engine death; return the process exit code."""
-    refusal = open_to_the_network(settings)
+    try:
+        runtime = Runtime.create(settings)
+    except KeysFileError as exc:  # fail closed: a keys file that cannot be used stops the start
+        log.error("cannot start: %s", exc)
+        return 2
+    refusal = open_to_the_network(settings, runtime.keys)
     if refusal is not None:
         # Deny by default: an open API is only ever offered to this machine. Exit before
         # loading any model, so a misconfigured deployment fails at once, visibly.
         log.error(refusal)
+        await runtime.close()
         return 2
-    runtime = Runtime.create(settings)
     if not runtime.keys.configured:
         log.warning("no API keys are configured: every route is open to this machine")
     changed = non_default(settings)

@@ -100,6 +100,20 @@ class ReaderSettings(BaseModel):
         return self
 
 
+MIN_KEY_LENGTH = 16
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be an API key, or None (empty, padded or short keys are refused)."""
+    if not key.strip():
+        return "an API key is empty"
+    if key != key.strip():
+        return "an API key starts or ends with whitespace"
+    if len(key) < MIN_KEY_LENGTH:
+        return f"an API key has {len(key)} characters; keys need at least {MIN_KEY_LENGTH}"
+    return None
+
+
 # Takeoff's environment variables, kept so existing deployments keep their settings.
 # They set fields of the primary reader (the first reader of the default group).
 TAKEOFF_ENV = {
@@ -262,9 +276,11 @@ class Settings(BaseSettings):
     metrics_public: bool = False
 
     # authentication: deny by default once keys exist (see gateway/auth.py)
-    api_keys: list[SecretStr] = Field(default_factory=list)  # inference scope, every group
+    api_keys: list[SecretStr] = Field(default_factory=list)  # inference permission, every group
     admin_api_keys: list[SecretStr] = Field(default_factory=list)  # the management port too
-    api_keys_file: Path | None = None  # named keys with scopes, groups and limits
+    api_keys_file: Path | None = None  # named keys with permissions, groups, limits, tenants
+    # the keys file's format; by default told by its extension (.yaml/.yml/.json or .txt/.keys)
+    api_keys_file_format: Literal["yaml", "lines"] | None = None
     public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/health", "/version"])
     allow_unauthenticated: bool = False
     # without keys, Host names besides the loopback ones that may reach the server
@@ -308,6 +324,16 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return Path(os.path.expandvars(str(v))).expanduser()
+
+    @field_validator("api_keys", "admin_api_keys")
+    @classmethod
+    def _real_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        # fail closed: an empty key (a template's unset variable) must never mean "no key"
+        for i, key in enumerate(keys):
+            problem = key_problem(key.get_secret_value())
+            if problem is not None:
+                raise ValueError(f"[{i}]: {problem}")
+        return keys
 
     @model_validator(mode="after")
     def _check_readers(self) -> Settings:

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine_adapters.base import GenerationRequest, GenerativeEngine
-from gateway.auth import Principal, principal_of
+from gateway.auth import Admission, principal_of
 from gateway.continuation import ContinuationStore
 from gateway.errors import GatewayError
 from gateway.machinery.bodies import ManagedEventSource, ManagedStreamingResponse
@@ -99,17 +99,23 @@ class Pipeline:
         weight = sum(r.sampling.n * r.sampling.num_beams for r in gen.requests)
         reader = resolve(self.registry, gen.target, gen.requests, allow=caller.check_group, weight=weight)
         engine = reader.generative()
-        if gen.prepare is not None:
-            await gen.prepare(engine)
+        reserve = _reservation(request, gen.requests, engine) if caller.tokens_per_minute is not None else 0
+        admission = caller.admit(reserve)
+        try:
+            if gen.prepare is not None:
+                await gen.prepare(engine)
+        except BaseException:
+            admission.release(0)
+            raise
         if gen.stream and gen.events is not None:
-            return await self._stream(reader, engine, gen, gen.events, deadline, caller, weight)
+            return await self._stream(reader, engine, gen, gen.events, deadline, admission, weight)
 
         async def whole() -> Response:
             return await gen.answer(engine, await collect_many(engine, gen.requests))
 
         if gen.detach is not None:
-            return gen.detach(self._detached(reader, deadline, whole(), caller, weight))
-        return await self._buffered(request, reader, deadline, whole(), caller, weight)
+            return gen.detach(self._detached(reader, deadline, whole(), admission, weight))
+        return await self._buffered(request, reader, deadline, whole(), admission, weight)
 
     async def _stream(
         self,
@@ -118,13 +124,12 @@ class Pipeline:
         gen: Generation,
         events: Events,
         deadline: Deadline,
-        caller: Principal,
+        admission: Admission,
         weight: int,
     ) -> Response:
         # Accepted by the engine before the 200: invalid input is a normal error answer.
         # The reader and the caller's key count the request in flight, and the shutdown
         # knows its deadline, until the response's cleanup runs, however it ends.
-        caller.admit()
         release = reader.acquire(deadline.cut, weight)
         self.deadlines.add(deadline)
         obs = current_observation()
@@ -132,13 +137,13 @@ class Pipeline:
             streams = await open_streams(engine, gen.requests, deadline)
         except BaseException:
             release()
-            caller.release(0)
+            admission.release(0)
             self.deadlines.discard(deadline)
             raise
 
         async def close() -> None:
             release()
-            caller.release(_tokens(obs))
+            admission.release(_tokens(obs))
             self.deadlines.discard(deadline)
             deadline.close()
             for s in streams:
@@ -150,16 +155,16 @@ class Pipeline:
         return ManagedEventSource(content, on_close=close, keepalive_seconds=self.settings.sse_keepalive_seconds)
 
     async def _buffered(
-        self, request: Request, reader: Reader, deadline: Deadline, work: Awaitable[T], caller: Principal, weight: int
+        self,
+        request: Request,
+        reader: Reader,
+        deadline: Deadline,
+        work: Awaitable[T],
+        admission: Admission,
+        weight: int,
     ) -> T:
-        """A whole answer: in flight on `reader` and the caller's key, under the deadline,
-        cancelled if the client goes."""
-        try:
-            caller.admit()
-        except BaseException:
-            if inspect.iscoroutine(work):
-                work.close()  # never started
-            raise
+        """A whole answer: in flight on `reader` and the caller's key (admitted), under the
+        deadline, cancelled if the client goes."""
         self.deadlines.add(deadline)
         obs = current_observation()
         try:
@@ -167,19 +172,13 @@ class Pipeline:
                 return await cancel_on_disconnect(request, deadline.bound(work))
         finally:
             self.deadlines.discard(deadline)
-            caller.release(_tokens(obs))
+            admission.release(_tokens(obs))
 
     def _detached(
-        self, reader: Reader, deadline: Deadline, work: Awaitable[Response], caller: Principal, weight: int
+        self, reader: Reader, deadline: Deadline, work: Awaitable[Response], admission: Admission, weight: int
     ) -> asyncio.Task[Response]:
         """A whole answer as a task of its own: in flight on `reader` and the caller's key,
         under the deadline and the shutdown's cut, but not tied to the client's connection."""
-        try:
-            caller.admit()
-        except BaseException:
-            if inspect.iscoroutine(work):
-                work.close()
-            raise
         self.deadlines.add(deadline)
         obs = current_observation()
 
@@ -189,7 +188,7 @@ class Pipeline:
                     return await deadline.bound(work)
             finally:
                 self.deadlines.discard(deadline)
-                caller.release(_tokens(obs))
+                admission.release(_tokens(obs))
 
         return asyncio.ensure_future(run())
 
@@ -205,7 +204,15 @@ class Pipeline:
         deadline = deadline_of(request, self.settings)
         caller = principal_of(request.scope)
         reader = resolve(self.registry, target, allow=caller.check_group, weight=inputs)
-        return await self._buffered(request, reader, deadline, work(reader), caller, inputs)
+        reserve = _body_tokens(request) if caller.tokens_per_minute is not None else 0
+        pending = work(reader)
+        try:
+            admission = caller.admit(reserve)
+        except BaseException:
+            if inspect.iscoroutine(pending):
+                pending.close()  # never started
+            raise
+        return await self._buffered(request, reader, deadline, pending, admission, inputs)
 
     # ------------------------------------------------------------------ reads
 
@@ -237,6 +244,25 @@ def _trace_headers(request: Request) -> dict[str, str] | None:
 
 def _tokens(obs: Observation | None) -> int:
     return obs.prompt_tokens + obs.generated_tokens if obs is not None else 0
+
+
+# A prompt's tokens, estimated before the engine tokenizes it: the body's bytes over this
+# (English averages about four bytes per token; JSON framing only raises the estimate).
+BYTES_PER_TOKEN = 4
+
+
+def _body_tokens(request: Request) -> int:
+    raw = request.headers.get("content-length", "")
+    return int(raw) // BYTES_PER_TOKEN if raw.isdigit() else 0
+
+
+def _reservation(request: Request, requests: list[GenerationRequest], engine: GenerativeEngine) -> int:
+    """The tokens a generation may take at most, reserved from the caller's per-minute
+    allowance at admission and settled with the real count when it ends: the prompt as
+    estimated from the body, and every sequence's new tokens, each bounded by the context."""
+    context = engine.info.max_model_len
+    new = sum(min(r.sampling.max_new_tokens, context) * r.sampling.n for r in requests)
+    return min(_body_tokens(request), context * len(requests)) + new
 
 
 def pipeline_of(request: Request) -> Pipeline:

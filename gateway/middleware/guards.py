@@ -8,11 +8,14 @@ and broke request cancellation in vLLM (vllm-project/vllm#10087) and SGLang (#20
   (health probes, by default) skip the key check and the draining check.
 * Keys and their scopes are in `gateway.auth`: the management port needs an admin key,
   the others an inference key (403 otherwise). Without keys (local mode) only requests
-  with a loopback Host pass, against DNS rebinding. Real CORS preflights skip the key.
+  from a loopback peer with a loopback Host pass: the peer address because a Host
+  header is whatever the client writes, the Host against DNS rebinding (a web page's
+  request comes from this machine). Real CORS preflights skip the key.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -30,6 +33,17 @@ log = logging.getLogger(__name__)
 
 
 _LOOPBACK_HOST = re.compile(r"^(127\.0\.0\.1|localhost|\[::1\])(:\d+)?$", re.IGNORECASE)
+
+
+def _loopback_peer(scope: Scope) -> bool:
+    """Whether the TCP peer is this machine (127.0.0.0/8 or ::1)."""
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(str(client[0]).removeprefix("::ffff:")).is_loopback
+    except ValueError:
+        return False
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -110,12 +124,15 @@ class Guard:
         if not self.keys.configured:
             # Local mode: no keys, so only this machine may call, by a loopback name. A
             # web page cannot rebind another name to 127.0.0.1 and drive the API.
-            host = _header(scope, b"host")
-            if self.local_only and host is not None and not self._trusted_host(host):
-                return Forbidden("this server has no API keys and answers only to a loopback Host", param="host")
+            if self.local_only:
+                if not _loopback_peer(scope):
+                    return Forbidden("this server has no API keys and answers only to this machine")
+                host = _header(scope, b"host")
+                if host is not None and not self._trusted_host(host):
+                    return Forbidden("this server has no API keys and answers only to a loopback Host", param="host")
             return LOCAL
         if public or _is_preflight(scope):
-            return LOCAL if public else Principal("preflight", frozenset())
+            return LOCAL if public else Principal("preflight", "preflight", frozenset())
         principal = self.keys.authenticate(presented_key(scope))
         if principal is None:
             return Unauthorized(

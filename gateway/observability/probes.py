@@ -14,10 +14,15 @@ liveness fail, so a loop that is stuck (not merely busy) still gets the pod rest
 to callers with a key of the inference scope when keys are configured (the snapshot
 carries the keys' SHA-256 digests, never a key), so a dashboard reads it during a burst
 too. The child exits when the gateway does (it watches its parent).
+
+The child serves many connections at once (asyncio), each with a deadline for its whole
+request and a cap on open connections, so a client that trickles bytes or holds idle
+connections delays no probe.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -26,11 +31,9 @@ import os
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -161,80 +164,116 @@ class ProbeServer:
         self.snapshot.close()
 
 
-def _serve(host: str, port: int, name: str, stall_seconds: float, parent: int) -> None:
-    """The probe process: answer from the snapshot until the gateway goes away."""
-    snapshot = Snapshot(name)
+# Every connection gets this long for its whole request (line and headers); at most this
+# many connections are open at once (more are closed at once). A client that trickles
+# bytes, or holds idle connections, can therefore delay no probe (the kubelet's come on
+# connections of their own) and hold no more than its share of the cap.
+REQUEST_DEADLINE_SECONDS = 2.0
+MAX_CONNECTIONS = 256
+MAX_HEAD_BYTES = 8192
 
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 2  # one connection at a time: a client that stalls is dropped quickly
+_REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
-        def do_GET(self) -> None:  # the standard library names it
-            beat, code, raw = snapshot.read()
-            path = self.path.split("?", 1)[0]
-            stalled = time.monotonic() - beat
-            headers = {}
-            if path == "/healthz":
-                if stalled > stall_seconds:
-                    code, body = (
-                        503,
-                        json.dumps({"status": "event loop stalled", "seconds": round(stalled, 1)}).encode(),
-                    )
-                else:
-                    code, body = 200, b'{"status": "ok"}'
-            elif path == "/readyz":
-                shared = json.loads(raw)
-                body = json.dumps(shared.get("ready", shared)).encode()  # (or the "busy" fallback)
-            elif path == "/status":
-                shared = json.loads(raw)
-                if "status" not in shared:  # no complete snapshot could be read
-                    code, body = 503, raw
-                elif shared["keys"] is not None and not self._allowed(shared["keys"]):
-                    code, body = (
-                        401,
-                        b'{"detail": "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"}',
-                    )
-                    headers["WWW-Authenticate"] = "Bearer"
-                else:
-                    code, body = 200, json.dumps(shared["status"]).encode()
-            else:
-                code, body = 404, b'{"detail": "only /healthz, /readyz and /status are served here"}'
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
 
-        def _allowed(self, keys: list[str]) -> bool:
-            auth = self.headers.get("Authorization", "")
-            key = auth[7:].strip() if auth[:7].lower() == "bearer " else self.headers.get("X-API-Key")
-            if not key:
-                return False
-            digest = hashlib.sha256(key.encode()).hexdigest()
-            found = False
-            for k in keys:  # no early exit: every key is compared, as on the API ports
-                found |= hmac.compare_digest(digest, k)
-            return found
+def answer(
+    snapshot: Snapshot, stall_seconds: float, method: str, path: str, headers: dict[str, str]
+) -> tuple[int, bytes, dict[str, str]]:
+    """Status, body and extra headers of one probe request."""
+    if method not in ("GET", "HEAD"):
+        return 405, b'{"detail": "only GET is served here"}', {}
+    beat, code, raw = snapshot.read()
+    path = path.split("?", 1)[0]
+    if path == "/healthz":
+        stalled = time.monotonic() - beat
+        if stalled > stall_seconds:
+            return 503, json.dumps({"status": "event loop stalled", "seconds": round(stalled, 1)}).encode(), {}
+        return 200, b'{"status": "ok"}', {}
+    if path == "/readyz":
+        shared = json.loads(raw)
+        return code, json.dumps(shared.get("ready", shared)).encode(), {}  # (or the "busy" fallback)
+    if path == "/status":
+        shared = json.loads(raw)
+        if "status" not in shared:  # no complete snapshot could be read
+            return 503, raw, {}
+        if shared["keys"] is not None and not _allowed(headers, shared["keys"]):
+            body = b'{"detail": "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"}'
+            return 401, body, {"WWW-Authenticate": "Bearer"}
+        return 200, json.dumps(shared["status"]).encode(), {}
+    return 404, b'{"detail": "only /healthz, /readyz and /status are served here"}', {}
 
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: probes are not requests
-            pass
+
+def _allowed(headers: dict[str, str], keys: list[str]) -> bool:
+    auth = headers.get("authorization", "")
+    key = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "").strip()
+    if not key:
+        return False
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    found = False
+    for k in keys:  # no early exit: every key is compared, as on the API ports
+        found |= hmac.compare_digest(digest, k)
+    return found
+
+
+async def _handle(
+    snapshot: Snapshot, stall_seconds: float, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_DEADLINE_SECONDS)
+    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        writer.close()
+        return
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        writer.close()
+        return
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    code, body, extra = answer(snapshot, stall_seconds, parts[0], parts[1], headers)
+    out = [f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}", "Content-Type: application/json"]
+    out += [f"Content-Length: {len(body)}", "Connection: close", *(f"{k}: {v}" for k, v in extra.items())]
+    writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + (body if parts[0] != "HEAD" else b""))
+    try:
+        await asyncio.wait_for(writer.drain(), REQUEST_DEADLINE_SECONDS)
+    except (TimeoutError, ConnectionError):
+        pass
+    writer.close()
+
+
+async def _serve_async(host: str, port: int, snapshot: Snapshot, stall_seconds: float, parent: int) -> None:
+    open_connections = 0
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_connections
+        if open_connections >= MAX_CONNECTIONS:  # over the cap: no slot is held
+            writer.close()
+            return
+        open_connections += 1
+        try:
+            await _handle(snapshot, stall_seconds, reader, writer)
+        finally:
+            open_connections -= 1
 
     try:
-        httpd = HTTPServer((host, port), Handler)
+        server = await asyncio.start_server(on_connection, host, port, limit=MAX_HEAD_BYTES, backlog=1024)
     except OSError as exc:
         print("error", exc, flush=True)
         sys.exit(2)
-    print("listening", httpd.server_address[1], flush=True)
+    print("listening", server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        while os.getppid() == parent:  # noqa: ASYNC110 - the gateway went away: so do we
+            await asyncio.sleep(1.0)
 
-    def watch_parent() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
 
-    threading.Thread(target=watch_parent, daemon=True).start()
+def _serve(host: str, port: int, name: str, stall_seconds: float, parent: int) -> None:
+    """The probe process: answer from the snapshot until the gateway goes away, many
+    connections at once, each under a deadline for its whole request."""
+    snapshot = Snapshot(name)
     try:
-        httpd.serve_forever()
+        asyncio.run(_serve_async(host, port, snapshot, stall_seconds, parent))
     finally:
         snapshot.shm.close()
 

@@ -50,7 +50,7 @@ async def generate_one(request: Request, body: GenerateOneRequest) -> Response:
     check_request_id(body.request_id, "request_id", settings)
     sampling = config_sampling(body.generation_config, settings)
     constraint = config_constraint(body.generation_config)
-    key = one_key(settings, principal_of(request.scope).name, body.request_id)
+    key = one_key(settings, principal_of(request.scope).tenant, body.request_id)
     job = await make_job(store, key, body.prompt, sampling, constraint, "prompt")
 
     async def answer(engine: GenerativeEngine, completions: list[Completion]) -> Response:
@@ -89,7 +89,7 @@ async def generate_batch(request: Request, body: GenerateBatchRequest) -> Respon
     jobs = [
         await make_job(store, key, p.prompt, sampling, constraint, f"prompts[{i}].prompt")
         for i, (key, p) in enumerate(
-            zip(batch_keys(settings, principal_of(request.scope).name, ids), body.prompts, strict=True)
+            zip(batch_keys(settings, principal_of(request.scope).tenant, ids), body.prompts, strict=True)
         )
     ]
 

@@ -243,7 +243,7 @@ def test_redis_continuation_across_two_gateways(artifacts, redis_server, tokeniz
         "GATEWAY_CONTINUATION__BACKEND": "redis",
         "GATEWAY_CONTINUATION__REDIS_URL": redis_server,
         "GATEWAY_CONTINUATION__SECRET": "shared-by-both-replicas",
-        "GATEWAY_API_KEYS": json.dumps(["sk-owner", "sk-other"]),
+        "GATEWAY_API_KEYS": json.dumps(["sk-owner-0123456789", "sk-other-0123456789"]),
     }
     a = start_gateway(artifacts / "gateway-redis-a.log", env=env, wait=False)
     b = start_gateway(artifacts / "gateway-redis-b.log", env=env, wait=False)
@@ -253,7 +253,7 @@ def test_redis_continuation_across_two_gateways(artifacts, redis_server, tokeniz
         rid = uid("replica")
         prompt = "The three primary colours are"
         cfg = {**GREEDY, "max_new_tokens": 8}
-        owner, other = {"X-API-Key": "sk-owner"}, {"X-API-Key": "sk-other"}
+        owner, other = {"X-API-Key": "sk-owner-0123456789"}, {"X-API-Key": "sk-other-0123456789"}
         with a.client(headers=owner) as ca, b.client(headers=owner) as cb, b.client(headers=other) as intruder:
             first = one(ca, request_id=rid, prompt=prompt, generation_config=cfg).text
             full = one(cb, request_id=rid, prompt="ignored", only_new_tokens=False, generation_config=cfg).text

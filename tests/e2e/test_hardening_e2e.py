@@ -23,8 +23,8 @@ pytestmark = pytest.mark.e2e
 
 KEY = "sk-e2e-hardening"
 PROBE_PORT = free_port()
-ADMIN = "sk-e2e-admin"
-TEAM_A, TEAM_B = "sk-e2e-team-a", "sk-e2e-team-b"
+ADMIN = "sk-e2e-admin-0123456789"
+TEAM_A, TEAM_B = "sk-e2e-team-a-0123456789", "sk-e2e-team-b-0123456789"
 
 
 def keys_yaml(*names: str) -> str:

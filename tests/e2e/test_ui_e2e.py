@@ -123,7 +123,7 @@ def test_embeddings_tab_and_console(browser, gateway, artifacts):
 
 def test_the_page_asks_for_a_key_and_sends_it(browser, artifacts):
     """A gateway of its own: with API keys (scripted readers: this is about the page)."""
-    key = "sk-browser"
+    key = "sk-browser-0123456789"
     gw = start_gateway(
         artifacts / "gateway-ui-keys.log",
         "configs/scripted.yaml",

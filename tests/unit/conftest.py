@@ -30,8 +30,12 @@ def running(settings: Settings, wait_ready: bool = True) -> Iterator[TestClient]
     """A TestClient whose app has loaded its readers (lifespan run). The management
     app of the same runtime is at `client.management` (a TestClient too)."""
     app, management_app, _ = create_apps(settings)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        client.management = TestClient(management_app, raise_server_exceptions=False)  # type: ignore[attr-defined]
+    # a loopback peer, as a client on this machine (local mode trusts no other)
+    peer = ("127.0.0.1", 50000)
+    with TestClient(app, raise_server_exceptions=False, client=peer) as client:
+        client.management = TestClient(  # type: ignore[attr-defined]
+            management_app, raise_server_exceptions=False, client=peer
+        )
         if wait_ready:
             readers = app.state.runtime.registry.readers
             deadline = time.monotonic() + 60

@@ -36,7 +36,7 @@ async def create(request: Request, body: ResponsesRequest) -> Response:
     """`POST /v1/responses`: whole, streamed, or in the background."""
     pipeline = pipeline_of(request)
     store = pipeline.store
-    turn = plan_turn(body, pipeline.settings, principal_of(request.scope).name)
+    turn = plan_turn(body, pipeline.settings, principal_of(request.scope).tenant)
 
     async def prepare(engine: GenerativeEngine) -> None:
         if turn.prior_key is not None:
@@ -88,7 +88,7 @@ def _detach(pipeline: Pipeline, turn: Turn, task: asyncio.Task[Response]) -> Res
 
 async def _stored(request: Request, response_id: str) -> tuple[Pipeline, str, dict[str, Any]]:
     pipeline = pipeline_of(request)
-    key = response_key(pipeline.settings, principal_of(request.scope).name, response_id)
+    key = response_key(pipeline.settings, principal_of(request.scope).tenant, response_id)
     record = await load_record(pipeline.store, key)
     if record is None:
         raise NotFound(f"no stored response {response_id!r}", param="response_id")

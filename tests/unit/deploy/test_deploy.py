@@ -93,7 +93,7 @@ def render(
     for f in files:
         merged = _merge(merged, yaml.safe_load((CHART / f).read_text()))
     if keys:
-        merged = _merge(merged, {"apiKeys": {"keys": ["sk-test-key"]}})  # the chart requires keys
+        merged = _merge(merged, {"apiKeys": {"keys": ["sk-test-key-0123456789"]}})  # the chart requires keys
     merged = _merge(merged, values or {})
     opts = {"name": "gw", "namespace": "llm", "kube_version": kube_version, "api_versions": api_versions or []}
     with helm.Chart.load(str(CHART)) as chart:
@@ -119,7 +119,7 @@ def test_helm_lint_has_no_errors():
     import helm_python as helm
 
     for version in K8S_VERSIONS:
-        result = helm.lint(str(CHART), {**IMAGE, "apiKeys": {"keys": ["sk-1-long-key"]}}, kube_version=k8s(version))
+        result = helm.lint(str(CHART), {**IMAGE, "apiKeys": {"keys": ["sk-1-long-key-0123456789"]}}, kube_version=k8s(version))
         assert not result["errors"], (version, result)
         assert all(m["severity"] < 2 for m in result["messages"]), result["messages"]  # info only
 
@@ -134,7 +134,7 @@ PRESET_IDS = ["default", "cpu", "gpu-tp", "multinode"]
 def test_rendered_manifests_are_valid_kubernetes(files, operators, version):
     import kubernetes_validate
 
-    everything = {"apiKeys": {"keys": ["sk-1-long-key", "sk-2-long-key"]}, "ingress": {"enabled": True}}
+    everything = {"apiKeys": {"keys": ["sk-1-long-key-0123456789", "sk-2-long-key-0123456789"]}, "ingress": {"enabled": True}}
     if "values-multinode.yaml" not in files:
         everything["autoscaling"] = {"enabled": True}
     docs = render(everything, files, kube_version=k8s(version), api_versions=OPERATOR_APIS if operators else [])
@@ -170,7 +170,7 @@ def test_the_image_repository_must_be_set():
     import helm_python as helm
 
     with helm.Chart.load(str(CHART)) as chart, pytest.raises(Exception, match=r"image\.repository"):
-        chart.render({"apiKeys": {"keys": ["sk-1-long-key"]}}, name="gw", namespace="llm")
+        chart.render({"apiKeys": {"keys": ["sk-1-long-key-0123456789"]}}, name="gw", namespace="llm")
 
 
 @pytest.mark.parametrize(

@@ -17,13 +17,13 @@ from gateway.settings import ReaderSettings
 from tests.sse import sse_events
 from tests.unit.conftest import make_settings
 
-KEY = "sk-test-4711"
-ADMIN = "sk-admin-0815"
+KEY = "sk-test-4711-0123456789"
+ADMIN = "sk-admin-0815-0123456789"
 
 
 @pytest.fixture
 def apps():
-    settings = make_settings(api_keys=[KEY, "sk-other"], admin_api_keys=[ADMIN])
+    settings = make_settings(api_keys=[KEY, "sk-other-0123456789"], admin_api_keys=[ADMIN])
     main, management, oai = create_apps(settings)
     with TestClient(main, raise_server_exceptions=False) as m:
         yield m, TestClient(management, raise_server_exceptions=False), TestClient(oai, raise_server_exceptions=False)
@@ -61,7 +61,7 @@ def test_right_keys_pass_in_either_header(apps):
     main, management, oai = apps
     body = {"text": "x", "max_new_tokens": 2}
     assert main.post("/generate", json=body, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
-    assert main.post("/generate", json=body, headers={"X-API-Key": "sk-other"}).status_code == 200
+    assert main.post("/generate", json=body, headers={"X-API-Key": "sk-other-0123456789"}).status_code == 200
     r = oai.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200
     # the management port takes admin keys only; admin keys may also infer
@@ -79,11 +79,11 @@ def test_401_bodies_in_each_surface_shape(apps):
 
 
 def test_keys_file_with_plain_and_hashed_keys(tmp_path):
-    keys = tmp_path / "keys"
-    keys.write_text(f"# team keys\nsk-plain\nsha256:{hashlib.sha256(b'sk-hashed').hexdigest()}\n")
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"# team keys\nsk-plain-0123456789\nsha256:{hashlib.sha256(b'sk-hashed-0123456789').hexdigest()}\n")
     main, _, _ = create_apps(make_settings(api_keys_file=keys))
     with TestClient(main) as c:
-        for key, status in (("sk-plain", 200), ("sk-hashed", 200), ("sha256:nope", 401)):
+        for key, status in (("sk-plain-0123456789", 200), ("sk-hashed-0123456789", 200), ("sha256:nope", 401)):
             assert c.get("/status", headers={"X-API-Key": key}).status_code == status
 
 

@@ -92,9 +92,9 @@ def test_cancellations_rejections_and_deadlines_are_counted(client_factory):
 
 
 def test_metrics_need_a_key_unless_public(client_factory):
-    with client_factory(api_keys=["k"]) as c:
+    with client_factory(api_keys=["sk-metrics-0123456789"]) as c:
         assert c.management.get("/metrics").status_code == 401
-    with client_factory(api_keys=["k"], metrics_public=True) as c:
+    with client_factory(api_keys=["sk-metrics-0123456789"], metrics_public=True) as c:
         assert c.management.get("/metrics").status_code == 200
 
 

@@ -121,21 +121,21 @@ def test_a_taken_probe_port_is_a_clear_error():
 
 def test_status_on_the_probe_port_needs_a_key_when_keys_are_configured(tmp_path):
     keys_file = tmp_path / "keys.yaml"
-    keys_file.write_text("keys:\n  - {name: ops, key: sk-ops, scopes: [admin]}\n")
-    runtime = fake_runtime(KeyRing(["sk-team"], ["sk-admin"], keys_file))
+    keys_file.write_text("keys:\n  - {name: ops, key: sk-ops-0123456789, scopes: [admin]}\n")
+    runtime = fake_runtime(KeyRing(["sk-team-0123456789"], ["sk-admin-0123456789"], keys_file))
     probes = ProbeServer(lambda: probe_state(runtime), "127.0.0.1", 0)
     url = f"http://127.0.0.1:{probes.port}"
     try:
-        for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"X-API-Key": "sk-ops"}):  # ops: no inference scope
+        for headers in ({}, {"Authorization": "Bearer sk-wrong-0123456789"}, {"X-API-Key": "sk-ops-0123456789"}):  # ops: no inference scope
             r = httpx.get(url + "/status", headers=headers)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
             assert "API key" in r.json()["detail"]
-        for headers in ({"Authorization": "Bearer sk-team"}, {"X-API-Key": "sk-admin"}):
+        for headers in ({"Authorization": "Bearer sk-team-0123456789"}, {"X-API-Key": "sk-admin-0123456789"}):
             r = httpx.get(url + "/status", headers=headers)
             assert r.status_code == 200 and r.json()["live_readers"]["primary-0"]["consumer_group"] == "primary"
         # probes stay public; the snapshot carries digests, never a key
         assert httpx.get(url + "/readyz").status_code == 200
-        assert b"sk-team" not in bytes(probes.snapshot.buf[: probes.snapshot.buf.nbytes])
+        assert b"sk-team-0123456789" not in bytes(probes.snapshot.buf[: probes.snapshot.buf.nbytes])
     finally:
         probes.stop()
 
@@ -150,4 +150,70 @@ def test_a_status_that_cannot_be_read_does_not_stop_the_heartbeat():
         assert httpx.get(url + "/readyz").status_code == 200
         assert "could not be read" in httpx.get(url + "/status").json()["error"]
     finally:
+        probes.stop()
+
+
+def test_idle_and_trickling_connections_hold_no_probe():
+    """64 idle connections and 8 that send a byte every 0.3 s never finishing a line: the
+    probes are answered all the same (the old one-at-a-time server timed them all out),
+    and each held connection is dropped at its request deadline."""
+    import socket
+
+    from gateway.observability import probes as probe_module
+
+    runtime = fake_runtime()
+    probes = ProbeServer(lambda: probe_state(runtime), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{probes.port}"
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        for _ in range(64):
+            held.append(socket.create_connection(("127.0.0.1", probes.port)))
+        tricklers = [socket.create_connection(("127.0.0.1", probes.port)) for _ in range(8)]
+
+        def trickle() -> None:
+            while not stop.is_set():
+                for s in tricklers:
+                    try:
+                        s.send(b"G")
+                    except OSError:
+                        pass
+                time.sleep(0.3)
+
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(0.2)
+        for _ in range(10):
+            assert httpx.get(url + "/healthz", timeout=2).json() == {"status": "ok"}
+            assert httpx.get(url + "/readyz", timeout=2).status_code == 200
+        # past the deadline for a whole request, the held connections are closed by the server
+        time.sleep(probe_module.REQUEST_DEADLINE_SECONDS + 0.5)
+        for s in [held[0], tricklers[0]]:
+            s.settimeout(2)
+            assert s.recv(10) == b""
+    finally:
+        stop.set()
+        for s in held:
+            s.close()
+        probes.stop()
+
+
+def test_connections_beyond_the_cap_are_closed_at_once():
+    import socket
+
+    runtime = fake_runtime()
+    probes = ProbeServer(lambda: probe_state(runtime), "127.0.0.1", 0)
+    held = []
+    try:
+        from gateway.observability.probes import MAX_CONNECTIONS
+
+        for _ in range(MAX_CONNECTIONS):
+            held.append(socket.create_connection(("127.0.0.1", probes.port)))
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", probes.port))
+        extra.settimeout(1.5)
+        assert extra.recv(10) == b""  # closed at once, not held open until a deadline
+        extra.close()
+    finally:
+        for s in held:
+            s.close()
         probes.stop()

@@ -91,10 +91,10 @@ def test_bad_values_are_rejected(monkeypatch, tmp_path):
 
 
 def test_secrets_are_redacted(monkeypatch):
-    monkeypatch.setenv("GATEWAY_API_KEYS", '["sk-very-secret"]')
+    monkeypatch.setenv("GATEWAY_API_KEYS", '["sk-very-secret-0123456789"]')
     s = load_settings()
-    assert "sk-very-secret" not in str(redacted(s))
-    assert "sk-very-secret" not in str(non_default(s))
+    assert "sk-very-secret-0123456789" not in str(redacted(s))
+    assert "sk-very-secret-0123456789" not in str(non_default(s))
     assert non_default(s)["api_keys"] == ["**********"]
 
 
@@ -104,7 +104,7 @@ def test_non_default_lists_only_changes(monkeypatch):
 
 
 def test_gateway_config_command_prints_effective_settings(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "GATEWAY_API_KEYS": '["sk-hidden"]', "TAKEOFF_MAX_BATCH_SIZE": "7"}
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_API_KEYS": '["sk-hidden-0123456789"]', "TAKEOFF_MAX_BATCH_SIZE": "7"}
     out = subprocess.run(
         [sys.executable, "-m", "gateway", "config", "--config", str(ROOT / "configs" / "default.yaml")],
         capture_output=True,
@@ -116,7 +116,7 @@ def test_gateway_config_command_prints_effective_settings(tmp_path):
     data = yaml.safe_load(out)
     assert data["readers"][0]["max_batch_size"] == 7
     assert data["api_keys"] == ["**********"]
-    assert "sk-hidden" not in out
+    assert "sk-hidden-0123456789" not in out
 
 
 def test_gateway_config_reports_bad_settings_clearly(tmp_path):
@@ -187,7 +187,7 @@ def test_cli_flags_win_over_environment_and_yaml(monkeypatch, tmp_path):
     parser.add_argument("model", nargs="?")
     add_setting_flags(parser)
     env: dict[str, str] = {}
-    flags = ["--max-n", "5", "--no-access-log", "--max-model-len", "4096", "--api-key", "k1", "--api-key", "k2"]
+    flags = ["--max-n", "5", "--no-access-log", "--max-model-len", "4096", "--api-key", "sk-flag-one-0123456789", "--api-key", "sk-flag-two-0123456789"]
     args = parser.parse_args(["/models/m", *flags])
     apply_flags(args, env)
     for k, v in env.items():
@@ -195,7 +195,7 @@ def test_cli_flags_win_over_environment_and_yaml(monkeypatch, tmp_path):
     s = load_settings(config)
     assert s.max_n == 5 and s.access_log is False and s.default_max_new_tokens == 7
     assert s.readers[0].model == "/models/m" and s.readers[0].max_model_len == 4096
-    assert [k.get_secret_value() for k in s.api_keys] == ["k1", "k2"]
+    assert [k.get_secret_value() for k in s.api_keys] == ["sk-flag-one-0123456789", "sk-flag-two-0123456789"]
     monkeypatch.delenv("GATEWAY_MAX_N")
     monkeypatch.setenv("GATEWAY_MAX_N", "4")
     assert load_settings(config).max_n == 4  # without the flag: the environment over the YAML

@@ -11,7 +11,7 @@ import yaml
 
 from gateway.settings import ReaderSettings
 
-A, B, ADMIN = "sk-team-a", "sk-team-b", "sk-admin"
+A, B, ADMIN = "sk-team-a-0123456789", "sk-team-b-0123456789", "sk-admin-0123456789"
 
 
 def keys_file(tmp_path, **limits_b):
@@ -86,11 +86,11 @@ def test_per_key_in_flight_and_token_limits(client_factory, tmp_path):
     path = keys_file(tmp_path, max_in_flight=1, tokens_per_minute=40)
     with client_factory(api_keys_file=path) as c:
         principal = c.app.state.runtime.keys.authenticate(B)
-        principal.in_flight = 1  # one request of team-b in flight
+        principal.usage.in_flight = 1  # one request of team-b in flight
         r = c.post("/generate", json={"text": "x", "max_new_tokens": 2}, headers=h(B))
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         assert c.post("/generate", json={"text": "x", "max_new_tokens": 2}, headers=h(A)).status_code == 200
-        principal.in_flight = 0
+        principal.usage.in_flight = 0
         ok = c.post("/generate", json={"text": "0123456789", "max_new_tokens": 40}, headers=h(B))
         assert ok.status_code == 200  # 10 prompt + 40 generated tokens: the minute's budget is used
         spent = c.post("/generate", json={"text": "x", "max_new_tokens": 2}, headers=h(B))

@@ -114,6 +114,9 @@ class Constraint:
     # the request fields that carried it and its backend, for error messages
     param: str | None = None
     backend_param: str | None = None
+    # JSON without free whitespace between its tokens (tool calls: sampling at a high
+    # temperature cannot wander into blank space until the token limit)
+    compact: bool = False
 
 
 @dataclass(slots=True)

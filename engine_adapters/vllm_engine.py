@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import json
 import logging
@@ -292,8 +293,8 @@ class VLLMEngine(AsyncLLMHost):
         s = request.sampling
         structured = None
         if request.constraint is not None:
-            c = request.constraint
-            structured = StructuredOutputsParams(**{c.kind: c.value})
+            kind, value = self._spec(request.constraint)
+            structured = StructuredOutputsParams(**{kind: value})
         extra = None
         if s.no_repeat_ngram_size:
             if not self.config.no_repeat_ngram:
@@ -442,6 +443,15 @@ class VLLMEngine(AsyncLLMHost):
                 await engine.abort(queue.request_id, internal=True)
             queue.close()
 
+    def _spec(self, c: Constraint) -> tuple[str, Any]:
+        """What the engine decodes against for `c`: its own kind and value, or for compact
+        JSON on xgrammar, the schema as a grammar without free whitespace (xgrammar's own
+        conversion; vLLM applies `disable_any_whitespace` only engine-wide). Other
+        backends get the schema as it is."""
+        if not (c.compact and c.kind == "json" and self.config.structured_outputs_backend == "xgrammar"):
+            return c.kind, c.value
+        return "grammar", _compact_grammar(json.dumps(c.value, sort_keys=True))
+
     def _verdict(self, c: Constraint) -> str | None:
         """Why the reader's backend cannot use `c`, or None (blocking: runs in a thread)."""
         from vllm.exceptions import VLLMValidationError
@@ -450,7 +460,8 @@ class VLLMEngine(AsyncLLMHost):
         try:
             if c.kind == "json":
                 check_json_schema(c.value)
-            params = SamplingParams(max_tokens=1, structured_outputs=StructuredOutputsParams(**{c.kind: c.value}))
+            kind, value = self._spec(c)
+            params = SamplingParams(max_tokens=1, structured_outputs=StructuredOutputsParams(**{kind: value}))
             params._validate_structured_outputs(
                 self._engine.model_config, self._engine.vllm_config.structured_outputs_config, self._tokenizer
             )
@@ -471,7 +482,7 @@ class VLLMEngine(AsyncLLMHost):
         if c.backend not in (None, "auto", backend):
             raise InvalidParameterError(f"this reader decodes constraints with {backend!r}", c.backend_param)
         spec = c.value if isinstance(c.value, str) else json.dumps(c.value, sort_keys=True)
-        key = (c.kind, hashlib.sha256(spec.encode()).hexdigest())
+        key = (c.kind + ("/compact" if c.compact else ""), hashlib.sha256(spec.encode()).hexdigest())
         if key in self._constraint_checks:
             self._constraint_checks.move_to_end(key)
             reason = self._constraint_checks[key]
@@ -531,6 +542,15 @@ class VLLMEngine(AsyncLLMHost):
                 index=0, text=best.text, token_ids=list(best.token_ids), finish_reason=best.finish_reason
             )
             yield GenerationOutput(prompt_token_ids=ids, deltas=[delta], finished=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _compact_grammar(schema: str) -> str:
+    """A JSON schema as an EBNF grammar of compact JSON (no whitespace between tokens)."""
+    import xgrammar
+
+    grammar = xgrammar.Grammar.from_json_schema(schema, any_whitespace=False, separators=(",", ":"))
+    return str(grammar)
 
 
 _NATIVE_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\] \S+\.(?:cc|cpp|h):\d+: ")

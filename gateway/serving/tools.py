@@ -99,7 +99,7 @@ def named(tools: Sequence[Tool], name: str, param: str) -> Tool:
 def constraint(tools: Sequence[Tool], choice: Tool | None, parallel: bool, param: str) -> Constraint:
     """The JSON schema the output must follow for a named tool or for "required"."""
     if choice is not None:
-        return Constraint(kind="json", value=choice.parameters or _EMPTY_OBJECT, param=param)
+        return Constraint(kind="json", value=choice.parameters or _EMPTY_OBJECT, param=param, compact=True)
     items = [
         {
             "type": "object",
@@ -113,7 +113,7 @@ def constraint(tools: Sequence[Tool], choice: Tool | None, parallel: bool, param
     schema["minItems"] = 1
     if not parallel:
         schema["maxItems"] = 1
-    return Constraint(kind="json", value=schema, param=param)
+    return Constraint(kind="json", value=schema, param=param, compact=True)
 
 
 def call_id() -> str:
@@ -209,74 +209,110 @@ def template_arguments(text: str) -> Any:
 
 @dataclass(slots=True)
 class _Item:
+    """One call of a "required" output as the scan has seen it so far."""
+
     name: str | None = None
-    params_start: int | None = None
-    params_end: int | None = None
+    args: list[str] = field(default_factory=list)  # argument text not yet handed out
+    announced: bool = False  # its id and name went out
 
 
-def _scan(text: str) -> list[_Item]:
-    """The items of a (possibly unfinished) `[{"name": .., "parameters": ..}, ..]` text.
+def _decoded(raw: str) -> str:
+    """A JSON string's content with its escapes decoded (raw text if it is not valid)."""
+    if "\\" not in raw:
+        return raw
+    try:
+        return str(json.loads(f'"{raw}"'))
+    except ValueError:
+        return raw
 
-    A small JSON scanner: it tracks strings and nesting only, so it never needs the
-    text to be complete, and it finds each item's name and where its parameters value
-    starts and (once written) ends.
-    """
-    items: list[_Item] = []
-    depth = 0
-    in_string = escaped = False
-    string_start = 0
-    key: str | None = None
-    last_string: str | None = None
-    expect_value_for: str | None = None
-    for i, ch in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-                raw = text[string_start : i + 1]
-                if depth == 2:
-                    try:
-                        last_string = json.loads(raw)
-                    except ValueError:
-                        last_string = None
-                    if expect_value_for == "name" and items:
-                        items[-1].name = last_string
-                        expect_value_for = None
-                    elif expect_value_for is None:
-                        key = last_string
-                if depth == 2 and expect_value_for == "parameters" and items and items[-1].params_start == string_start:
-                    items[-1].params_end = i + 1
-                    expect_value_for = None
-            continue
-        if ch in " \t\r\n":
-            continue
-        if depth == 2 and expect_value_for == "parameters" and items and items[-1].params_start is None:
-            items[-1].params_start = i
-        if ch == '"':
-            in_string = True
-            string_start = i
-        elif ch in "[{":
-            depth += 1
-            if depth == 2 and ch == "{":
-                items.append(_Item())
-                key = expect_value_for = None
-        elif ch in "]}":
-            depth -= 1
-            if depth == 2 and expect_value_for == "parameters" and items:
-                items[-1].params_end = i + 1
-                expect_value_for = None
-        elif ch == ":" and depth == 2:
-            expect_value_for = key if key in ("name", "parameters") else "other"
-            if expect_value_for == "other":
-                expect_value_for = None
-        elif ch == "," and depth == 2:
-            if expect_value_for == "parameters" and items and items[-1].params_start is not None:
-                items[-1].params_end = i  # a scalar value ended
-            expect_value_for = None
-    return items
+
+class _CallScanner:
+    """An incremental scan of `[{"name": .., "parameters": ..}, ..]` text that visits each
+    character once, whatever the length of the output: it keeps its state (nesting,
+    strings, which value it is in) between pieces, collects each item's name and hands out
+    the raw text of its parameters value as it arrives. It tracks strings and nesting
+    only, so it never needs the text to be complete."""
+
+    __slots__ = ("_depth", "_escaped", "_expect", "_in_string", "_key", "_params", "_string", "items")
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._in_string = self._escaped = False
+        self._string: list[str] | None = None  # characters of a string at the items' level
+        self._key: str | None = None  # the last key read at the items' level
+        self._expect: str | None = None  # the key whose value comes next ("name" | "parameters")
+        # inside the current item's parameters value: "object" (until its depth closes),
+        # "string" (until its quote) or "scalar" (until a separator); None outside
+        self._params: str | None = None
+        self.items: list[_Item] = []
+
+    def feed(self, chunk: str) -> None:
+        """Scan the next piece of the output."""
+        run = -1  # where the current run of parameter characters started in this chunk
+        for i, ch in enumerate(chunk):
+            if self._params is not None and run < 0:
+                run = i
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif ch == "\\":
+                    self._escaped = True
+                elif ch == '"':
+                    self._in_string = False
+                    if self._string is not None:
+                        self._end_string(_decoded("".join(self._string)))
+                        self._string = None
+                    if self._params == "string":
+                        self._close_params(chunk, run, i + 1)
+                        run = -1
+                    continue
+                if self._string is not None:
+                    self._string.append(ch)
+                continue
+            if self._params == "scalar" and (ch in ",}]" or ch in " \t\r\n"):
+                self._close_params(chunk, run, i)
+                run = -1
+            if ch in " \t\r\n":
+                continue
+            if self._depth == 2 and self._expect == "parameters" and self._params is None and self.items:
+                # the parameters value starts here
+                self._params = "object" if ch in "[{" else "string" if ch == '"' else "scalar"
+                self._expect = None
+                run = i
+            if ch == '"':
+                self._in_string = True
+                if self._depth == 2 and self._params is None:
+                    self._string = []
+            elif ch in "[{":
+                self._depth += 1
+                if self._depth == 2 and ch == "{":
+                    self.items.append(_Item())
+                    self._key = self._expect = None
+            elif ch in "]}":
+                self._depth -= 1
+                if self._depth == 2 and self._params == "object":
+                    self._close_params(chunk, run, i + 1)
+                    run = -1
+            elif ch == ":" and self._depth == 2 and self._params is None:
+                self._expect = self._key if self._key in ("name", "parameters") else None
+            elif ch == "," and self._depth == 2:
+                self._expect = None
+        if self._params is not None and run >= 0 and self.items:
+            self.items[-1].args.append(chunk[run:])
+
+    def _end_string(self, raw: str) -> None:
+        if not self.items:
+            return
+        if self._expect == "name":
+            self.items[-1].name = raw
+            self._expect = None
+        elif self._expect is None:
+            self._key = raw
+
+    def _close_params(self, chunk: str, start: int, end: int) -> None:
+        if self.items and start >= 0:
+            self.items[-1].args.append(chunk[start:end])
+        self._params = None
 
 
 class ToolChoiceParser:
@@ -284,8 +320,7 @@ class ToolChoiceParser:
 
     def __init__(self, choice: Tool | None) -> None:
         self._choice = choice
-        self._text = ""
-        self._sent_args: dict[int, int] = {}  # item -> characters of its arguments sent
+        self._scanner = _CallScanner()
         self._ids: dict[int, str] = {}
 
     def parse(self, text: str, token_ids: Sequence[int]) -> ParsedOutput:
@@ -312,20 +347,21 @@ class ToolChoiceParser:
                 self._ids[0] = call_id()
                 return ParsedDelta(tool_calls=[ToolCallDelta(0, self._ids[0], self._choice.name, text)])
             return ParsedDelta(tool_calls=[ToolCallDelta(0, arguments=text)]) if text else None
-        self._text += text
+        self._scanner.feed(text)
         deltas = []
-        for index, item in enumerate(_scan(self._text)):
+        # only items with new text or a name to announce are visited: the work per piece
+        # does not grow with the output
+        items = self._scanner.items
+        for index in range(len(self._ids) - 1 if self._ids else 0, len(items)):
+            item = items[index]
             if item.name is None:
                 break  # the name goes first
             head = None
-            if index not in self._ids:
+            if not item.announced:
+                item.announced = True
                 self._ids[index] = head = call_id()
-            args = ""
-            if item.params_start is not None:
-                end = item.params_end if item.params_end is not None else len(self._text)
-                raw = self._text[item.params_start : end]
-                sent = self._sent_args.get(index, 0)
-                args, self._sent_args[index] = raw[sent:], len(raw)
+            args = "".join(item.args)
+            item.args.clear()
             if head is not None or args:
                 deltas.append(ToolCallDelta(index, head, item.name if head else None, args))
         return ParsedDelta(tool_calls=deltas) if deltas else None

@@ -119,7 +119,9 @@ def test_helm_lint_has_no_errors():
     import helm_python as helm
 
     for version in K8S_VERSIONS:
-        result = helm.lint(str(CHART), {**IMAGE, "apiKeys": {"keys": ["sk-1-long-key-0123456789"]}}, kube_version=k8s(version))
+        result = helm.lint(
+            str(CHART), {**IMAGE, "apiKeys": {"keys": ["sk-1-long-key-0123456789"]}}, kube_version=k8s(version)
+        )
         assert not result["errors"], (version, result)
         assert all(m["severity"] < 2 for m in result["messages"]), result["messages"]  # info only
 
@@ -134,7 +136,10 @@ PRESET_IDS = ["default", "cpu", "gpu-tp", "multinode"]
 def test_rendered_manifests_are_valid_kubernetes(files, operators, version):
     import kubernetes_validate
 
-    everything = {"apiKeys": {"keys": ["sk-1-long-key-0123456789", "sk-2-long-key-0123456789"]}, "ingress": {"enabled": True}}
+    everything = {
+        "apiKeys": {"keys": ["sk-1-long-key-0123456789", "sk-2-long-key-0123456789"]},
+        "ingress": {"enabled": True},
+    }
     if "values-multinode.yaml" not in files:
         everything["autoscaling"] = {"enabled": True}
     docs = render(everything, files, kube_version=k8s(version), api_versions=OPERATOR_APIS if operators else [])

@@ -126,7 +126,11 @@ def test_status_on_the_probe_port_needs_a_key_when_keys_are_configured(tmp_path)
     probes = ProbeServer(lambda: probe_state(runtime), "127.0.0.1", 0)
     url = f"http://127.0.0.1:{probes.port}"
     try:
-        for headers in ({}, {"Authorization": "Bearer sk-wrong-0123456789"}, {"X-API-Key": "sk-ops-0123456789"}):  # ops: no inference scope
+        for headers in (
+            {},
+            {"Authorization": "Bearer sk-wrong-0123456789"},
+            {"X-API-Key": "sk-ops-0123456789"},
+        ):  # ops: no inference scope
             r = httpx.get(url + "/status", headers=headers)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
             assert "API key" in r.json()["detail"]

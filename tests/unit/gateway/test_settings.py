@@ -187,7 +187,17 @@ def test_cli_flags_win_over_environment_and_yaml(monkeypatch, tmp_path):
     parser.add_argument("model", nargs="?")
     add_setting_flags(parser)
     env: dict[str, str] = {}
-    flags = ["--max-n", "5", "--no-access-log", "--max-model-len", "4096", "--api-key", "sk-flag-one-0123456789", "--api-key", "sk-flag-two-0123456789"]
+    flags = [
+        "--max-n",
+        "5",
+        "--no-access-log",
+        "--max-model-len",
+        "4096",
+        "--api-key",
+        "sk-flag-one-0123456789",
+        "--api-key",
+        "sk-flag-two-0123456789",
+    ]
     args = parser.parse_args(["/models/m", *flags])
     apply_flags(args, env)
     for k, v in env.items():

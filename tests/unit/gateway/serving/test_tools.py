@@ -92,3 +92,28 @@ def test_named_streams_the_output_as_arguments():
 def test_an_unfinished_required_output_stays_text():
     out = ToolChoiceParser(None).parse('[{"name": "get_time", "param', [])
     assert out.tool_calls == [] and out.content == '[{"name": "get_time", "param'
+
+
+def test_parameters_before_the_name_wait_for_it():
+    text = '[{"parameters": {"zone": "UTC"}, "name": "get_time"}]'
+    deltas = stream(ToolChoiceParser(None), text, 2)
+    assert deltas[0].name == "get_time" and deltas[0].id
+    assert json.loads("".join(d.arguments for d in deltas)) == {"zone": "UTC"}
+
+
+@pytest.mark.parametrize("parameters", ['"just text"', "42", "true", "null", '{"a": [1, {"b": "]}"}]}'])
+def test_any_parameters_value_streams_whole(parameters):
+    text = f'[{{"name": "get_time", "parameters": {parameters} }}, {{"name": "get_weather", "parameters": {{}}}}]'
+    deltas = stream(ToolChoiceParser(None), text, 1)
+    first = "".join(d.arguments for d in deltas if d.index == 0)
+    assert json.loads(first) == json.loads(parameters)
+    assert [d.name for d in deltas if d.name] == ["get_time", "get_weather"]
+
+
+def test_a_long_argument_streams_in_pieces_that_join_exactly():
+    value = "x" * 5000 + '\\"q\\"' + "y" * 5000
+    text = f'[{{"name": "get_time", "parameters": {{"zone": "{value}"}}}}]'
+    deltas = stream(ToolChoiceParser(None), text, 3)
+    assert json.loads("".join(d.arguments for d in deltas))["zone"] == json.loads(f'"{value}"')
+    # no piece carries more than what arrived with it (nothing is re-sent)
+    assert max(len(d.arguments) for d in deltas) <= 3

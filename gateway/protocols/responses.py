@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag
 
-from gateway.protocols.common import Priority, Seed
+from gateway.protocols.common import Priority, Seed, tag_of
 from gateway.settings import DEFAULT_GROUP
 
 # Accepted and documented as having no effect here.
@@ -146,11 +146,14 @@ class BuiltinTool(BaseModel):
     type: StrictStr
 
 
+def _tool_tag(v: Any) -> str:
+    t = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+    return "function" if t == "function" else "builtin"
+
+
 Tool = Annotated[
     Annotated[FunctionTool, Tag("function")] | Annotated[BuiltinTool, Tag("builtin")],
-    Discriminator(
-        lambda v: "function" if (v.get("type") if isinstance(v, dict) else v.type) == "function" else "builtin"
-    ),
+    Discriminator(_tool_tag),
 ]
 
 
@@ -191,7 +194,7 @@ TextFormat = Annotated[
     Annotated[TextFormatText, Tag("type=text")]
     | Annotated[TextFormatJSONObject, Tag("type=json_object")]
     | Annotated[TextFormatJSONSchema, Tag("type=json_schema")],
-    Discriminator(lambda v: "type=" + str(v.get("type") if isinstance(v, dict) else v.type)),
+    Discriminator(tag_of("type")),
 ]
 
 

@@ -1,7 +1,9 @@
 """Schemathesis against the gateway's own OpenAPI documents (all three ports): whatever
-it sends, never a 5xx. A gateway process of its own on scripted and MiniLM readers (the
-fuzzer's random parameters would keep a real generative engine busy for minutes), a
-bounded number of examples per operation."""
+it sends, never a 5xx but the documented deadline 504. Schemathesis' coverage phase
+(boundary values, wrong types, missing and extra fields) and its fuzzing phase on every
+document, stateful sequences that reuse the ids answers gave, and a check that schema-valid
+requests are accepted. A gateway process of its own on scripted and MiniLM readers (the
+fuzzer's random parameters would keep a real generative engine busy for minutes)."""
 
 from __future__ import annotations
 
@@ -14,15 +16,14 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import not_a_server_error
 
+from tests.fuzz_hooks import asked_for_a_deadline, no_server_error_but_deadlines
 from tests.servers import GatewayProcess, start_gateway
 
 READERS = [
     {"id": "primary-0", "kind": "scripted", "model": "scripted"},
     {"id": "embed-0", "consumer_group": "embed", "kind": "sentence-transformers", "model": "embedded:all-minilm-l6-v2"},
 ]
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
 @pytest.fixture(scope="module")
@@ -55,41 +56,8 @@ def openai_schema(fuzz_gateway):
     return schemathesis.openapi.from_url(fuzz_gateway.openai_url + "/openapi.json")
 
 
-def asked_for_a_deadline(case) -> bool:  # type: ignore[no-untyped-def]
-    body = case.body if isinstance(case.body, dict) else {}
-    return "timeout" in body or "x-request-timeout" in {k.lower() for k in (case.headers or {})}
-
-
 def no_server_error(ctx, response, case):  # type: ignore[no-untyped-def]
-    """No 5xx, except the 504 of a deadline the request itself set (which it may set to
-    5e-324 seconds: answering 504 then is the documented behaviour)."""
-    if response.status_code == 504 and asked_for_a_deadline(case):
-        body = response.json()
-        if (body.get("error") or body).get("type") == "timeout":  # OpenAI's shape or the others'
-            return True
-    return not_a_server_error(ctx, response, case)
-
-
-def fuzz(schema) -> int:  # type: ignore[no-untyped-def]
-    """Every operation of `schema`, FUZZ examples each; returns how many operations ran."""
-    ran = 0
-    for result in schema.get_all_operations():
-        operation = result.ok()
-
-        @given(case=operation.as_strategy())
-        @FUZZ
-        def check(case) -> None:  # type: ignore[no-untyped-def]
-            try:
-                case.call_and_validate(checks=[no_server_error])
-            except requests.exceptions.ChunkedEncodingError:
-                # a plain-text stream (generate-one) past its own deadline is cut, by design:
-                # it has no framing to carry an error
-                if not (asked_for_a_deadline(case) and case.path == "/api/generate-one"):
-                    raise
-
-        check()
-        ran += 1
-    return ran
+    return no_server_error_but_deadlines(ctx, response, case)
 
 
 def operation(schema, method: str, path: str):  # type: ignore[no-untyped-def]
@@ -185,16 +153,51 @@ def test_linked_sequences_never_answer_5xx(openai_schema, main_schema):
     assert seen["POST /api/generate-one 2xx"] >= 1, seen
 
 
-def test_main_port_never_answers_5xx(main_schema):
-    assert fuzz(main_schema) > 20
+def schemathesis_cli(url: str, *extra: str) -> tuple[int, int]:
+    """Schemathesis' own runner on a document: its coverage phase (boundary values, wrong
+    types, missing and extra fields of every schema, which random examples miss) and its
+    fuzzing phase, with the one check of tests/fuzz_hooks.py. Returns (exit code, cases)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "schemathesis.cli", "run", url, "--phases", "coverage,fuzzing",
+            "-c", "no_server_error_but_deadlines", "-n", "40", "--generation-deterministic", "-w", "2",
+            "--no-color", "--report-dir", str(ROOT / "tests" / "artifacts" / "schemathesis"), *extra,
+        ],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks"},
+        timeout=600,
+    )  # fmt: skip
+    found = re.search(r"(\d+) generated", result.stdout)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    return result.returncode, int(found.group(1)) if found else 0
 
 
-def test_management_port_never_answers_5xx(management_schema):
-    assert fuzz(management_schema) >= 4
+def test_main_port_never_answers_5xx(fuzz_gateway):
+    _, cases = schemathesis_cli(fuzz_gateway.url + "/openapi.json")
+    assert cases > 1000
 
 
-def test_openai_port_never_answers_5xx(openai_schema):
-    assert fuzz(openai_schema) >= 6
+def test_management_port_never_answers_5xx(fuzz_gateway):
+    # DELETE /reader would remove the readers the other operations need
+    _, cases = schemathesis_cli(fuzz_gateway.management_url + "/openapi.json", "--exclude-method", "DELETE")
+    assert cases > 100
+
+
+def test_openai_port_never_answers_5xx(fuzz_gateway):
+    _, cases = schemathesis_cli(fuzz_gateway.openai_url + "/openapi.json")
+    assert cases > 1000
+
+
+def test_a_format_of_the_wrong_type_is_a_400_not_a_500(fuzz_gateway):
+    """What schemathesis' coverage phase found (the format discriminator read `.type` of a list)."""
+    for body in ({"input": "hi", "text": {"format": [None, None]}}, {"input": "hi", "tools": [[1]]}):
+        r = requests.post(fuzz_gateway.openai_url + "/v1/responses", json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith(("text.format", "tools[0]")), r.text
 
 
 def test_every_surface_is_documented(main_schema, management_schema, openai_schema):

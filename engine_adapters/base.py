@@ -146,6 +146,9 @@ class GenerationRequest:
     lora_id: str | None = None
     priority: int = 0
     stream: bool = False
+    # vLLM's prefix-cache salt: only requests with the same salt share cached prefixes
+    # (the gateway derives it from the caller's tenant, so no tenant can time another's)
+    cache_salt: str | None = None
     # chat: tools the chat template sees (OpenAI function-tool dicts), whether the
     # engine's tool-call parser reads the output ("auto"), template controls
     tools: list[dict[str, Any]] | None = None

@@ -280,7 +280,14 @@ class VLLMEngine(AsyncLLMHost):
                 raise InvalidParameterError("a prompt token id is outside the vocabulary", "prompt")
             return list(request.prompt_token_ids)
         if request.messages is not None:
-            return await self._encode(self._render(request), add_special_tokens=False)
+            # a long conversation is rendered (a Jinja program) off the event loop, as long
+            # prompts are tokenized there
+            size = sum(len(str(m.get("content") or "")) for m in request.messages)
+            if size <= _INLINE_TOKENIZE_CHARS and not request.tools:
+                rendered = self._render(request)
+            else:
+                rendered = await asyncio.to_thread(self._render, request)
+            return await self._encode(rendered, add_special_tokens=False)
         assert request.prompt is not None
         return await self.tokenize(request.prompt, request.use_chat_template)
 
@@ -382,7 +389,8 @@ class VLLMEngine(AsyncLLMHost):
         try:
             # add_request + the collector is what AsyncLLM.generate does inside; doing it
             # here separates "rejected" (raised now, a clean 4xx) from "failed later".
-            queue = await engine.add_request(request.request_id, tokens_input(ids), params, **kwargs)
+            prompt = tokens_input(ids, cache_salt=request.cache_salt)
+            queue = await engine.add_request(request.request_id, prompt, params, **kwargs)
         except VLLMEngineDeadError as exc:
             raise EngineDeadError("the vLLM engine core has died") from exc
         except VLLMValidationError as exc:
@@ -534,7 +542,8 @@ class VLLMEngine(AsyncLLMHost):
             skip_special_tokens=s.skip_special_tokens,
         )
         yield GenerationOutput(prompt_token_ids=ids, deltas=[], finished=False)
-        async for out in Searcher().beam_search(tokens_input(ids), request.request_id, params):
+        prompt = tokens_input(ids, cache_salt=request.cache_salt)
+        async for out in Searcher().beam_search(prompt, request.request_id, params):
             best = out.outputs[0]
             if best.finish_reason == "error":
                 raise EngineError("beam search failed inside the engine")

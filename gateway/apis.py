@@ -47,6 +47,9 @@ class Api:
     prefixes: tuple[str, ...] = ()  # paths that start with one of these
     shape: ErrorShape | None = None  # None: the listener's (LISTENER_SHAPES)
     label: str | None = None  # the metrics label, if not the name
+    # its bodies carry prompts, which no model can use beyond its context: their size is
+    # capped relative to the largest context served (settings.body_bytes_per_context_token)
+    prompts: bool = False
     # whether it is served on a listener with these settings
     when: Callable[[Settings, Listener], bool] = _always
 
@@ -71,6 +74,7 @@ APIS: tuple[Api, ...] = (
         _on("main"),
         paths=("/generate", "/generate_stream", "/embed", "/classify"),
         shape="takeoff",
+        prompts=True,
     ),
     Api(
         "openai",
@@ -79,14 +83,16 @@ APIS: tuple[Api, ...] = (
         paths=("/rerank",),
         prefixes=("/v1/",),
         shape="openai",
+        prompts=True,
     ),
-    Api("generate_api", ("generate_api:router",), _on("main"), prefixes=("/api/",), shape="takeoff"),
+    Api("generate_api", ("generate_api:router",), _on("main"), prefixes=("/api/",), shape="takeoff", prompts=True),
     Api(
         "chat_service",
         ("chat_service:router",),
         _on("main"),
         paths=("/chat", "/chat/completions", "/embeddings"),
         shape="openai",
+        prompts=True,
     ),
     Api(
         "tokenizer",

@@ -100,7 +100,7 @@ def build_app(runtime: Runtime, listener: Listener, lifespan: Lifespan | None = 
         public_paths=[*s.public_paths, *(["/metrics"] if s.metrics_public else []), *(["/"] if ui else [])],
         # the page and its files load without a key; the page asks for one for the API
         public_prefixes=("/ui/",) if ui else (),
-        max_body_bytes=s.max_body_bytes,
+        body_limit=runtime.body_limit,
         is_draining=lambda: runtime.draining,
         listener=listener,
         apis=index,

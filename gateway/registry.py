@@ -293,6 +293,11 @@ class Registry:
         """Requests in flight on every reader."""
         return sum(r.in_flight for r in self.readers.values())
 
+    def largest_context(self) -> int | None:
+        """The longest context (tokens) of the readers serving now, or None if none is."""
+        lengths = [r.engine.info.max_model_len for r in list(self.readers.values()) if r.serving and r.engine]
+        return max(lengths) if lengths else None
+
     # ------------------------------------------------------------------ lifecycle
 
     def start_all(self) -> list[asyncio.Task[None]]:

@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 
+from gateway.apis import Api
 from gateway.auth import KeyRing
 from gateway.continuation import ContinuationStore, make_store
 from gateway.errors import GatewayError
@@ -19,6 +20,8 @@ from gateway.machinery.pipeline import Pipeline
 from gateway.observability.metrics import attach
 from gateway.registry import EngineFactory, ReaderState, Registry
 from gateway.settings import Settings
+
+BODY_FLOOR_BYTES = 256 * 1024
 
 
 @dataclass(eq=False)
@@ -54,6 +57,17 @@ class Runtime:
         )
         attach(RuntimeCollector(runtime))
         return runtime
+
+    def body_limit(self, api: Api) -> int:
+        """The largest body a request of `api` may send: `max_body_bytes`, and for APIs
+        that carry prompts at most `body_bytes_per_context_token` per token of the largest
+        context served (never below BODY_FLOOR_BYTES), so that a body no model could take
+        is refused before anything parses it."""
+        s = self.settings
+        context = self.registry.largest_context() if api.prompts and s.body_bytes_per_context_token else None
+        if context is None or s.body_bytes_per_context_token is None:
+            return s.max_body_bytes
+        return min(s.max_body_bytes, max(BODY_FLOOR_BYTES, context * s.body_bytes_per_context_token))
 
     def busy(self) -> int:
         """Requests still being served (for the shutdown drain)."""

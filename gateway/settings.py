@@ -312,6 +312,10 @@ class Settings(BaseSettings):
 
     # limits and admission
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    # bodies that carry prompts are also capped at this many bytes per token of the largest
+    # context served (never below 256 KiB): a prompt no model can take is refused before
+    # it is parsed; null turns the cap off
+    body_bytes_per_context_token: int | None = Field(32, ge=1)
     request_timeout_seconds: float | None = Field(None, gt=0)
     max_request_timeout_seconds: float = Field(3600.0, gt=0)
     min_request_timeout_seconds: float = Field(0.01, gt=0)

@@ -15,6 +15,7 @@ removal of the reader aborts the engine request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,17 @@ class Pipeline:
         self.deadlines: set[Deadline] = set()  # of the requests in flight, for shutdown
         self.detached: dict[str, asyncio.Task[Any]] = {}  # background work by its key
         self._chores: set[asyncio.Task[Any]] = set()
+        self._secret = settings.continuation.secret.get_secret_value()
+        self._salts: dict[str, str] = {}
+
+    def _salt(self, tenant: str) -> str:
+        """The prefix-cache salt of a tenant (a digest of the server secret and the tenant)."""
+        salt = self._salts.get(tenant)
+        if salt is None:
+            if len(self._salts) > 10_000:
+                self._salts.clear()
+            salt = self._salts[tenant] = _digest(f"{self._secret}\x1f{tenant}")
+        return salt
 
     def spawn(self, work: Awaitable[Any]) -> None:
         """Run `work` on its own, kept referenced until it ends (its errors are logged)."""
@@ -91,11 +103,14 @@ class Pipeline:
         check_generation(gen.requests, settings, gen.fields)
         priority = priority_of(request, gen.priority)
         trace = _trace_headers(request)
+        caller = principal_of(request.scope)
+        salt = self._salt(caller.tenant)
         for r in gen.requests:
             r.priority = priority
             r.trace_headers = trace
+            # the tenant's salt, combined with one the client sent: never the client's alone
+            r.cache_salt = salt if r.cache_salt is None else _digest(f"{salt}\x1f{r.cache_salt}")
         deadline = deadline_of(request, settings, gen.timeout)
-        caller = principal_of(request.scope)
         weight = sum(r.sampling.n * r.sampling.num_beams for r in gen.requests)
         reader = resolve(self.registry, gen.target, gen.requests, allow=caller.check_group, weight=weight)
         engine = reader.generative()
@@ -214,6 +229,24 @@ class Pipeline:
             raise
         return await self._buffered(request, reader, deadline, pending, admission, inputs)
 
+    async def on_reader(self, request: Request, reader_id: str, work: Callable[[Reader], Awaitable[T]]) -> T:
+        """Work addressed to one reader by id (its tokenizer routes): the caller's key may use
+        the reader's group, the reader must be serving and have room (admission), and
+        the work runs counted in flight, under the deadline, cancelled if the client goes."""
+        deadline = deadline_of(request, self.settings)
+        caller = principal_of(request.scope)
+        reader = self.registry.get(reader_id)
+        caller.check_group(reader.group)
+        self.registry.balance(reader.group, [reader], admit=True)
+        pending = work(reader)
+        try:
+            admission = caller.admit(0)
+        except BaseException:
+            if inspect.iscoroutine(pending):
+                pending.close()  # never started
+            raise
+        return await self._buffered(request, reader, deadline, pending, admission, 1)
+
     # ------------------------------------------------------------------ reads
 
     def status_reader(self, target: Target) -> Reader:
@@ -240,6 +273,10 @@ def _trace_headers(request: Request) -> dict[str, str] | None:
     """The request's W3C trace context, passed on to the engine (vLLM's tracing)."""
     found = {h: request.headers[h] for h in _TRACE_HEADERS if h in request.headers}
     return found or None
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _tokens(obs: Observation | None) -> int:

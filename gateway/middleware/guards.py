@@ -87,7 +87,7 @@ class Guard:
         trusted_hosts: Iterable[str] = (),
         public_paths: Iterable[str],
         public_prefixes: Iterable[str] = (),
-        max_body_bytes: int,
+        body_limit: Callable[[Api], int],
         is_draining: Callable[[], bool],
         listener: Listener,
         apis: ApiIndex,
@@ -98,7 +98,7 @@ class Guard:
         self.trusted_hosts = frozenset(h.lower() for h in trusted_hosts)
         self.public = frozenset(public_paths)
         self.public_prefixes = tuple(public_prefixes)
-        self.max_body = max_body_bytes
+        self.body_limit = body_limit
         self.is_draining = is_draining
         self.listener = listener
         self.apis = apis
@@ -166,19 +166,19 @@ class Guard:
         obs = current_observation()
         if obs is not None:
             obs.key = caller.name
+        found = scope.get("state", {}).get("api")
+        limit = self.body_limit(found if isinstance(found, Api) else self.apis.api_of(path))
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                error = PayloadTooLarge(
-                    f"the body is larger than {self.max_body} bytes", headers={"Connection": "close"}
-                )
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                # refused before a byte of it is read or parsed
+                error = PayloadTooLarge(f"the body is larger than {limit} bytes", headers={"Connection": "close"})
                 await self._refuse(scope, send, error)
                 return
-        await self.app(scope, self._counting(receive, scope, send), send)
+        await self.app(scope, self._counting(receive, limit), send)
 
-    def _counting(self, receive: Receive, scope: Scope, send: Send) -> Receive:
+    def _counting(self, receive: Receive, limit: int) -> Receive:
         """A receive that stops a chunked body at the size limit (no Content-Length)."""
         seen = 0
-        limit = self.max_body
 
         async def wrapped() -> Message:
             nonlocal seen

@@ -253,6 +253,8 @@ class _SamplingFields(BaseModel):
     structured_outputs: StructuredOutputs | None = None
     return_tokens_as_token_ids: bool = False
     timeout: float | None = Field(None, gt=0)
+    # vLLM's prefix-cache salt; the gateway combines it with the caller's tenant's own
+    cache_salt: str | None = Field(None, min_length=1, max_length=256)
 
 
 class ChatCompletionRequest(_SamplingFields):

@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from gateway.protocols.management import ChatTemplateRequest, DetokenizeRequest, TokenizeRequest
-from gateway.runtime import get_runtime
 from gateway.serving import tokenizer
 
 router = APIRouter(tags=["tokenizer"])
@@ -16,19 +15,16 @@ router = APIRouter(tags=["tokenizer"])
 @router.post("/tokenize/{reader_id}")
 async def tokenize(reader_id: str, body: TokenizeRequest, request: Request) -> dict[str, Any]:
     """Tokens of a text: vocabulary entries, their ids and their count."""
-    rt = get_runtime(request)
-    return await tokenizer.tokenize(rt.registry, reader_id, body, rt.settings.max_tokenize_chars)
+    return await tokenizer.tokenize(request, reader_id, body)
 
 
 @router.post("/detokenize/{reader_id}")
 async def detokenize(reader_id: str, body: DetokenizeRequest, request: Request) -> dict[str, str]:
     """Text of token ids or vocabulary entries."""
-    rt = get_runtime(request)
-    return await tokenizer.detokenize(rt.registry, reader_id, body, rt.settings.max_tokenize_chars)
+    return await tokenizer.detokenize(request, reader_id, body)
 
 
 @router.post("/chat_template/{reader_id}")
 async def chat_template(reader_id: str, body: ChatTemplateRequest, request: Request) -> dict[str, list[str]]:
     """Each conversation rendered with the reader's chat template."""
-    rt = get_runtime(request)
-    return await tokenizer.chat_template(rt.registry, reader_id, body, rt.settings.max_tokenize_chars)
+    return await tokenizer.chat_template(request, reader_id, body)

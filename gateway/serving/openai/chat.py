@@ -195,6 +195,7 @@ def chat_plan(req: ChatCompletionRequest, settings: Settings) -> ChatPlan:
         tool_choice=tools.mode,
         chat_template_kwargs=kwargs or None,
         continue_final_message=req.continue_final_message,
+        cache_salt=req.cache_salt,
     )
     echo = ""
     if req.echo and messages and messages[-1]["role"] == "assistant":

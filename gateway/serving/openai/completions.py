@@ -94,6 +94,7 @@ def completion_to_neutral(req: CompletionRequest, settings: Settings) -> list[Ge
                 sampling=sampling,
                 constraint=constraint,
                 stream=req.stream,
+                cache_salt=req.cache_salt,
             )
         )
     return out

@@ -234,7 +234,7 @@ class ScriptedEngine:
         if not self._started:
             raise EngineNotReadyError("the model is still loading")
         if request.lora_id is not None and request.lora_id not in self.config.lora_adapters:
-            raise UnknownAdapterError(f"unknown lora_id {request.lora_id!r}")
+            raise UnknownAdapterError("no such LoRA adapter")
         s = request.sampling
         if request.prompt_token_ids is not None:
             raw = list(request.prompt_token_ids)

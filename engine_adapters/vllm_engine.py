@@ -360,7 +360,7 @@ class VLLMEngine(AsyncLLMHost):
             lora = self._loras.get(request.lora_id)
             if lora is None:
                 have = ", ".join(self._loras) or "none"
-                raise UnknownAdapterError(f"unknown lora_id {request.lora_id!r}; this reader's adapters: {have}")
+                raise UnknownAdapterError(f"no such LoRA adapter; this reader's adapters: {have}")
         param = "messages" if request.messages is not None else "prompt"
         prompt_ids = await self._prompt_ids(request)
         ids, max_tokens = fit_prompt(

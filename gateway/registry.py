@@ -199,6 +199,8 @@ class Registry:
         backend_param: str | None = None,
         group_param: str = "consumer_group",
         lora_id: str | None = None,
+        visible: Callable[[str], bool] = lambda _: True,
+        named: bool = True,
     ) -> list[Reader]:
         """The readers of `group` able to serve the request (ready or not).
 
@@ -208,8 +210,10 @@ class Registry:
         """
         members = [r for r in self.readers.values() if r.group == group]
         if not members:
-            names = ", ".join(sorted(self.groups())) or "none"
-            raise NotFound(f"unknown consumer group {group!r}; the groups are: {names}", param=group_param)
+            names = ", ".join(sorted(g for g in self.groups() if visible(g))) or "none"
+            # a name the request sent is not repeated; the server's default group is named
+            which = "no such consumer group" if named else f"the default consumer group {group!r} does not exist"
+            raise NotFound(f"{which}; the groups are: {names}", param=group_param)
         obs = current_observation()
         if obs is not None:
             obs.group = group  # a configured group: a bounded label
@@ -233,7 +237,7 @@ class Registry:
             with_adapter = [r for r in members if lora_id in r.adapters]
             if not with_adapter:
                 adapters = ", ".join(sorted({a for r in members for a in r.adapters})) or "none"
-                raise UnknownAdapterError(f"unknown lora_id {lora_id!r}; adapters of group {group!r}: {adapters}")
+                raise UnknownAdapterError(f"no such LoRA adapter; the adapters of group {group!r}: {adapters}")
             members = with_adapter
         return members
 
@@ -266,13 +270,13 @@ class Registry:
                 obs.reader = best.id
         return best
 
-    def get(self, reader_id: str) -> Reader:
-        """A reader by id."""
+    def get(self, reader_id: str, visible: Callable[[str], bool] = lambda _: True) -> Reader:
+        """A reader by id; a 404 listing the readers of the groups `visible` allows."""
         try:
             return self.readers[reader_id]
         except KeyError:
-            names = ", ".join(sorted(self.readers)) or "none"
-            raise NotFound(f"unknown reader {reader_id!r}; the readers are: {names}", param="reader_id") from None
+            names = ", ".join(sorted(r.id for r in self.readers.values() if visible(r.group))) or "none"
+            raise NotFound(f"no such reader; the readers are: {names}", param="reader_id") from None
 
     def ready(self) -> bool:
         """Every group of the configured readers has a ready reader.

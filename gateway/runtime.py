@@ -141,6 +141,14 @@ class RuntimeCollector(Collector):
         lookups.add_metric(["miss"], misses)
         yield lookups
         yield GaugeMetricFamily("gateway_continuation_evictions", "Sequences evicted since start", value=evictions)
+        health = rt.continuation.health()
+        up = GaugeMetricFamily(
+            "gateway_continuation_store_up",
+            "1 when the store answers (0: down, or its circuit open)",
+            labels=["backend"],
+        )
+        up.add_metric(backend, 1.0 if health.up and not health.breaker_open else 0.0)
+        yield up
         yield GaugeMetricFamily(
             "gateway_draining", "1 while the process drains for shutdown", value=1.0 if rt.draining else 0.0
         )

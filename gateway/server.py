@@ -104,7 +104,8 @@ def probe_state(runtime: Runtime) -> ProbeState:
     the digests of the keys that may read it."""
     code, ready = readiness_payload(runtime.registry, runtime.draining)
     try:
-        now = status(runtime.registry, runtime.draining, runtime.started_at)
+        # the probe port's /status is read with inference keys: no paths or raw errors
+        now = status(runtime.registry, runtime.draining, runtime.started_at, runtime.continuation.health(), False)
     except RuntimeError:
         raise
     except Exception as exc:

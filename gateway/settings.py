@@ -190,6 +190,15 @@ class ContinuationSettings(BaseModel):
     key_prefix: str = "{llmgw}:cont:"
     max_entries: int = Field(10_000, ge=1)
     max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    # per tenant (API key, or the keys file's tenant): past these a tenant evicts its own
+    # oldest entries first; null: the store's bounds
+    max_entries_per_tenant: int | None = Field(2_500, ge=1)
+    max_bytes_per_tenant: int | None = Field(64 * 1024 * 1024, ge=1024)
+    # redis: the longest a call may take, and the circuit breaker (after this many failures
+    # in a row the store is not asked for breaker_seconds: requests fail at once)
+    redis_timeout_seconds: float = Field(0.5, gt=0)
+    breaker_failures: int = Field(3, ge=1)
+    breaker_seconds: float = Field(5.0, gt=0)
     ttl_seconds: float = Field(3600.0, gt=0)
     # keys are HMAC(secret, caller's key name + request_id): set the same secret on every
     # replica sharing a Redis store; the built-in default only separates callers

@@ -65,6 +65,8 @@ class Generation:
     # background work: the whole answer runs detached from the HTTP request (never
     # cancelled by a disconnect); `detach` gets its task and answers at once
     detach: Callable[[asyncio.Task[Response]], Response] | None = None
+    # headers of a streamed answer (a whole answer's `answer` sets its own)
+    headers: dict[str, str] | None = None
 
 
 class Pipeline:
@@ -112,7 +114,7 @@ class Pipeline:
             r.cache_salt = salt if r.cache_salt is None else _digest(f"{salt}\x1f{r.cache_salt}")
         deadline = deadline_of(request, settings, gen.timeout)
         weight = sum(r.sampling.n * r.sampling.num_beams for r in gen.requests)
-        reader = resolve(self.registry, gen.target, gen.requests, allow=caller.check_group, weight=weight)
+        reader = resolve(self.registry, gen.target, gen.requests, caller=caller, weight=weight)
         engine = reader.generative()
         reserve = _reservation(request, gen.requests, engine) if caller.tokens_per_minute is not None else 0
         admission = caller.admit(reserve)
@@ -166,8 +168,12 @@ class Pipeline:
 
         content = events(engine, streams)
         if gen.stream_as == "text":
-            return ManagedStreamingResponse(content, on_close=close, media_type="text/plain; charset=utf-8")
-        return ManagedEventSource(content, on_close=close, keepalive_seconds=self.settings.sse_keepalive_seconds)
+            return ManagedStreamingResponse(
+                content, on_close=close, media_type="text/plain; charset=utf-8", headers=gen.headers
+            )
+        return ManagedEventSource(
+            content, on_close=close, keepalive_seconds=self.settings.sse_keepalive_seconds, headers=gen.headers
+        )
 
     async def _buffered(
         self,
@@ -218,7 +224,7 @@ class Pipeline:
         check_count(inputs, self.settings, field, "inputs")
         deadline = deadline_of(request, self.settings)
         caller = principal_of(request.scope)
-        reader = resolve(self.registry, target, allow=caller.check_group, weight=inputs)
+        reader = resolve(self.registry, target, caller=caller, weight=inputs)
         reserve = _body_tokens(request) if caller.tokens_per_minute is not None else 0
         pending = work(reader)
         try:
@@ -235,7 +241,7 @@ class Pipeline:
         the work runs counted in flight, under the deadline, cancelled if the client goes."""
         deadline = deadline_of(request, self.settings)
         caller = principal_of(request.scope)
-        reader = self.registry.get(reader_id)
+        reader = self.registry.get(reader_id, visible=caller.may_use)
         caller.check_group(reader.group)
         self.registry.balance(reader.group, [reader], admit=True)
         pending = work(reader)

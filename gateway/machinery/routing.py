@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine_adapters.base import GenerationRequest, Work
+from gateway.auth import Principal
 from gateway.errors import NotFound
 from gateway.registry import Reader, Registry
 from gateway.settings import DEFAULT_GROUP
@@ -50,8 +51,12 @@ def _default_group(registry: Registry, task: Work, param: str) -> str:
     raise NotFound(f"no consumer group on this server can {task}", param=param)
 
 
-def group_of(registry: Registry, target: Target) -> tuple[str, str | None]:
-    """The consumer group `target` names, and the LoRA adapter if the name is one."""
+def group_of(
+    registry: Registry, target: Target, visible: Callable[[str], bool] = lambda _: True
+) -> tuple[str, str | None]:
+    """The consumer group `target` names, and the LoRA adapter if the name is one. An
+    unknown name is a 404 that lists only what `visible` lets the caller see (and never
+    repeats the name sent)."""
     name = target.name
     if name is None:
         return _default_group(registry, target.task, target.param), None
@@ -68,11 +73,11 @@ def group_of(registry: Registry, target: Target) -> tuple[str, str | None]:
         return _default_group(registry, target.task, target.param), None
     if target.by_model:
         names = sorted(
-            set(registry.groups_for(target.task)) | set(registry.model_names()) | set(registry.adapter_names())
+            {g for g in registry.groups_for(target.task) if visible(g)}
+            | {n for n, r in registry.model_names().items() if visible(r.group)}
+            | {a for a, r in registry.adapter_names().items() if visible(r.group)}
         )
-        raise NotFound(
-            f"the model {name!r} does not exist; available: {', '.join(names) or 'none'}", param=target.param
-        )
+        raise NotFound(f"the model does not exist; available: {', '.join(names) or 'none'}", param=target.param)
     return name, None  # the registry says which groups exist
 
 
@@ -81,7 +86,7 @@ def resolve(
     target: Target,
     requests: Sequence[GenerationRequest] = (),
     admit: bool = True,
-    allow: Callable[[str], None] | None = None,
+    caller: Principal | None = None,
     weight: int = 1,
 ) -> Reader:
     """The reader for `requests` (which may be empty: pooling work, status reads).
@@ -89,12 +94,13 @@ def resolve(
     Requests whose constraint names a structured-output backend go to a reader with that
     backend (vLLM runs one per engine); a LoRA adapter named as the model is set on them.
     With `admit=False` (status reads) the reader's in-flight limit does not apply.
-    `allow` may refuse the group (the caller's key may not use it); `weight` is the
-    request's sequences, for admission.
+    The `caller`'s key may refuse the group (403), and errors list only the groups it may
+    use; `weight` is the request's sequences, for admission.
     """
-    group, adapter = group_of(registry, target)
-    if allow is not None:
-        allow(group)
+    visible = caller.may_use if caller is not None else (lambda _: True)
+    group, adapter = group_of(registry, target, visible)
+    if caller is not None:
+        caller.check_group(group)
     if adapter is not None:
         for r in requests:
             r.lora_id = adapter
@@ -106,6 +112,13 @@ def resolve(
             backend, backend_param = c.backend, c.backend_param
             break
     members = registry.candidates(
-        group, target.task, backend=backend, backend_param=backend_param, group_param=target.param, lora_id=lora_id
+        group,
+        target.task,
+        backend=backend,
+        backend_param=backend_param,
+        group_param=target.param,
+        lora_id=lora_id,
+        visible=visible,
+        named=target.name is not None,
     )
     return registry.balance(group, members, admit, weight)

@@ -59,6 +59,9 @@ GENERATED_TOKENS = Counter("gateway_generated_tokens", "Generated tokens", ["api
 KEY_REQUESTS = Counter("gateway_key_requests", "Requests answered, per API key name", ["key", "status"])
 KEY_TOKENS = Counter("gateway_key_tokens", "Tokens per API key name", ["key", "kind"])
 KEY_REJECTIONS = Counter("gateway_key_rejections", "Requests refused with 429, per API key name", ["key"])
+STORE_ERRORS = Counter(
+    "gateway_continuation_store_errors", "Calls to the continuation store that failed (Redis down, slow, refusing)"
+)
 STORE_WRITE_ERRORS = Counter(
     "gateway_continuation_write_errors", "Finished answers whose sequence could not be stored (answer still sent)"
 )

@@ -48,7 +48,8 @@ async def version() -> dict[str, str]:
 async def status(request: Request) -> dict[str, Any]:
     """The loaded models, their consumer groups and their state."""
     rt = get_runtime(request)
-    return serving_status.status(rt.registry, rt.draining, rt.started_at)
+    detail = request.app.state.listener == "management"  # admin keys see paths and errors
+    return serving_status.status(rt.registry, rt.draining, rt.started_at, rt.continuation.health(), detail)
 
 
 @metrics_router.get("/metrics", response_class=Response)

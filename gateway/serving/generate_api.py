@@ -21,7 +21,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from engine_adapters.base import Constraint, GenerationRequest, GenerativeEngine, SamplingOptions
 from gateway.auth import principal_of
-from gateway.continuation import ContinuationStore, scoped_key
+from gateway.continuation import ContinuationStore, StoreUnavailable, scoped_key
 from gateway.errors import BadRequest
 from gateway.machinery.bodies import FastJSONResponse
 from gateway.machinery.engine_streams import Completion, Tagged, new_request_id
@@ -50,14 +50,16 @@ async def generate_one(request: Request, body: GenerateOneRequest) -> Response:
     check_request_id(body.request_id, "request_id", settings)
     sampling = config_sampling(body.generation_config, settings)
     constraint = config_constraint(body.generation_config)
-    key = one_key(settings, principal_of(request.scope).tenant, body.request_id)
-    job = await make_job(store, key, body.prompt, sampling, constraint, "prompt")
+    tenant = principal_of(request.scope).tenant
+    key = one_key(settings, tenant, body.request_id)
+    (job,), headers = await make_jobs(store, tenant, [key], [body.prompt], ["prompt"], sampling, constraint)
 
     async def answer(engine: GenerativeEngine, completions: list[Completion]) -> Response:
         (c,) = completions
         await remember(store, job, c, engine.info.eos_token_id)
         new = c.texts[0] if c.texts else ""
-        return PlainTextResponse(new if body.only_new_tokens else await prompt_text(engine, c) + new)
+        text = new if body.only_new_tokens else await prompt_text(engine, c) + new
+        return PlainTextResponse(text, headers=headers)
 
     generation = Generation(
         requests=[job.request],
@@ -68,6 +70,7 @@ async def generate_one(request: Request, body: GenerateOneRequest) -> Response:
         timeout=body.timeout,
         priority=body.priority,
         fields=FIELDS,
+        headers=headers,
     )
     return await pipeline.generate(request, generation)
 
@@ -86,12 +89,16 @@ async def generate_batch(request: Request, body: GenerateBatchRequest) -> Respon
         seen.add(rid)
     sampling = config_sampling(body.generation_config, settings)
     constraint = config_constraint(body.generation_config)
-    jobs = [
-        await make_job(store, key, p.prompt, sampling, constraint, f"prompts[{i}].prompt")
-        for i, (key, p) in enumerate(
-            zip(batch_keys(settings, principal_of(request.scope).tenant, ids), body.prompts, strict=True)
-        )
-    ]
+    tenant = principal_of(request.scope).tenant
+    jobs, headers = await make_jobs(
+        store,
+        tenant,
+        batch_keys(settings, tenant, ids),
+        [p.prompt for p in body.prompts],
+        [f"prompts[{i}].prompt" for i in range(len(ids))],
+        sampling,
+        constraint,
+    )
 
     async def answer(engine: GenerativeEngine, completions: list[Completion]) -> Response:
         eos = engine.info.eos_token_id
@@ -102,7 +109,7 @@ async def generate_batch(request: Request, body: GenerateBatchRequest) -> Respon
             if not body.only_new_tokens:
                 item["prompt"] = await prompt_text(engine, c)
             out.append(item)
-        return FastJSONResponse(out)
+        return FastJSONResponse(out, headers=headers)
 
     generation = Generation(
         requests=[j.request for j in jobs],
@@ -172,27 +179,56 @@ class Job:
     """One prompt of a request: its neutral request and where its sequence is stored."""
 
     key: str
+    tenant: str
     request: GenerationRequest
     continued: bool
 
 
-async def make_job(
+# Said on every answer served without the store (it did not answer): each request_id was
+# served from its prompt, as a new one, and will not be continued from this turn.
+UNAVAILABLE = {"X-Continuation": "unavailable"}
+
+
+async def make_jobs(
     store: ContinuationStore,
-    key: str,
-    prompt: str,
+    tenant: str,
+    keys: Sequence[str],
+    prompts: Sequence[str],
+    fields: Sequence[str],
     sampling: SamplingOptions,
     constraint: Constraint | None,
-    field: str,
-) -> Job:
-    """Continue the stored sequence of `key` if there is one, else start from `prompt`."""
-    prior = await store.get(key)
-    rid = new_request_id("gen")
-    if prior:
-        req = GenerationRequest(request_id=rid, prompt_token_ids=prior, sampling=sampling, constraint=constraint)
-        return Job(key, req, continued=True)
-    if not prompt:
-        raise BadRequest("prompt is empty and the request_id has no generation to continue", param=field)
-    return Job(key, GenerationRequest(request_id=rid, prompt=prompt, sampling=sampling, constraint=constraint), False)
+) -> tuple[list[Job], dict[str, str] | None]:
+    """Continue the stored sequence of each key if there is one, else start from its prompt
+    (all read in one round trip), and the headers the answer carries.
+
+    A store that does not answer counts as a miss for a request with a prompt (served as
+    new, the answer says so in `X-Continuation: unavailable`); a request that only
+    continues (no prompt) cannot be served then: a 503 naming the field.
+    """
+    try:
+        priors = await store.get_many(keys)
+        headers = None
+    except StoreUnavailable:
+        priors, headers = [None] * len(keys), UNAVAILABLE
+    jobs = []
+    for key, prompt, field, prior in zip(keys, prompts, fields, priors, strict=True):
+        rid = new_request_id("gen")
+        if prior:
+            req = GenerationRequest(request_id=rid, prompt_token_ids=prior, sampling=sampling, constraint=constraint)
+            jobs.append(Job(key, tenant, req, continued=True))
+            continue
+        if not prompt:
+            if headers is not None:
+                raise StoreUnavailable(
+                    "the continuation store is unavailable, so this request_id cannot be continued now; "
+                    "retry shortly, or send a prompt to start afresh",
+                    param=field,
+                    headers={"Retry-After": "5"},
+                )
+            raise BadRequest("prompt is empty and the request_id has no generation to continue", param=field)
+        req = GenerationRequest(request_id=rid, prompt=prompt, sampling=sampling, constraint=constraint)
+        jobs.append(Job(key, tenant, req, False))
+    return jobs, headers
 
 
 def full_sequence(prompt_ids: Sequence[int], generated: Sequence[int], eos: int | None) -> list[int]:
@@ -210,7 +246,7 @@ async def remember(store: ContinuationStore, job: Job, c: Completion, eos: int |
     """
     if c.finish_reasons and c.finish_reasons[0] in ("stop", "length"):
         try:
-            await store.put(job.key, full_sequence(c.prompt_token_ids, c.token_ids[0], eos))
+            await store.put(job.key, full_sequence(c.prompt_token_ids, c.token_ids[0], eos), job.tenant)
         except Exception as exc:
             STORE_WRITE_ERRORS.inc()
             log.error("could not store the continuation (the answer was sent): %s", exc)

@@ -137,7 +137,7 @@ def check_model(model: str, settings: Settings, field: str) -> None:
         return
     if settings.effective_offline:
         raise BadRequest(
-            f"{field}: {model!r} is a hub id and this server is offline (set offline: false to allow hub ids)",
+            f"{field}: a hub id, and this server is offline (set offline: false to allow hub ids)",
             param=field,
         )
 

@@ -12,12 +12,14 @@ from fastapi.responses import JSONResponse
 
 from engine_adapters.models import display_name
 from gateway import __version__
+from gateway.continuation import StoreHealth
 from gateway.observability.metrics import LIVE_TOKENS
 from gateway.registry import Reader, Registry
 
 
-def describe(reader: Reader) -> dict[str, Any]:
-    """Public description of a reader, for /status and the management API."""
+def describe(reader: Reader, detail: bool = True) -> dict[str, Any]:
+    """Description of a reader, for /status and the management API; without `detail`
+    (what inference keys read) no model path and no raw load error."""
     info: dict[str, Any] = {
         "reader_id": reader.id,
         "consumer_group": reader.group,
@@ -29,7 +31,7 @@ def describe(reader: Reader) -> dict[str, Any]:
         "generated_tokens": LIVE_TOKENS.get(reader.id, 0),
     }
     if reader.error:
-        info["error"] = reader.error
+        info["error"] = reader.error if detail else "see /status on the management port"
     engine = reader.engine
     if engine is not None and reader.state == "ready":
         m = engine.info
@@ -37,7 +39,6 @@ def describe(reader: Reader) -> dict[str, Any]:
         info.update(
             {
                 "model_name": m.name,
-                "model_path": m.path,
                 "max_model_len": m.max_model_len,
                 "device": m.device,
                 "dtype": m.dtype,
@@ -45,6 +46,8 @@ def describe(reader: Reader) -> dict[str, Any]:
                 "engine_requests": stats.running,
             }
         )
+        if detail:
+            info["model_path"] = m.path
         if m.dimensions is not None:
             info["dimensions"] = m.dimensions
         if m.labels:
@@ -72,15 +75,24 @@ def readiness(registry: Registry, draining: bool) -> JSONResponse:
     return JSONResponse(body, status_code=code)
 
 
-def status(registry: Registry, draining: bool, started_at: float) -> dict[str, Any]:
-    """The loaded models, their consumer groups and their state."""
-    return {
+def status(
+    registry: Registry, draining: bool, started_at: float, store: StoreHealth | None = None, detail: bool = True
+) -> dict[str, Any]:
+    """The loaded models, their consumer groups and their state, and the store's health;
+    without `detail` (inference keys) no model paths, load errors or store errors."""
+    out: dict[str, Any] = {
         "status": "draining" if draining else ("ready" if registry.ready() else "starting"),
         "version": __version__,
         "uptime_seconds": round(time.time() - started_at, 1),
-        "live_readers": {r.id: describe(r) for r in registry.readers.values()},
+        "live_readers": {r.id: describe(r, detail) for r in registry.readers.values()},
         "consumer_groups": {g: [r.id for r in rs] for g, rs in registry.groups().items()},
     }
+    if store is not None:
+        health: dict[str, Any] = {"up": store.up, "circuit": "open" if store.breaker_open else "closed"}
+        if detail:
+            health.update(errors=store.errors, last_error=store.last_error)
+        out["continuation_store"] = health
+    return out
 
 
 def reader_groups(registry: Registry) -> dict[str, list[dict[str, Any]]]:

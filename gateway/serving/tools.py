@@ -78,7 +78,7 @@ def check_tools(tools: Sequence[Tool], param: str, nested: bool | None = None) -
                 f"{param}[{i}]: a function name has 1 to 64 letters, digits, '_', '-' or '.'", param=f"{param}[{i}]"
             )
         if tool.name in seen:
-            raise BadRequest(f"{param}[{i}]: the function name {tool.name!r} repeats", param=f"{param}[{i}]")
+            raise BadRequest(f"{param}[{i}]: the function name repeats an earlier one", param=f"{param}[{i}]")
         seen.add(tool.name)
         try:
             check_json_schema(tool.parameters)
@@ -92,8 +92,7 @@ def named(tools: Sequence[Tool], name: str, param: str) -> Tool:
     for tool in tools:
         if tool.name == name:
             return tool
-    have = ", ".join(t.name for t in tools) or "none"
-    raise BadRequest(f"{param} names the function {name!r}, which is not in tools ({have})", param=param)
+    raise BadRequest(f"{param} names a function that is not in tools", param=param)
 
 
 def constraint(tools: Sequence[Tool], choice: Tool | None, parallel: bool, param: str) -> Constraint:
@@ -177,7 +176,7 @@ def tool_use(
     """
     if named_tool is not None:
         if not tools:
-            raise BadRequest(f"{param} names the tool {named_tool!r}, but there are no tools", param=param)
+            raise BadRequest(f"{param} names a tool, but there are no tools", param=param)
         return ToolUse(tools, "function", named(tools, named_tool, param), parallel, param)
     if not tools:
         if choice == "required":

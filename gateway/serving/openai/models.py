@@ -3,10 +3,12 @@ model name and every LoRA adapter, each usable as `model`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NotRequired, TypedDict
 
 from starlette.requests import Request
 
+from gateway.auth import principal_of
 from gateway.errors import NotFound
 from gateway.machinery.pipeline import pipeline_of
 from gateway.registry import Registry
@@ -32,16 +34,17 @@ class ModelList(TypedDict):
 
 
 def model_list(request: Request) -> ModelList:
-    """`GET /v1/models`."""
-    return {"object": "list", "data": model_cards(pipeline_of(request).registry)}
+    """`GET /v1/models`: what the caller's key may use."""
+    caller = principal_of(request.scope)
+    return {"object": "list", "data": model_cards(pipeline_of(request).registry, caller.may_use)}
 
 
 def model_card(request: Request, model_id: str) -> ModelCard:
     """`GET /v1/models/{id}`: one entry of the model list."""
-    for card in model_cards(pipeline_of(request).registry):
+    for card in model_cards(pipeline_of(request).registry, principal_of(request.scope).may_use):
         if card["id"] == model_id:
             return card
-    raise NotFound(f"the model {model_id!r} does not exist", param="model")
+    raise NotFound("the model does not exist", param="model")
 
 
 def _card(name: str, created: int, root: str | None, max_len: int | None) -> ModelCard:
@@ -55,10 +58,13 @@ def _card(name: str, created: int, root: str | None, max_len: int | None) -> Mod
     }
 
 
-def model_cards(registry: Registry) -> list[ModelCard]:
-    """Entries for every consumer group, and every ready reader's model and adapters."""
+def model_cards(registry: Registry, visible: Callable[[str], bool] = lambda _: True) -> list[ModelCard]:
+    """Entries for every consumer group `visible` allows, and every ready reader's model
+    and adapters in those groups."""
     cards: dict[str, ModelCard] = {}
     for group, readers in registry.groups().items():
+        if not visible(group):
+            continue
         ready = [(r, r.engine) for r in readers if r.state == "ready" and r.engine is not None]
         first = ready[0][1].info if ready else None
         created = int(ready[0][0].loaded_at or ready[0][0].started_at) if ready else int(readers[0].started_at)

@@ -60,7 +60,7 @@ async def create(request: Request, body: ResponsesRequest) -> Response:
     if not body.background:
         return await pipeline.generate(request, generation)
     queued = response_object(turn, "in_progress", [])
-    await save(store, turn.key, queued, turn.input_items, None)
+    await save(store, turn.key, turn.tenant, queued, turn.input_items, None)
     try:
         return await pipeline.generate(request, generation)
     except BaseException:
@@ -80,7 +80,7 @@ def _detach(pipeline: Pipeline, turn: Turn, task: asyncio.Task[Response]) -> Res
         if exc is not None:
             info = classify(exc)
             failed = response_object(turn, "failed", [], error={"code": info.type, "message": info.message})
-            pipeline.spawn(save(pipeline.store, turn.key, failed, turn.input_items, None))
+            pipeline.spawn(save(pipeline.store, turn.key, turn.tenant, failed, turn.input_items, None))
 
     task.add_done_callback(settled)
     return FastJSONResponse(response_object(turn, "in_progress", []))
@@ -91,7 +91,7 @@ async def _stored(request: Request, response_id: str) -> tuple[Pipeline, str, di
     key = response_key(pipeline.settings, principal_of(request.scope).tenant, response_id)
     record = await load_record(pipeline.store, key)
     if record is None:
-        raise NotFound(f"no stored response {response_id!r}", param="response_id")
+        raise NotFound("no stored response with this id (unknown, expired, deleted or not stored)", param="response_id")
     return pipeline, key, record
 
 
@@ -129,7 +129,7 @@ async def cancel(request: Request, response_id: str) -> Response:
     with contextlib.suppress(BaseException):
         await task
     response = {**response, "status": "cancelled"}
-    await save(pipeline.store, key, response, record["input_items"], None)
+    await save(pipeline.store, key, principal_of(request.scope).tenant, response, record["input_items"], None)
     return FastJSONResponse(response)
 
 

@@ -240,6 +240,11 @@ async def finish(store: ContinuationStore, engine: GenerativeEngine, turn: Turn,
     )
     if turn.body.store:
         await save(
-            store, turn.key, response, turn.input_items, conversation_of(turn, engine, c.prompt_token_ids, tokens)
+            store,
+            turn.key,
+            turn.tenant,
+            response,
+            turn.input_items,
+            conversation_of(turn, engine, c.prompt_token_ids, tokens),
         )
     return response

@@ -75,15 +75,18 @@ async def load_conversation(store: ContinuationStore, key: str) -> Conversation 
 async def save(
     store: ContinuationStore,
     key: str,
+    tenant: str,
     response: Mapping[str, Any],
     items: Sequence[Mapping[str, Any]],
     conversation: Conversation | None,
 ) -> None:
-    """Best effort: the client has its answer even if the store fails (logged, counted)."""
+    """Store a response of `tenant` (within its quota). Best effort: the client has its
+    answer even if the store fails (logged, counted)."""
     try:
         if conversation is not None:
-            await store.put_bytes(conversation_key(key), conversation.encode())
-        if not await store.put_bytes(record_key(key), orjson.dumps({"response": response, "input_items": items})):
+            await store.put_bytes(conversation_key(key), conversation.encode(), tenant)
+        record = orjson.dumps({"response": response, "input_items": items})
+        if not await store.put_bytes(record_key(key), record, tenant):
             log.warning("response %s exceeds the store's max_bytes; not stored", response["id"])
     except Exception as exc:
         STORE_WRITE_ERRORS.inc()

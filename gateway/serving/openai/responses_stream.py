@@ -218,7 +218,7 @@ async def response_stream(
         )
         if turn.body.store:
             conversation = conversation_of(turn, engine, c.prompt_token_ids, tokens)
-            await save(store, turn.key, response, turn.input_items, conversation)
+            await save(store, turn.key, turn.tenant, response, turn.input_items, conversation)
         yield ev("response.completed" if status == "completed" else "response.incomplete", response=response)
     except Exception as exc:  # after the 200 the only way to report is an event
         info = classify(exc)

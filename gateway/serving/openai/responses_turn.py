@@ -65,6 +65,7 @@ class Turn:
     input_items: list[dict[str, Any]]  # this turn's input, as `input_items` lists it
     tool_cards: list[dict[str, Any]]  # the tools as the response object echoes them
     key: str  # store key of this response (scoped to the caller's tenant)
+    tenant: str
     prior_key: str | None  # store key of previous_response_id
     created_at: int = field(default_factory=lambda: int(time.time()))
     instructions_sent: bool = True  # the instructions are in this turn's messages
@@ -76,7 +77,9 @@ def _text_of(parts: str | Sequence[Any], param: str) -> str:
     out = []
     for j, p in enumerate(parts):
         if not isinstance(p, InputText):
-            raise BadRequest(f"{param}[{j}]: content of type {p.type!r} is not supported", param=f"{param}[{j}].type")
+            raise BadRequest(
+                f"{param}[{j}]: content of this type is not supported (text only)", param=f"{param}[{j}].type"
+            )
         out.append(p.text if p.type != "refusal" else (p.refusal or p.text))
     return "".join(out)
 
@@ -142,7 +145,7 @@ def messages_of(instructions: str | None, items: str | Sequence[Any]) -> list[di
             continue  # earlier reasoning is not shown to the model again (as chat templates do)
         else:
             assert isinstance(item, OtherItem)
-            raise BadRequest(f"{param}: input items of type {item.type!r} are not supported", param=f"{param}.type")
+            raise BadRequest(f"{param}: input items of this type are not supported", param=f"{param}.type")
     return out
 
 
@@ -156,7 +159,7 @@ def tool_use_of(body: ResponsesRequest, settings: Settings) -> tuple[tooling.Too
             if settings.responses.drop_builtin_tools:
                 continue
             raise BadRequest(
-                f"tools[{i}]: the tool type {t.type!r} runs on OpenAI's servers and is not available here "
+                f"tools[{i}]: tools of this type run on OpenAI's servers and are not available here "
                 "(function tools are; responses.drop_builtin_tools ignores such tools)",
                 param=f"tools[{i}].type",
             )
@@ -242,6 +245,7 @@ def plan_turn(body: ResponsesRequest, settings: Settings, tenant: str) -> Turn:
         items,
         cards,
         response_key(settings, tenant, response_id),
+        tenant,
         prior,
     )
 
@@ -269,7 +273,7 @@ async def continue_turn(store: ContinuationStore, engine: GenerativeEngine, turn
     prior = await load_conversation(store, turn.prior_key)
     if prior is None:
         raise NotFound(
-            f"no stored response {turn.body.previous_response_id!r} (unknown, expired, deleted or not stored)",
+            "no stored response with this id (unknown, expired, deleted or not stored)",
             param="previous_response_id",
         )
     if prior.model != engine.info.name:

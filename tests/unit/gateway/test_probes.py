@@ -39,8 +39,15 @@ class Registry:
 
 
 def fake_runtime(keys: KeyRing | None = None) -> SimpleNamespace:
+    from gateway.continuation import MemoryStore
+    from gateway.settings import ContinuationSettings
+
     return SimpleNamespace(
-        registry=Registry(), draining=False, started_at=time.time(), keys=keys or KeyRing([], [], None)
+        registry=Registry(),
+        draining=False,
+        started_at=time.time(),
+        keys=keys or KeyRing([], [], None),
+        continuation=MemoryStore(ContinuationSettings()),
     )
 
 

@@ -95,6 +95,9 @@ class SamplingOptions:
     ignore_eos: bool = False
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # most prompt tokens prompt logprobs may score (vLLM computes them over the whole
+    # vocabulary per prompt position: memory grows with prompt length x vocabulary)
+    prompt_logprobs_limit: int | None = None
     num_beams: int = 1
     length_penalty: float = 1.0
     skip_special_tokens: bool = True
@@ -418,6 +421,13 @@ def fit_prompt(
             f"the prompt has {len(ids)} tokens; this server accepts at most {max_prompt_tokens} "
             "(set prompt_max_tokens to keep only the last ones)",
             param,
+        )
+    s = request.sampling
+    if s.prompt_logprobs is not None and s.prompt_logprobs_limit is not None and len(ids) > s.prompt_logprobs_limit:
+        raise InvalidParameterError(
+            f"the prompt has {len(ids)} tokens; prompt logprobs (echo with logprobs) score at most "
+            f"{s.prompt_logprobs_limit} on this server",
+            "logprobs",
         )
     room = max_model_len - len(ids)
     if room < max(1, request.sampling.min_new_tokens):

@@ -135,18 +135,22 @@ class SentenceTransformersEngine:
     # ---------------------------------------------------------------- batches (threads)
 
     def _token_counts(self, first: list[str], second: list[str] | None = None) -> list[int]:
-        """Tokens per input (pairs count both texts); over-long inputs raise unless truncating."""
-        tok = self._model.tokenizer
-        if not self.config.truncate:
-            lengths = [len(ids) for ids in tok(first, second, truncation=False)["input_ids"]]
-            for i, n in enumerate(lengths):
-                if n > self._max_tokens:
-                    raise InvalidParameterError(
-                        f"input[{i}] has {n} tokens, more than the model's limit of {self._max_tokens}", "input"
-                    )
-            return lengths
-        encoded = tok(first, second, truncation=True, max_length=self._max_tokens)["input_ids"]
+        """Tokens per input (pairs count both texts), as the model sees them (truncated)."""
+        encoded = self._model.tokenizer(first, second, truncation=True, max_length=self._max_tokens)["input_ids"]
         return [len(ids) for ids in encoded]
+
+    def _check_lengths(self, inputs: list[str | TextPair]) -> None:
+        """Without truncation, an input longer than the model's limit is a 400 naming its
+        index in its own request: checked per request before it joins a batch, so it fails
+        no other request coalesced with it (blocking: runs in a thread)."""
+        tok = self._model.tokenizer
+        for i, x in enumerate(inputs):
+            first, second = (x, None) if isinstance(x, str) else x
+            n = len(tok(first, second, truncation=False)["input_ids"])
+            if n > self._max_tokens:
+                raise InvalidParameterError(
+                    f"input[{i}] has {n} tokens, more than the model's limit of {self._max_tokens}", "input"
+                )
 
     def _embed_batch(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
         """One forward pass over the batch, tokenized once (`encode` would tokenize again
@@ -154,8 +158,6 @@ class SentenceTransformersEngine:
         import torch
 
         model = self._model
-        if not self.config.truncate:
-            self._token_counts(texts)  # a 400 for an over-long input, before any work
         prepare = getattr(model, "preprocess", None) or model.tokenize
         features = prepare(texts)
         counts = features["attention_mask"].sum(dim=1).tolist()
@@ -216,12 +218,16 @@ class SentenceTransformersEngine:
                     f"input[{i}] has a token id outside the vocabulary (0..{len(tok) - 1})", "input"
                 )
         texts = [x if isinstance(x, str) else tok.decode(x, skip_special_tokens=True) for x in inputs]
+        if not self.config.truncate:
+            await asyncio.to_thread(self._check_lengths, list(texts))
         out = await batcher.submit(texts)
         return EmbeddingResult(np.stack([v for v, _ in out]), [n for _, n in out])
 
     async def classify(self, inputs: list[str | TextPair]) -> ClassificationResult:
         """Probabilities per label (sigmoid for one label, softmax for several)."""
         batcher = self._require("classify")
+        if not self.config.truncate:
+            await asyncio.to_thread(self._check_lengths, list(inputs))
         out = await batcher.submit(inputs)
         return ClassificationResult(np.stack([p for p, _ in out]), self.info.labels, [n for _, n in out])
 
@@ -232,5 +238,8 @@ class SentenceTransformersEngine:
             v = result.vectors / np.maximum(np.linalg.norm(result.vectors, axis=1, keepdims=True), 1e-12)
             return [float(x) for x in v[1:] @ v[0]], sum(result.token_counts)
         batcher = self._require("score")
-        out = await batcher.submit([(query, d) for d in documents])
+        pairs: list[str | TextPair] = [(query, d) for d in documents]
+        if not self.config.truncate:
+            await asyncio.to_thread(self._check_lengths, pairs)
+        out = await batcher.submit(pairs)
         return [float(p[0]) for p, _ in out], sum(n for _, n in out)

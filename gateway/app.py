@@ -97,7 +97,13 @@ def build_app(runtime: Runtime, listener: Listener, lifespan: Lifespan | None = 
         keys=runtime.keys,
         local_only=not s.allow_unauthenticated,
         trusted_hosts=s.trusted_hosts,
-        public_paths=[*s.public_paths, *(["/metrics"] if s.metrics_public else []), *(["/"] if ui else [])],
+        # metrics_public opens /metrics on the management port only: on the API ports it
+        # would show key names and per-key counts to anyone who can reach them
+        public_paths=[
+            *s.public_paths,
+            *(["/metrics"] if s.metrics_public and listener == "management" else []),
+            *(["/"] if ui else []),
+        ],
         # the page and its files load without a key; the page asks for one for the API
         public_prefixes=("/ui/",) if ui else (),
         body_limit=runtime.body_limit,

@@ -78,7 +78,9 @@ class Runtime:
         return self.pipeline.cut_all(error)
 
     async def close(self) -> None:
-        """Stop the engines and release the stores."""
+        """Let background chores finish (a background response recording its failure during
+        a drain), then stop the engines and release the stores."""
+        await self.pipeline.finish_chores(5.0)
         await self.registry.shutdown()
         await self.continuation.close()
 

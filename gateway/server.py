@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from collections.abc import Iterator
 
@@ -114,6 +115,15 @@ def probe_state(runtime: Runtime) -> ProbeState:
     return ProbeState(code, ready, now, keys)
 
 
+def _kill_children() -> None:
+    """SIGKILL every process this one started (vLLM's engine core and workers)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
 ENGINE_DEATH_GRACE_SECONDS = 2.0
 
 
@@ -156,7 +166,12 @@ async def serve(settings: Settings) -> int:
     exit_code = 0
 
     def on_signal(sig: signal.Signals) -> None:
-        log.info("received %s: draining", sig.name)
+        if runtime.draining and stop.is_set():
+            # a second Ctrl-C (or SIGTERM): stop now, engine processes included
+            log.warning("received %s again: exiting now without draining", sig.name)
+            _kill_children()
+            os._exit(130)
+        log.info("received %s: draining (send it again to exit at once)", sig.name)
         runtime.draining = True
         stop.set()
 

@@ -73,6 +73,9 @@ class ReaderSettings(BaseModel):
     reasoning_parser: str | None = None
     chat_template: str | None = None
     max_batch_wait_ms: float = Field(20.0, ge=0, description="dynamic batching: longest wait for more inputs")
+    # vllm readers: the longest a structured-output constraint's check may take before it
+    # is refused (the check runs off the event loop, on a pool of its own)
+    constraint_check_timeout: float = Field(10.0, gt=0)
     truncate: bool = True
     allow_dimensions: bool = True
 
@@ -329,6 +332,11 @@ class Settings(BaseSettings):
     max_request_timeout_seconds: float = Field(3600.0, gt=0)
     min_request_timeout_seconds: float = Field(0.01, gt=0)
     max_stop_length: int = Field(1024, ge=1)
+    # completions' echo with logprobs scores every prompt token, which costs the engine
+    # prompt length x vocabulary in memory (a known vLLM out-of-memory path): off unless
+    # allowed, and then for prompts of at most max_prompt_logprobs_tokens
+    allow_prompt_logprobs: bool = False
+    max_prompt_logprobs_tokens: int = Field(512, ge=1)
     max_constraint_bytes: int = Field(256 * 1024, ge=1024)
     max_tokenize_chars: int = Field(1_000_000, ge=1)
     cors_allow_origins: list[str] = Field(default_factory=list)
@@ -483,14 +491,18 @@ def redacted(settings: Settings) -> dict[str, Any]:
 
 
 def _redact_url(url: str) -> str:
-    """A URL with any password replaced by stars."""
-    from urllib.parse import urlsplit, urlunsplit
+    """A URL with any password (in its user part or its query) replaced by stars."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
     if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":**********@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":**********@"))
+    if parts.query:
+        query = [
+            (k, "**********" if k.lower() in ("password", "pass", "auth") else v) for k, v in parse_qsl(parts.query)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
 
 
 def non_default(settings: Settings) -> dict[str, Any]:

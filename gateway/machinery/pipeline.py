@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -37,6 +38,7 @@ from gateway.observability.metrics import Observation, current_observation
 from gateway.registry import Reader, Registry
 from gateway.settings import Settings
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 # each prompt's engine stream, its steps tagged with the prompt's index (`open_streams`)
 Streams = list[Tagged]
@@ -92,10 +94,21 @@ class Pipeline:
         return salt
 
     def spawn(self, work: Awaitable[Any]) -> None:
-        """Run `work` on its own, kept referenced until it ends (its errors are logged)."""
+        """Run `work` on its own, kept referenced until it ends (its errors are logged);
+        the shutdown waits for it (`finish_chores`)."""
         task = asyncio.ensure_future(work)
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
+        task.add_done_callback(_log_failure)
+
+    async def finish_chores(self, seconds: float) -> None:
+        """Wait for the spawned chores and the detached (background) work, at most
+        `seconds` each time: what they record must reach the store before it closes."""
+        pending = [*self._chores, *self.detached.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=seconds)
+        if self._chores:  # chores spawned by work that just ended (its failure recorded)
+            await asyncio.wait(list(self._chores), timeout=seconds)
 
     # ------------------------------------------------------------------ generation
 
@@ -279,6 +292,11 @@ def _trace_headers(request: Request) -> dict[str, str] | None:
     """The request's W3C trace context, passed on to the engine (vLLM's tracing)."""
     found = {h: request.headers[h] for h in _TRACE_HEADERS if h in request.headers}
     return found or None
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a background chore failed", exc_info=task.exception())
 
 
 def _digest(text: str) -> str:

@@ -82,7 +82,14 @@ def completion_to_neutral(req: CompletionRequest, settings: Settings) -> list[Ge
     sampling = sampling_of(req, settings, req.max_tokens, req.logprobs)
     if req.echo and req.logprobs is not None:
         # echo with logprobs scores the prompt too (OpenAI's legacy completions behaviour)
+        if not settings.allow_prompt_logprobs:
+            raise BadRequest(
+                "echo with logprobs scores every prompt token, which this server does not do "
+                "(allow_prompt_logprobs); send one or the other",
+                param="logprobs",
+            )
         sampling.prompt_logprobs = req.logprobs
+        sampling.prompt_logprobs_limit = settings.max_prompt_logprobs_tokens
     constraint = format_constraint(req.response_format, req.structured_outputs)
     out = []
     for prompt in prompts:

@@ -265,3 +265,113 @@ def test_redis_store_works_on_redis_cluster(redis_cluster):
     # which is why the setting insists on a tag
     with pytest.raises(Exception, match=r"slot|unavailable"):
         run(go("plain:cont:"))
+
+
+def _quota_case(store):
+    """Tenant "a" writes past its own quota of 3 entries; "b" has two entries."""
+
+    async def go():
+        await store.put("b1", [1], tenant="b")
+        await store.put("b2", [1], tenant="b")
+        for i in range(5):
+            await store.put(f"a{i}", [1], tenant="a")
+        return [await store.get(k) is not None for k in ("b1", "b2", "a0", "a1", "a2", "a3", "a4")]
+
+    return go()
+
+
+def test_memory_store_a_tenant_past_its_quota_evicts_its_own_oldest():
+    store = MemoryStore(ContinuationSettings(max_entries=100, max_entries_per_tenant=3))
+    assert run(_quota_case(store)) == [True, True, False, False, True, True, True]
+
+
+def test_memory_store_when_full_the_biggest_tenant_gives_up_its_oldest():
+    store = MemoryStore(ContinuationSettings(max_entries=4, max_entries_per_tenant=4))
+
+    async def go():
+        await store.put("b1", [1], tenant="b")
+        for i in range(4):  # "a" holds the most: its oldest go, "b" keeps its one entry
+            await store.put(f"a{i}", [1, 2, 3], tenant="a")
+        return [await store.get(k) is not None for k in ("b1", "a0", "a1", "a2", "a3")]
+
+    assert run(go()) == [True, False, True, True, True]
+
+
+def test_redis_store_a_tenant_past_its_quota_evicts_its_own_oldest(redis_settings):
+    redis_settings.max_entries = 100
+    redis_settings.max_entries_per_tenant = 3
+
+    async def go():
+        store = RedisStore(redis_settings)
+        try:
+            return await _quota_case(store)
+        finally:
+            await store.close()
+
+    assert run(go()) == [True, True, False, False, True, True, True]
+
+
+def test_redis_store_when_full_the_biggest_tenant_gives_up_its_oldest(redis_settings):
+    redis_settings.max_entries = 4
+    redis_settings.max_entries_per_tenant = 4
+
+    async def go():
+        store = RedisStore(redis_settings)
+        try:
+            await store.put("b1", [1], tenant="b")
+            for i in range(4):
+                await store.put(f"a{i}", [1, 2, 3], tenant="a")
+            present = [await store.get(k) is not None for k in ("b1", "a0", "a1", "a2", "a3")]
+            await store.delete("a3")  # the tenant's bookkeeping follows deletes too
+            await store.put("a4", [1], tenant="a")
+            return present, await store.get_many(["a1", "a3", "a4", "nope"])
+        finally:
+            await store.close()
+
+    present, many = run(go())
+    assert present == [True, False, True, True, True]
+    assert many == [[1, 2, 3], None, [1], None]
+
+
+def test_redis_store_circuit_opens_after_failures_and_fails_at_once():
+    from gateway.continuation import StoreUnavailable
+
+    settings = ContinuationSettings(
+        backend="redis", redis_url="redis://127.0.0.1:1/0", breaker_failures=2, breaker_seconds=60
+    )
+
+    async def go():
+        store = RedisStore(settings)
+        calls = 0
+        real = store._redis.get
+
+        async def counting(*args):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1  # a call that reached the network
+            return await real(*args)
+
+        store._redis.get = counting
+        try:
+            for _ in range(2):
+                with pytest.raises(StoreUnavailable):
+                    await store.get("a")
+            assert calls == 2 and store.health().breaker_open and not store.health().up
+            for _ in range(5):  # open: nobody waits on a dead Redis
+                with pytest.raises(StoreUnavailable):
+                    await store.get("a")
+            assert calls == 2 and store.health().errors == 2
+        finally:
+            await store.close()
+
+    run(go())
+
+
+def test_memory_get_many_and_health():
+    store = MemoryStore(ContinuationSettings())
+
+    async def go():
+        await store.put("a", [1, 2])
+        return await store.get_many(["a", "b"]), store.health()
+
+    many, health = run(go())
+    assert many == [[1, 2], None] and health.up and not health.breaker_open

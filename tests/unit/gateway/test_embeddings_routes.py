@@ -210,3 +210,27 @@ def test_bad_input(client, path, body, field):
     err = r.json()
     got = err["error"]["param"] if "error" in err else err["field"]
     assert got == field
+
+
+def test_an_over_long_input_fails_only_its_own_request(client_factory):
+    """Without truncation, an input past the model's limit is refused in its own request
+    (naming its own index), before it joins a batch: requests coalesced with it succeed."""
+    strict = [
+        ReaderSettings(id="primary-0", kind="scripted", model="scripted"),
+        ReaderSettings(
+            id="embed-0",
+            consumer_group="embed",
+            kind="sentence-transformers",
+            model="embedded:all-minilm-l6-v2",
+            truncate=False,
+            max_batch_wait_ms=200,  # a long window: the two requests would share a batch
+        ),
+    ]
+    long_text = "word " * 2000
+    with client_factory(readers=strict) as c:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            bad = pool.submit(c.post, "/v1/embeddings", json={"model": "embed", "input": ["fine", long_text]})
+            good = pool.submit(c.post, "/v1/embeddings", json={"model": "embed", "input": TEXTS})
+            bad_r, good_r = bad.result(), good.result()
+        assert good_r.status_code == 200 and len(good_r.json()["data"]) == 3
+        assert bad_r.status_code == 400 and "input[1]" in bad_r.json()["error"]["message"]

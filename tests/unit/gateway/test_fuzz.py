@@ -263,6 +263,7 @@ def test_schema_valid_generation_requests_are_accepted(main_schema):
             "repeats",
             "needs tools",
             "leaves no room",
+            "allow_prompt_logprobs",
         )
         refused = [text for status, text in statuses if status == 400 and not any(a in text for a in across)]
         reasons = Counter(text[:90] for text in refused)

@@ -94,8 +94,11 @@ def test_cancellations_rejections_and_deadlines_are_counted(client_factory):
 def test_metrics_need_a_key_unless_public(client_factory):
     with client_factory(api_keys=["sk-metrics-0123456789"]) as c:
         assert c.management.get("/metrics").status_code == 401
-    with client_factory(api_keys=["sk-metrics-0123456789"], metrics_public=True) as c:
+    with client_factory(api_keys=["sk-metrics-0123456789"], metrics_public=True, metrics_on_main_port=True) as c:
         assert c.management.get("/metrics").status_code == 200
+        # public on the management port only: the main port shows key names to no stranger
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics", headers={"X-API-Key": "sk-metrics-0123456789"}).status_code == 200
 
 
 def _record(name="gateway.x", msg="hello %s", args=("there",), **extra):

@@ -239,7 +239,24 @@ def test_error_body_shape_and_no_echo(client):
     assert r.status_code == 404 and "error" in r.json()
 
 
-def test_completions_echo_with_logprobs_scores_the_prompt(sdk):
+def test_prompt_logprobs_are_off_unless_allowed_and_then_capped(sdk, client_factory):
+    import openai as oa
+
+    with pytest.raises(oa.BadRequestError) as off:
+        sdk.completions.create(model="primary", prompt="abc", max_tokens=2, echo=True, logprobs=1)
+    assert off.value.body["param"] == "logprobs" and "allow_prompt_logprobs" in off.value.body["message"]
+    with client_factory(allow_prompt_logprobs=True, max_prompt_logprobs_tokens=4) as c:
+        capped = c.post("/v1/completions", json={"prompt": "abcdef", "max_tokens": 2, "echo": True, "logprobs": 1})
+        assert capped.status_code == 400 and "at most 4" in capped.json()["error"]["message"]
+
+
+def test_completions_echo_with_logprobs_scores_the_prompt(client_factory):
+    with client_factory(allow_prompt_logprobs=True) as c:
+        sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=c, max_retries=0)
+        _echo_with_logprobs(sdk)
+
+
+def _echo_with_logprobs(sdk):
     r = sdk.completions.create(model="primary", prompt="abc", max_tokens=2, echo=True, logprobs=1)
     lp = r.choices[0].logprobs
     assert lp.tokens[:3] == ["a", "b", "c"] and len(lp.tokens) == 5

@@ -98,6 +98,17 @@ def test_secrets_are_redacted(monkeypatch):
     assert non_default(s)["api_keys"] == ["**********"]
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:s3cret-pass@127.0.0.1:6379/0", "redis://127.0.0.1:6379/0?password=s3cret-pass&db=1"],
+)
+def test_a_redis_password_never_reaches_the_log(monkeypatch, url):
+    monkeypatch.setenv("GATEWAY_CONTINUATION__REDIS_URL", url)
+    s = load_settings()
+    assert "s3cret-pass" not in str(redacted(s)) and "s3cret-pass" not in str(non_default(s))
+    assert "127.0.0.1:6379" in redacted(s)["continuation"]["redis_url"]
+
+
 def test_non_default_lists_only_changes(monkeypatch):
     monkeypatch.setenv("GATEWAY_PORT", "3100")
     assert set(non_default(load_settings())) == {"port"}

@@ -169,3 +169,14 @@ def test_only_real_preflights_skip_the_key(client_factory):
         assert bare.status_code == 401
         pre = c.options("/generate", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
         assert pre.status_code == 200
+
+
+def test_local_mode_needs_a_loopback_peer_whatever_the_host_header_says(client_factory):
+    """Without keys only this machine may call: a Host header is whatever a client writes."""
+    from fastapi.testclient import TestClient
+
+    with client_factory(trusted_hosts=[]) as c:
+        stranger = TestClient(c.app, raise_server_exceptions=False, client=("10.1.2.3", 40000))
+        r = stranger.get("/status", headers={"Host": "127.0.0.1:3000"})
+        assert r.status_code == 403 and "this machine" in r.json()["detail"]
+        assert c.get("/status", headers={"Host": "127.0.0.1:3000"}).status_code == 200

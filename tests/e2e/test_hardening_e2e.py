@@ -214,6 +214,37 @@ def test_two_keys_cannot_see_each_others_continuation(guarded):
     assert mine.text.startswith(first.text) and "Hello." not in mine.text
 
 
+def _prefix_cache_hits(gw) -> float:  # type: ignore[no-untyped-def]
+    text = httpx.get(gw.management_url + "/metrics", headers={"X-API-Key": ADMIN}).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:prefix_cache_hits_total"))
+
+
+def test_two_keys_do_not_share_prefix_cache_hits_but_one_key_does(guarded):
+    """vLLM's prefix cache would let a caller time whether another sent a prompt; each
+    tenant's requests carry a salt of their own, so the second key's identical long prompt
+    finds nothing cached, while the same key's repeat does."""
+    import uuid
+
+    prompt = f"{uuid.uuid4().hex} " + " ".join(f"line {i} of a long shared document." for i in range(120))
+    body = {"text": prompt, "max_new_tokens": 1}
+
+    def send(key: str) -> None:
+        r = httpx.post(guarded.url + "/generate", json=body, headers={"X-API-Key": key}, timeout=120)
+        assert r.status_code == 200
+
+    send(TEAM_A)
+    before = _prefix_cache_hits(guarded)
+    send(TEAM_B)
+    time.sleep(0.5)
+    after_other_key = _prefix_cache_hits(guarded)
+    send(TEAM_A)
+    deadline = time.monotonic() + 10
+    while (after_same_key := _prefix_cache_hits(guarded)) == after_other_key and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert after_other_key == before, "the second key hit the first key's cached prefix"
+    assert after_same_key >= after_other_key + 16 * 20, "the same key's repeat found its own prefix"
+
+
 def test_a_key_at_its_limit_gets_429_while_another_is_served(guarded):
     done = threading.Event()
 

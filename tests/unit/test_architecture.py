@@ -142,3 +142,14 @@ def test_the_readme_layout_names_every_module():
         if str(p.relative_to(ROOT)) not in named and not (p.name == "__init__.py" and _empty(p))
     ]
     assert not missing, f"the README's layout does not name: {missing}"
+
+
+def test_every_setting_is_documented():
+    """docs/settings.md names every setting, every reader field and every store field."""
+    from gateway.settings import ContinuationSettings, ReaderSettings, Settings
+
+    doc = (ROOT / "docs" / "settings.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`{n}`" not in doc]
+    missing += [f"readers[].{n}" for n in ReaderSettings.model_fields if f"`{n}`" not in doc]
+    missing += [f"continuation.{n}" for n in ContinuationSettings.model_fields if f"`continuation.{n}`" not in doc]
+    assert not missing, missing

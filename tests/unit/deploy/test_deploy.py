@@ -281,6 +281,15 @@ def test_network_policy_keeps_the_management_port_to_the_named_peers():
         render({"networkPolicy": {"managementFrom": []}})
 
 
+def test_the_probe_port_can_be_kept_to_the_nodes():
+    nodes = [{"ipBlock": {"cidr": "10.0.0.0/16"}}]
+    (policy,) = render({"networkPolicy": {"probesFrom": nodes}})["networkpolicy.yaml"]
+    rules = policy["spec"]["ingress"]
+    inference = next(r for r in rules if "http" in {p["port"] for p in r["ports"]})
+    probes = next(r for r in rules if [p["port"] for p in r["ports"]] == ["probes"])
+    assert "probes" not in {p["port"] for p in inference["ports"]} and probes["from"] == nodes
+
+
 def test_ingress_is_streaming_safe_and_keeps_management_inside():
     (ing,) = render({"ingress": {"enabled": True}})["ingress.yaml"]
     a = ing["metadata"]["annotations"]
@@ -487,3 +496,18 @@ def test_the_chart_refuses_to_render_without_keys():
     (deploy,) = render({"allowUnauthenticated": True}, keys=False)["deployment.yaml"]
     env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["GATEWAY_ALLOW_UNAUTHENTICATED"] == "true"
+
+
+def test_the_keys_file_format_is_said_never_guessed():
+    def env_of(values: dict) -> dict[str, str]:
+        (deploy,) = render(values)["deployment.yaml"]
+        (c,) = deploy["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in c["env"]}
+
+    assert env_of({})["GATEWAY_API_KEYS_FILE_FORMAT"] == "lines"  # the chart's own Secret: a key per line
+    own = env_of({"apiKeys": {"existingSecret": "team-keys", "keys": []}})
+    assert own["GATEWAY_API_KEYS_FILE_FORMAT"] == "yaml"
+    lines = env_of({"apiKeys": {"existingSecret": "team-keys", "keys": [], "format": "lines"}})
+    assert lines["GATEWAY_API_KEYS_FILE_FORMAT"] == "lines"
+    with pytest.raises(Exception, match="minLength|16|keys"):
+        render({"apiKeys": {"keys": ["short"]}})

@@ -133,6 +133,23 @@ async def responses(request: Request) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+async def messages(request: Request) -> StreamingResponse:
+    body = orjson.loads(await request.body())
+
+    async def events() -> AsyncIterator[bytes]:
+        start = {"type": "message_start", "message": {"id": "msg_floor", "type": "message", "role": "assistant"}}
+        yield b"event: message_start\n" + sse(orjson.dumps(start))
+        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        yield b"event: content_block_start\n" + sse(orjson.dumps(block))
+        async for k in ticks(body["max_tokens"]):
+            delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text(k)}}
+            yield b"event: content_block_delta\n" + sse(orjson.dumps(delta))
+        yield b"event: content_block_stop\n" + sse(b'{"type":"content_block_stop","index":0}')
+        yield b"event: message_stop\n" + sse(b'{"type":"message_stop"}')
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 async def ready(_: Request) -> StreamingResponse:
     async def one() -> AsyncIterator[bytes]:
         yield b'{"status":"ready"}'
@@ -147,6 +164,7 @@ app = Starlette(
         Route("/generate_stream", takeoff, methods=["POST"]),
         Route("/api/generate-one", generate_one, methods=["POST"]),
         Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
         Route("/readyz", ready),
     ]
 )

@@ -39,7 +39,7 @@ from tests.servers import ROOT, free_port, start_gateway
 RESULTS = ROOT / "benchmarks" / "results"
 REPLY = " the quick brown fox jumps over the lazy dog" * 100
 CORES = sorted(os.sched_getaffinity(0))
-SURFACES = ("openai-chat", "openai-completions", "takeoff", "generate-one", "responses")
+SURFACES = ("openai-chat", "openai-completions", "takeoff", "generate-one", "responses", "anthropic")
 
 
 def request(surface: str, tokens: int, i: int) -> tuple[str, dict[str, Any]]:
@@ -54,6 +54,13 @@ def request(surface: str, tokens: int, i: int) -> tuple[str, dict[str, Any]]:
         return "/v1/completions", {"model": "primary", "prompt": "x", "max_tokens": tokens, "stream": True}
     if surface == "takeoff":
         return "/generate_stream", {"text": "x", "max_new_tokens": tokens}
+    if surface == "anthropic":
+        return "/v1/messages", {
+            "model": "primary",
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": tokens,
+            "stream": True,
+        }
     if surface == "responses":
         return "/v1/responses", {"model": "primary", "input": "x", "max_output_tokens": tokens, "stream": True}
     return "/api/generate-one", {

@@ -117,7 +117,7 @@ class Constraint:
     # the request fields that carried it and its backend, for error messages
     param: str | None = None
     backend_param: str | None = None
-    # JSON without free whitespace between its tokens (tool calls: sampling at a high
+    # JSON with bounded whitespace between its tokens (tool calls: sampling at a high
     # temperature cannot wander into blank space until the token limit)
     compact: bool = False
 
@@ -182,6 +182,9 @@ class SequenceDelta:
     token_ids: Sequence[int]
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
+    # what stopped it, with finish reason "stop": the stop string that matched, a stop
+    # token id, or None for the end-of-sequence token (vLLM's `stop_reason`)
+    stop_reason: str | int | None = None
 
 
 @dataclass(slots=True)
@@ -339,8 +342,13 @@ class GenerativeEngine(Engine, Protocol):
         """The ids of vocabulary entries; unknown entries raise `InvalidParameterError`."""
         ...
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The prompt text the chat template makes of `messages`."""
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """The prompt text the chat template makes of `messages` (and `tools`)."""
         ...
 
     def output_parser(self, request: GenerationRequest, prompt_token_ids: Sequence[int]) -> OutputParser | None:

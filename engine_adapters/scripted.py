@@ -139,10 +139,17 @@ class ScriptedEngine:
         """Requests in progress."""
         return EngineStats(running=len(self.running), waiting=0)
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         """A minimal chat template: `<|role|>content` lines."""
         return self._render(
-            GenerationRequest(request_id="", messages=messages, add_generation_prompt=add_generation_prompt)
+            GenerationRequest(
+                request_id="", messages=messages, add_generation_prompt=add_generation_prompt, tools=tools
+            )
         )
 
     def _render(self, request: GenerationRequest) -> str:
@@ -330,14 +337,18 @@ class ScriptedEngine:
         finish = "length" if k + 1 >= max_tokens else None
         # Stop strings end the sequence as soon as the text so far ends with one; the
         # stop string itself is not returned, as in vLLM.
+        stop_reason = None
         if s.stop:
             so_far = "".join(reply[j % len(reply)][0] for j in range(k + 1))
-            if any(so_far.endswith(st) for st in s.stop):
-                text, finish = "", "stop"
+            matched = next((st for st in s.stop if so_far.endswith(st)), None)
+            if matched is not None:
+                text, finish, stop_reason = "", "stop", matched
         lps = None
         if s.logprobs is not None:
             lps = [TokenLogprob(token_id=tok, token=text, logprob=-0.5, top=[(tok, text, -0.5)])]
-        return SequenceDelta(index=0, text=text, token_ids=[tok], finish_reason=finish, logprobs=lps)
+        return SequenceDelta(
+            index=0, text=text, token_ids=[tok], finish_reason=finish, logprobs=lps, stop_reason=stop_reason
+        )
 
 
 def _merged(a: SequenceDelta, b: SequenceDelta) -> SequenceDelta:
@@ -349,6 +360,7 @@ def _merged(a: SequenceDelta, b: SequenceDelta) -> SequenceDelta:
         token_ids=[*a.token_ids, *b.token_ids],
         finish_reason=b.finish_reason,
         logprobs=logprobs,
+        stop_reason=b.stop_reason,
     )
 
 

@@ -8,20 +8,13 @@ back, and makes sure an abandoned request is aborted inside the engine.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
-import hashlib
-import json
 import logging
 import os
-import re
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine_adapters.base import (
-    Constraint,
     EngineDeadError,
     EngineError,
     EngineNotReadyError,
@@ -34,20 +27,15 @@ from engine_adapters.base import (
     TokenLogprob,
     UnknownAdapterError,
     UnsupportedFeatureError,
-    check_json_schema,
     fit_prompt,
     load_chat_template,
 )
 from engine_adapters.logits_processors import NO_REPEAT_NGRAM_KEY
+from engine_adapters.vllm_constraints import ConstraintChecker, short
 from engine_adapters.vllm_host import AsyncLLMHost, prepare_cpu_env
 from engine_adapters.vllm_parsing import VLLMOutputParser, parser_class
 
 log = logging.getLogger(__name__)
-
-_CONSTRAINT_CACHE_SIZE = 4096  # verdicts keyed by digest: small entries
-# Constraint checks get two threads of their own: a slow one cannot starve the default
-# pool (tokenizing, model start-up) nor run without bound in parallel.
-_CONSTRAINT_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="constraint-check")
 
 # Prompts shorter than this are tokenized on the event loop (tens of microseconds);
 # longer ones go to a thread so one big prompt cannot stall every stream.
@@ -96,10 +84,15 @@ class VLLMEngine(AsyncLLMHost):
         self._priority_enabled = config.scheduling_policy == "priority"
         self._loras: dict[str, Any] = {}
         # (kind, spec) -> None when the reader's backend accepts it, else the reason
-        self._constraint_checks: OrderedDict[tuple[str, str], str | None] = OrderedDict()
         self._chat_template: str | None = None
         self._vocab: dict[str, int] | None = None
         self._parser_cls: Any = None
+        self._constraints = ConstraintChecker(
+            config.structured_outputs_backend,
+            config.constraint_check_timeout,
+            lambda: self._engine,
+            lambda: self._tokenizer,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -193,10 +186,17 @@ class VLLMEngine(AsyncLLMHost):
             return list(tok.encode(text, add_special_tokens=add_special_tokens))
         return list(await asyncio.to_thread(tok.encode, text, add_special_tokens=add_special_tokens))
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         """Render `messages` with the reader's chat template."""
         return self._render(
-            GenerationRequest(request_id="", messages=messages, add_generation_prompt=add_generation_prompt)
+            GenerationRequest(
+                request_id="", messages=messages, add_generation_prompt=add_generation_prompt, tools=tools
+            )
         )
 
     def _render(self, request: GenerationRequest) -> str:
@@ -220,7 +220,7 @@ class VLLMEngine(AsyncLLMHost):
             )
         except Exception as exc:  # jinja errors: bad roles, template raise_exception()
             raise InvalidParameterError(
-                f"the chat template rejected the messages: {_short(str(exc))}", "messages"
+                f"the chat template rejected the messages: {short(str(exc))}", "messages"
             ) from exc
 
     def output_parser(self, request: GenerationRequest, prompt_token_ids: Sequence[int]) -> VLLMOutputParser | None:
@@ -300,7 +300,7 @@ class VLLMEngine(AsyncLLMHost):
         s = request.sampling
         structured = None
         if request.constraint is not None:
-            kind, value = self._spec(request.constraint)
+            kind, value = self._constraints.spec(request.constraint)
             structured = StructuredOutputsParams(**{kind: value})
         extra = None
         if s.no_repeat_ngram_size:
@@ -338,7 +338,7 @@ class VLLMEngine(AsyncLLMHost):
                 extra_args=extra,
             )
         except (ValueError, VLLMValidationError) as exc:
-            raise InvalidParameterError(_short(str(exc)), getattr(exc, "parameter", None)) from exc
+            raise InvalidParameterError(short(str(exc)), getattr(exc, "parameter", None)) from exc
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
         """Stream the generation; closing or cancelling the iterator aborts it in the engine.
@@ -371,7 +371,7 @@ class VLLMEngine(AsyncLLMHost):
                 yield out
             return
         if request.constraint is not None:
-            await self._check_constraint(request.constraint)
+            await self._constraints.check(request.constraint)
         params = self._sampling_params(request, max_tokens)
         kwargs: dict[str, Any] = {}
         if request.priority:
@@ -431,6 +431,7 @@ class VLLMEngine(AsyncLLMHost):
                         text=c.text,
                         token_ids=c.token_ids,
                         finish_reason=c.finish_reason,
+                        stop_reason=c.stop_reason,
                         logprobs=_logprobs(c) if want_logprobs else None,
                     )
                     for c in out.outputs
@@ -450,65 +451,6 @@ class VLLMEngine(AsyncLLMHost):
                 # Client gone, deadline passed, a sibling prompt failed: stop the work.
                 await engine.abort(queue.request_id, internal=True)
             queue.close()
-
-    def _spec(self, c: Constraint) -> tuple[str, Any]:
-        """What the engine decodes against for `c`: its own kind and value, or for compact
-        JSON on xgrammar, the schema as a grammar without free whitespace (xgrammar's own
-        conversion; vLLM applies `disable_any_whitespace` only engine-wide). Other
-        backends get the schema as it is."""
-        if not (c.compact and c.kind == "json" and self.config.structured_outputs_backend == "xgrammar"):
-            return c.kind, c.value
-        return "grammar", _compact_grammar(json.dumps(c.value, sort_keys=True))
-
-    def _verdict(self, c: Constraint) -> str | None:
-        """Why the reader's backend cannot use `c`, or None (blocking: runs in a thread)."""
-        from vllm.exceptions import VLLMValidationError
-        from vllm.sampling_params import SamplingParams, StructuredOutputsParams
-
-        try:
-            if c.kind == "json":
-                check_json_schema(c.value)
-            kind, value = self._spec(c)
-            params = SamplingParams(max_tokens=1, structured_outputs=StructuredOutputsParams(**{kind: value}))
-            params._validate_structured_outputs(
-                self._engine.model_config, self._engine.vllm_config.structured_outputs_config, self._tokenizer
-            )
-        except (ValueError, VLLMValidationError) as exc:
-            return _short(str(exc))
-        return None
-
-    async def _check_constraint(self, c: Constraint) -> None:
-        """Reject a constraint the reader's backend cannot compile, before the engine sees it.
-
-        The check runs off the event loop, on a small pool of its own (a pathological
-        regex or schema must not stall every stream, nor take every worker thread),
-        under `constraint_check_timeout`. The verdict is cached by the spec's digest: a
-        repeated schema is checked once here, and vLLM's backends keep their compiled
-        grammars in their own caches.
-        """
-        backend = self.config.structured_outputs_backend
-        if c.backend not in (None, "auto", backend):
-            raise InvalidParameterError(f"this reader decodes constraints with {backend!r}", c.backend_param)
-        spec = c.value if isinstance(c.value, str) else json.dumps(c.value, sort_keys=True)
-        key = (c.kind + ("/compact" if c.compact else ""), hashlib.sha256(spec.encode()).hexdigest())
-        if key in self._constraint_checks:
-            self._constraint_checks.move_to_end(key)
-            reason = self._constraint_checks[key]
-        else:
-            loop = asyncio.get_running_loop()
-            try:
-                reason = await asyncio.wait_for(
-                    loop.run_in_executor(_CONSTRAINT_POOL, self._verdict, c), self.config.constraint_check_timeout
-                )
-            except TimeoutError:
-                reason = f"checking it took longer than {self.config.constraint_check_timeout:g} s"
-            self._constraint_checks[key] = reason
-            if len(self._constraint_checks) > _CONSTRAINT_CACHE_SIZE:
-                self._constraint_checks.popitem(last=False)
-        if reason is not None:
-            raise InvalidParameterError(
-                f"{c.param or c.kind}: cannot be used with the {backend} backend: {reason}", c.param
-            )
 
     async def _beam_search(
         self, request: GenerationRequest, ids: list[int], max_tokens: int
@@ -551,25 +493,6 @@ class VLLMEngine(AsyncLLMHost):
                 index=0, text=best.text, token_ids=list(best.token_ids), finish_reason=best.finish_reason
             )
             yield GenerationOutput(prompt_token_ids=ids, deltas=[delta], finished=True)
-
-
-@functools.lru_cache(maxsize=256)
-def _compact_grammar(schema: str) -> str:
-    """A JSON schema as an EBNF grammar of compact JSON (no whitespace between tokens)."""
-    import xgrammar
-
-    grammar = xgrammar.Grammar.from_json_schema(schema, any_whitespace=False, separators=(",", ":"))
-    return str(grammar)
-
-
-_NATIVE_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\] \S+\.(?:cc|cpp|h):\d+: ")
-
-
-def _short(message: str, limit: int = 300) -> str:
-    """One line of at most `limit` characters (backend messages quote the input at length
-    and carry C++ timestamps and source paths)."""
-    flat = " ".join(_NATIVE_NOISE.sub("", message).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _logprobs(c: Any) -> list[TokenLogprob] | None:

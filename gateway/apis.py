@@ -50,6 +50,8 @@ class Api:
     # its bodies carry prompts, which no model can use beyond its context: their size is
     # capped relative to the largest context served (settings.body_bytes_per_context_token)
     prompts: bool = False
+    # a header that names the request id besides X-Request-Id (Anthropic's `request-id`)
+    id_header: str | None = None
     # whether it is served on a listener with these settings
     when: Callable[[Settings, Listener], bool] = _always
 
@@ -84,6 +86,15 @@ APIS: tuple[Api, ...] = (
         prefixes=("/v1/",),
         shape="openai",
         prompts=True,
+    ),
+    Api(
+        "anthropic",
+        ("anthropic:router",),
+        _on("main", "openai"),
+        prefixes=("/v1/messages",),
+        shape="anthropic",
+        prompts=True,
+        id_header="request-id",
     ),
     Api("generate_api", ("generate_api:router",), _on("main"), prefixes=("/api/",), shape="takeoff", prompts=True),
     Api(

@@ -23,7 +23,7 @@ from engine_adapters.base import EngineError
 from gateway import __version__
 from gateway.apis import Api, ApiIndex, Listener, served
 from gateway.auth import KeyRing
-from gateway.errors import BadRequest, GatewayError, classify, error_body, from_status, validation_message
+from gateway.errors import BadRequest, GatewayError, classify, error_response, from_status, validation_message
 from gateway.middleware.guards import Guard
 from gateway.observability.access import Observer, api_of
 from gateway.observability.metrics import current_observation
@@ -45,10 +45,10 @@ def _render(request: Request, error: BaseException) -> JSONResponse:
     info = classify(error)
     obs = current_observation()
     if obs is not None:
-        obs.error_type = info.type
+        obs.error_type, obs.error = info.type, info.message
     index: ApiIndex = request.app.state.apis
-    shape = api_of(request.scope, index).shape_on(index.listener)
-    return JSONResponse(error_body(info, shape), status_code=info.status, headers=info.headers or None)
+    status, body = error_response(info, api_of(request.scope, index).shape_on(index.listener))
+    return JSONResponse(body, status_code=status, headers=info.headers or None)
 
 
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:

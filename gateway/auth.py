@@ -51,7 +51,7 @@ import yaml
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.errors import Forbidden, Overloaded
+from gateway.errors import Forbidden, RateLimited
 from gateway.settings import key_problem
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class Principal:
         allowance, or refuse it (429) beyond the key's limits."""
         usage = self.usage
         if self.max_in_flight is not None and usage.in_flight >= self.max_in_flight:
-            raise Overloaded(
+            raise RateLimited(
                 f"the key {self.name!r} has {self.max_in_flight} requests in flight, its limit; retry shortly",
                 headers={"Retry-After": "1"},
             )
@@ -174,7 +174,7 @@ class Principal:
             # a request alone in an empty window always runs (it could never run otherwise)
             if used >= self.tokens_per_minute or (used and used + reserve > self.tokens_per_minute):
                 wait = max(1, int(usage.window[0][0] + 60 - now) + 1) if usage.window else 1
-                raise Overloaded(
+                raise RateLimited(
                     f"the key {self.name!r} used its {self.tokens_per_minute} tokens per minute; retry later",
                     headers={"Retry-After": str(wait)},
                 )

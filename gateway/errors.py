@@ -71,7 +71,11 @@ class Unprocessable(GatewayError):
 
 
 class Overloaded(GatewayError):
-    """Admission control refused the request; retry later."""
+    """Admission control refused the request (the server is at capacity); retry later."""
+
+
+class RateLimited(Overloaded):
+    """The caller's own limit refused the request (its key's requests in flight or tokens)."""
 
 
 class NotReady(GatewayError):
@@ -88,10 +92,12 @@ class DeadlineExceeded(GatewayError):
 
 @dataclass(frozen=True, slots=True)
 class ErrorKind:
-    """Status code and machine-readable type of one class of errors."""
+    """Status code and machine-readable type of one class of errors, and Anthropic's
+    (status, type) where its API names the class otherwise (529 overloaded_error)."""
 
     status: int
     type: str
+    anthropic: tuple[int, str] | None = None
 
 
 # The one mapping from typed errors to HTTP. Lookup walks the exception's MRO, so a
@@ -109,11 +115,14 @@ ERROR_TABLE: dict[type[BaseException], ErrorKind] = {
     PayloadTooLarge: ErrorKind(413, "request_too_large"),
     Unprocessable: ErrorKind(422, "unprocessable_entity"),
     UnsupportedFeatureError: ErrorKind(422, "unprocessable_entity"),
-    Overloaded: ErrorKind(429, "rate_limit_error"),
-    EngineOverloadedError: ErrorKind(429, "rate_limit_error"),
-    NotReady: ErrorKind(503, "service_unavailable"),
-    EngineNotReadyError: ErrorKind(503, "service_unavailable"),
-    EngineDeadError: ErrorKind(503, "engine_dead"),
+    # a key's own limits are 429 everywhere; the server at capacity (or not ready) is
+    # Anthropic's 529 overloaded_error, which its SDKs retry
+    RateLimited: ErrorKind(429, "rate_limit_error", (429, "rate_limit_error")),
+    Overloaded: ErrorKind(429, "rate_limit_error", (529, "overloaded_error")),
+    EngineOverloadedError: ErrorKind(429, "rate_limit_error", (529, "overloaded_error")),
+    NotReady: ErrorKind(503, "service_unavailable", (529, "overloaded_error")),
+    EngineNotReadyError: ErrorKind(503, "service_unavailable", (529, "overloaded_error")),
+    EngineDeadError: ErrorKind(503, "engine_dead", (529, "overloaded_error")),
     DeadlineExceeded: ErrorKind(504, "timeout"),
     # nginx's non-standard code for "client closed request": shows up in access logs.
     ClientGone: ErrorKind(499, "client_closed_request"),
@@ -131,6 +140,7 @@ class ErrorInfo:
     message: str
     param: str | None
     headers: dict[str, str]
+    anthropic: tuple[int, str]  # Anthropic's status and error type
 
 
 def classify(exc: BaseException) -> ErrorInfo:
@@ -153,7 +163,24 @@ def classify(exc: BaseException) -> ErrorInfo:
         message=message,
         param=getattr(exc, "param", None),
         headers=dict(getattr(exc, "headers", None) or {}),
+        anthropic=kind.anthropic or (kind.status, _ANTHROPIC_TYPES.get(kind.status, "api_error")),
     )
+
+
+# Anthropic's error types by status (its API reference), for the kinds without their own.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    499: "api_error",
+    504: "api_error",
+}
 
 
 # Framework errors (routing, body reading) by HTTP status -> the typed error they mean, so
@@ -179,12 +206,25 @@ def from_status(status: int, message: str, headers: dict[str, str] | None = None
 
 
 # The error shapes of the API families (gateway/apis.py says which family speaks which).
-ErrorShape = Literal["openai", "takeoff"]
+ErrorShape = Literal["openai", "takeoff", "anthropic"]
 
 
-def error_body(info: ErrorInfo, shape: ErrorShape) -> dict[str, Any]:
-    """The error body of `info` in `shape`."""
-    return openai_body(info) if shape == "openai" else takeoff_body(info)
+def error_response(info: ErrorInfo, shape: ErrorShape) -> tuple[int, dict[str, Any]]:
+    """The status and body of `info` in `shape`."""
+    if shape == "anthropic":
+        return info.anthropic[0], anthropic_body(info)
+    return info.status, openai_body(info) if shape == "openai" else takeoff_body(info)
+
+
+def anthropic_body(info: ErrorInfo) -> dict[str, Any]:
+    """Anthropic's error shape, which the anthropic SDK parses into its exception classes."""
+    return {"type": "error", "error": {"type": info.anthropic[1], "message": info.message}}
+
+
+def anthropic_error(exc: BaseException) -> dict[str, str]:
+    """The `error` of an Anthropic stream's error event."""
+    info = classify(exc)
+    return {"type": info.anthropic[1], "message": info.message}
 
 
 def openai_body(info: ErrorInfo) -> dict[str, Any]:

@@ -266,6 +266,9 @@ class Settings(BaseSettings):
     max_user_batch_size: int = Field(64, ge=1, description="TAKEOFF_MAX_USER_BATCH_SIZE")
     max_stop_sequences: int = Field(16, ge=0)
     max_n: int = Field(16, ge=1)
+    # tool_choice "required" (Anthropic's "any") with parallel calls allowed: at most this
+    # many calls (a small model sampling at temperature 1 keeps adding calls otherwise)
+    max_parallel_tool_calls: int = Field(4, ge=1, le=128)
 
     # generate-one / generate-batch and the /chat service
     generate_api_defaults: GenerateApiDefaults = Field(default_factory=GenerateApiDefaults)

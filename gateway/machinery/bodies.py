@@ -117,6 +117,7 @@ class ManagedEventSource(ManagedStreamingResponse):
         on_close: Callable[[], Awaitable[None]],
         keepalive_seconds: float,
         headers: dict[str, str] | None = None,
+        keepalive: bytes = KEEPALIVE,
     ) -> None:
         super().__init__(
             content,
@@ -125,6 +126,7 @@ class ManagedEventSource(ManagedStreamingResponse):
             headers={"Cache-Control": "no-store", "Connection": "keep-alive", **(headers or {})},
         )
         self._keepalive = keepalive_seconds
+        self._ping_bytes = keepalive  # a comment, or an API's own event (Anthropic's ping)
         self._timer: asyncio.TimerHandle | None = None
         self._pinging: asyncio.Task[None] | None = None
         self._seen = -1  # events sent at the previous keep-alive tick
@@ -156,7 +158,7 @@ class ManagedEventSource(ManagedStreamingResponse):
 
     async def _ping(self, send: Send) -> None:
         if not self._ended:
-            await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+            await send({"type": "http.response.body", "body": self._ping_bytes, "more_body": True})
 
     async def _finish(self, send: Send) -> None:
         # a keep-alive still being written goes out before the end of the body

@@ -40,6 +40,7 @@ class Completion:
     texts: list[str] = field(default_factory=list)
     token_ids: list[list[int]] = field(default_factory=list)
     finish_reasons: list[str | None] = field(default_factory=list)
+    stop_reasons: list[str | int | None] = field(default_factory=list)
     logprobs: list[list[TokenLogprob]] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] | None = None
 
@@ -53,11 +54,13 @@ class Completion:
                 self.texts.append("")
                 self.token_ids.append([])
                 self.finish_reasons.append(None)
+                self.stop_reasons.append(None)
                 self.logprobs.append([])
             self.texts[d.index] += d.text
             self.token_ids[d.index].extend(d.token_ids)
             if d.finish_reason is not None:
                 self.finish_reasons[d.index] = d.finish_reason
+                self.stop_reasons[d.index] = d.stop_reason
             if d.logprobs:
                 self.logprobs[d.index].extend(d.logprobs)
 

@@ -29,7 +29,7 @@ from engine_adapters.base import GenerationRequest, GenerativeEngine
 from gateway.auth import Admission, principal_of
 from gateway.continuation import ContinuationStore
 from gateway.errors import GatewayError
-from gateway.machinery.bodies import ManagedEventSource, ManagedStreamingResponse
+from gateway.machinery.bodies import KEEPALIVE, ManagedEventSource, ManagedStreamingResponse
 from gateway.machinery.deadline import Deadline, deadline_of, priority_of
 from gateway.machinery.engine_streams import Completion, Tagged, cancel_on_disconnect, collect_many, open_streams
 from gateway.machinery.limits import Fields, check_count, check_generation
@@ -69,6 +69,8 @@ class Generation:
     detach: Callable[[asyncio.Task[Response]], Response] | None = None
     # headers of a streamed answer (a whole answer's `answer` sets its own)
     headers: dict[str, str] | None = None
+    # what an idle stream sends every sse_keepalive_seconds (an SSE comment by default)
+    keepalive: bytes | None = None
 
 
 class Pipeline:
@@ -185,7 +187,11 @@ class Pipeline:
                 content, on_close=close, media_type="text/plain; charset=utf-8", headers=gen.headers
             )
         return ManagedEventSource(
-            content, on_close=close, keepalive_seconds=self.settings.sse_keepalive_seconds, headers=gen.headers
+            content,
+            on_close=close,
+            keepalive_seconds=self.settings.sse_keepalive_seconds,
+            headers=gen.headers,
+            keepalive=gen.keepalive or KEEPALIVE,
         )
 
     async def _buffered(
@@ -247,6 +253,21 @@ class Pipeline:
                 pending.close()  # never started
             raise
         return await self._buffered(request, reader, deadline, pending, admission, inputs)
+
+    async def on_target(self, request: Request, target: Target, work: Callable[[Reader], Awaitable[T]]) -> T:
+        """Work on the reader a model name picks, that is not a generation (Anthropic's
+        count_tokens): the key's groups, admission, in flight, the deadline, disconnects."""
+        deadline = deadline_of(request, self.settings)
+        caller = principal_of(request.scope)
+        reader = resolve(self.registry, target, caller=caller)
+        pending = work(reader)
+        try:
+            admission = caller.admit(0)
+        except BaseException:
+            if inspect.iscoroutine(pending):
+                pending.close()  # never started
+            raise
+        return await self._buffered(request, reader, deadline, pending, admission, 1)
 
     async def on_reader(self, request: Request, reader_id: str, work: Callable[[Reader], Awaitable[T]]) -> T:
         """Work addressed to one reader by id (its tokenizer routes): the caller's key may use

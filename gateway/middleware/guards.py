@@ -26,7 +26,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.apis import Api, ApiIndex, Listener
 from gateway.auth import ADMIN, INFERENCE, LOCAL, KeyRing, Principal
-from gateway.errors import Forbidden, GatewayError, NotReady, PayloadTooLarge, Unauthorized, classify, error_body
+from gateway.errors import (
+    Forbidden,
+    GatewayError,
+    NotReady,
+    PayloadTooLarge,
+    Unauthorized,
+    classify,
+    error_response,
+)
 from gateway.observability.metrics import current_observation
 
 log = logging.getLogger(__name__)
@@ -110,13 +118,14 @@ class Guard:
         info = classify(error)
         obs = current_observation()
         if obs is not None:
-            obs.error_type = info.type
+            obs.error_type, obs.error = info.type, info.message
         found = scope.get("state", {}).get("api")
         api = found if isinstance(found, Api) else self.apis.api_of(scope.get("path", ""))
-        body = json.dumps(error_body(info, api.shape_on(self.listener))).encode()
+        status, payload = error_response(info, api.shape_on(self.listener))
+        body = json.dumps(payload).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in info.headers.items()]
-        await send({"type": "http.response.start", "status": info.status, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def _caller(self, scope: Scope, public: bool) -> Principal | GatewayError:

@@ -55,12 +55,14 @@ class Observer:
         api = self.apis.api_of(path)
         scope.setdefault("state", {})["api"] = api
         obs = Observation(request_id=rid, api=api.metrics_label, method=scope.get("method", ""), path=path)
-        header = (b"x-request-id", rid.encode())
+        headers = [(b"x-request-id", rid.encode())]
+        if api.id_header is not None:
+            headers.append((api.id_header.encode(), rid.encode()))
 
         async def observing_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 obs.status = message["status"]
-                message["headers"] = [*message.get("headers", []), header]
+                message["headers"] = [*message.get("headers", []), *headers]
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 obs.completed = True
             await send(message)
@@ -99,6 +101,7 @@ def access_fields(obs: Observation, scope: Scope) -> dict[str, Any]:
         "prompt_tokens": obs.prompt_tokens,
         "generated_tokens": obs.generated_tokens,
         "error_type": obs.error_type,
+        "error": obs.error[:300] if obs.error else None,
         "completed": obs.completed,
         "client": client[0],
     }

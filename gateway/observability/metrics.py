@@ -93,6 +93,7 @@ class Observation:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     error_type: str | None = None
+    error: str | None = None  # the answer's error message (it never repeats the request)
     completed: bool = False
 
     def accepted(self, prompt_tokens: int) -> None:

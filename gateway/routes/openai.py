@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from gateway.machinery.bodies import FastJSONResponse
 from gateway.protocols.openai import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from gateway.protocols.responses import ResponsesRequest
+from gateway.serving import anthropic
 from gateway.serving.openai import chat, models, responses
 from gateway.serving.openai import completions as text_completions
 
@@ -28,14 +30,19 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(request: Request) -> models.ModelList:
-    """Every consumer group and every loaded model's name (both work as `model`)."""
+async def list_models(request: Request) -> Any:
+    """Every consumer group and every loaded model's name (both work as `model`); in
+    Anthropic's shape for a client that sends `anthropic-version`."""
+    if "anthropic-version" in request.headers:
+        return FastJSONResponse(anthropic.model_list(request))
     return models.model_list(request)
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard)
-async def get_model(model_id: str, request: Request) -> models.ModelCard:
-    """One entry of the model list."""
+async def get_model(model_id: str, request: Request) -> Any:
+    """One entry of the model list (in Anthropic's shape for Anthropic's clients)."""
+    if "anthropic-version" in request.headers:
+        return FastJSONResponse(anthropic.model_card(request, model_id))
     return models.model_card(request, model_id)
 
 

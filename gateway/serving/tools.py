@@ -65,12 +65,14 @@ class Tool:
         return {"type": "function", "function": function}
 
 
-def check_tools(tools: Sequence[Tool], param: str, nested: bool | None = None) -> None:
+def check_tools(tools: Sequence[Tool], param: str, schema_field: str | None = None) -> None:
     """Names unique and well formed, parameter schemas valid JSON Schema; else a 400.
 
-    `nested`: the parameters sit under `function` (chat's `tools`; the default for "tools")."""
-    if nested is None:
-        nested = param == "tools"
+    `schema_field` is where a tool's schema sits in the wire request, for the message:
+    `function.parameters` (chat's `tools`, the default for "tools"), `parameters`
+    (`functions`, the Responses API), `input_schema` (Anthropic)."""
+    if schema_field is None:
+        schema_field = "function.parameters" if param == "tools" else "parameters"
     seen: set[str] = set()
     for i, tool in enumerate(tools):
         if not _NAME.match(tool.name):
@@ -83,7 +85,7 @@ def check_tools(tools: Sequence[Tool], param: str, nested: bool | None = None) -
         try:
             check_json_schema(tool.parameters)
         except ValueError as exc:
-            field = f"{param}[{i}].function.parameters" if nested else f"{param}[{i}].parameters"
+            field = f"{param}[{i}].{schema_field}"
             raise BadRequest(f"{field}: {exc}", param=field) from None
 
 
@@ -95,8 +97,11 @@ def named(tools: Sequence[Tool], name: str, param: str) -> Tool:
     raise BadRequest(f"{param} names a function that is not in tools", param=param)
 
 
-def constraint(tools: Sequence[Tool], choice: Tool | None, parallel: bool, param: str) -> Constraint:
-    """The JSON schema the output must follow for a named tool or for "required"."""
+def constraint(
+    tools: Sequence[Tool], choice: Tool | None, parallel: bool, param: str, max_calls: int = 4
+) -> Constraint:
+    """The JSON schema the output must follow for a named tool or for "required" (at most
+    `max_calls` calls when parallel calls are allowed, else one)."""
     if choice is not None:
         return Constraint(kind="json", value=choice.parameters or _EMPTY_OBJECT, param=param, compact=True)
     items = [
@@ -109,9 +114,9 @@ def constraint(tools: Sequence[Tool], choice: Tool | None, parallel: bool, param
         for t in tools
     ]
     schema: dict[str, Any] = {"type": "array", "items": items[0] if len(items) == 1 else {"anyOf": items}}
+    # a bound: a small model sampling at temperature 1 keeps adding calls otherwise
     schema["minItems"] = 1
-    if not parallel:
-        schema["maxItems"] = 1
+    schema["maxItems"] = max_calls if parallel else 1
     return Constraint(kind="json", value=schema, param=param, compact=True)
 
 
@@ -129,6 +134,7 @@ class ToolUse:
     choice: Tool | None = None  # the named tool of mode "function"
     parallel: bool = True  # "required" may make several calls
     param: str = "tool_choice"  # the wire field of the choice, for errors
+    max_calls: int = 4  # at most this many parallel calls under "required"
 
     @property
     def constrained(self) -> bool:
@@ -147,7 +153,7 @@ class ToolUse:
             raise BadRequest(
                 f"{self.param} {self.mode} cannot be combined with {format_names or format_param}", param=format_param
             )
-        return constraint(self.tools, self.choice, self.parallel, self.param)
+        return constraint(self.tools, self.choice, self.parallel, self.param, self.max_calls)
 
     def template_tools(self) -> list[dict[str, Any]] | None:
         """The tools as the chat template (and vLLM's parsers) see them, or None."""
@@ -167,26 +173,33 @@ class ToolUse:
 
 
 def tool_use(
-    tools: list[Tool], choice: str | None, named_tool: str | None, *, parallel: bool, param: str = "tool_choice"
+    tools: list[Tool],
+    choice: str | None,
+    named_tool: str | None,
+    *,
+    parallel: bool,
+    param: str = "tool_choice",
+    max_calls: int = 4,
 ) -> ToolUse:
     """The tool use a request asks for: `choice` is "none", "auto", "required" or None
-    (unset: "auto" with tools), `named_tool` the name of a tool the choice names.
+    (unset: "auto" with tools), `named_tool` the name of a tool the choice names;
+    `max_calls` bounds the calls of "required" (the server's `max_parallel_tool_calls`).
 
     A choice that forces a call needs tools (400 naming `param`); "auto" and "none" do not.
     """
     if named_tool is not None:
         if not tools:
             raise BadRequest(f"{param} names a tool, but there are no tools", param=param)
-        return ToolUse(tools, "function", named(tools, named_tool, param), parallel, param)
+        return ToolUse(tools, "function", named(tools, named_tool, param), parallel, param, max_calls)
     if not tools:
         if choice == "required":
             raise BadRequest(f"{param} {choice} needs tools", param=param)
-        return ToolUse([], "none", None, parallel, param)
+        return ToolUse([], "none", None, parallel, param, max_calls)
     if choice is None:
-        return ToolUse(tools, "auto", None, parallel, param)
+        return ToolUse(tools, "auto", None, parallel, param, max_calls)
     if choice not in _CHOICES:
         raise BadRequest(f"{param} must be none, auto, required or name a tool", param=param)
-    return ToolUse(tools, _CHOICES[choice], None, parallel, param)
+    return ToolUse(tools, _CHOICES[choice], None, parallel, param, max_calls)
 
 
 _CHOICES: dict[str, ToolMode] = {"none": "none", "auto": "auto", "required": "required"}

@@ -255,7 +255,7 @@ def test_each_backend_on_each_surface(backends, backend):
 
 
 def test_takeoff_backend_names_and_a_failed_backend(backends):
-    status = httpx.get(backends.url + "/status").json()["live_readers"]
+    status = httpx.get(backends.management_url + "/status").json()["live_readers"]
     assert status["lmfe-0"]["state"] == "failed"
     assert "lm-format-enforcer" in status["lmfe-0"]["error"]
     with backends.client() as http:

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
         "engine_adapters.batching",
         "engine_adapters.vllm_host",
         "engine_adapters.vllm_parsing",
+        "engine_adapters.vllm_constraints",
     ),
     (
         "engine_adapters.scripted",

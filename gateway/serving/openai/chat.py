@@ -137,7 +137,7 @@ def message_dict(m: AnyMessage) -> dict[str, Any]:
     return out
 
 
-def tool_use_of(req: ChatCompletionRequest) -> tuple[tooling.ToolUse, bool]:
+def tool_use_of(req: ChatCompletionRequest, max_calls: int = 4) -> tuple[tooling.ToolUse, bool]:
     """The request's tools and tool choice, and whether they came in the legacy
     `functions` / `function_call` fields."""
     if req.tools and req.functions:
@@ -158,7 +158,8 @@ def tool_use_of(req: ChatCompletionRequest) -> tuple[tooling.ToolUse, bool]:
         named, choice = choice.function.name, None
     elif isinstance(choice, NamedFunction):
         named, choice = choice.name, None
-    use = tooling.tool_use(tools, choice, named, parallel=req.parallel_tool_calls is not False, param=choice_param)
+    parallel = req.parallel_tool_calls is not False
+    use = tooling.tool_use(tools, choice, named, parallel=parallel, param=choice_param, max_calls=max_calls)
     return use, legacy
 
 
@@ -172,7 +173,7 @@ def chat_plan(req: ChatCompletionRequest, settings: Settings) -> ChatPlan:
             "continue_final_message continues the last message: set add_generation_prompt to false",
             param="continue_final_message",
         )
-    tools, legacy = tool_use_of(req)
+    tools, legacy = tool_use_of(req, settings.max_parallel_tool_calls)
     constraint = tools.constraint(
         format_constraint(req.response_format, req.structured_outputs),
         "response_format",

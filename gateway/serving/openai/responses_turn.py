@@ -174,11 +174,13 @@ def tool_use_of(body: ResponsesRequest, settings: Settings) -> tuple[tooling.Too
                 "strict": t.strict if t.strict is not None else True,
             }
         )
-    tooling.check_tools(tools, "tools", nested=False)
+    tooling.check_tools(tools, "tools", schema_field="parameters")
     choice = body.tool_choice
     named = choice.name if isinstance(choice, NamedFunctionChoice) else None
     plain = None if isinstance(choice, NamedFunctionChoice) else choice
-    use = tooling.tool_use(tools, plain, named, parallel=body.parallel_tool_calls is not False)
+    use = tooling.tool_use(
+        tools, plain, named, parallel=body.parallel_tool_calls is not False, max_calls=settings.max_parallel_tool_calls
+    )
     return use, cards
 
 

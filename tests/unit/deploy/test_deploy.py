@@ -509,5 +509,5 @@ def test_the_keys_file_format_is_said_never_guessed():
     assert own["GATEWAY_API_KEYS_FILE_FORMAT"] == "yaml"
     lines = env_of({"apiKeys": {"existingSecret": "team-keys", "keys": [], "format": "lines"}})
     assert lines["GATEWAY_API_KEYS_FILE_FORMAT"] == "lines"
-    with pytest.raises(Exception, match="minLength|16|keys"):
+    with pytest.raises(Exception, match=r"minLength|16|keys"):
         render({"apiKeys": {"keys": ["short"]}})

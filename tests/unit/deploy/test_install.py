@@ -149,7 +149,12 @@ def test_every_vllm_name_the_code_imports_exists_in_the_installed_and_the_cuda_v
         assert not missing, f"{source}: {missing}"
 
 
-ADAPTERS = ["engine_adapters/vllm_engine.py", "engine_adapters/vllm_host.py", "engine_adapters/vllm_pooling.py"]
+ADAPTERS = [
+    "engine_adapters/vllm_engine.py",
+    "engine_adapters/vllm_constraints.py",
+    "engine_adapters/vllm_host.py",
+    "engine_adapters/vllm_pooling.py",
+]
 MYPY_WITH_VLLM = """
 [mypy]
 python_version = 3.11

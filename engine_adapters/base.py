@@ -219,6 +219,8 @@ class ModelInfo:
     dimensions: int | None = None
     labels: tuple[str, ...] = ()
     adapters: tuple[str, ...] = ()  # LoRA adapter names
+    # the engine's effective configuration (scheduler, cache, parallelism, model length)
+    engine_config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

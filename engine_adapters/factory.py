@@ -123,4 +123,11 @@ def build_engine(reader: Mapping[str, Any], cache_dir: Path, on_batch: Callable[
     if kind is None:
         raise ValueError(f"unknown engine kind {reader['kind']!r}")
     model = resolve_model(reader["model"], cache_dir) if kind.loads_model else None
-    return kind.build(reader, display_name(reader["model"]), model, on_batch)
+    return kind.build(reader, served_name(reader), model, on_batch)
+
+
+def served_name(reader: Mapping[str, Any]) -> str:
+    """The name answers and model lists give a reader's model: the first of its
+    `served_model_names`, else the model's short name."""
+    names = reader.get("served_model_names") or ()
+    return str(names[0]) if names else display_name(reader["model"])

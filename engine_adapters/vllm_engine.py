@@ -32,7 +32,7 @@ from engine_adapters.base import (
 )
 from engine_adapters.logits_processors import NO_REPEAT_NGRAM_KEY
 from engine_adapters.vllm_constraints import ConstraintChecker, short
-from engine_adapters.vllm_host import AsyncLLMHost, prepare_cpu_env
+from engine_adapters.vllm_host import AsyncLLMHost, engine_config_summary, prepare_cpu_env, start_async_llm
 from engine_adapters.vllm_parsing import VLLMOutputParser, parser_class
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class VLLMEngineConfig:
 
     model: str
     served_name: str
+    served_model_names: list[str] = field(default_factory=list)  # all its names (the first is served_name)
     device: str = "auto"
     dtype: str = "auto"
     max_model_len: int | None = None
@@ -55,12 +56,12 @@ class VLLMEngineConfig:
     enforce_eager: bool = False
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float | None = None  # vLLM's default
     cpu_kv_cache_gib: int | None = None
     structured_outputs_backend: str = "auto"
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool | None = None  # vLLM's default: by the model
     scheduling_policy: str = "fcfs"
-    seed: int = 0
+    seed: int | None = None  # vLLM's default
     no_repeat_ngram: bool = True
     lora_adapters: dict[str, str] = field(default_factory=dict)
     max_lora_rank: int = 16
@@ -96,11 +97,49 @@ class VLLMEngine(AsyncLLMHost):
 
     # ------------------------------------------------------------------ lifecycle
 
+    def engine_args(self) -> dict[str, Any]:
+        """The `AsyncEngineArgs` of this reader, as `vllm serve` would take them: vLLM's
+        defaults, the reader's fields, then its `engine_args` (which win; `gateway serve
+        MODEL --any-vllm-flag` lands there). Where the gateway differs from `vllm serve`
+        (docs/migration.md): the structured-output backend is xgrammar rather than "auto",
+        and the no-repeat-ngram logits processor is loaded (`no_repeat_ngram: false`
+        leaves it out)."""
+        cfg = self.config
+        args: dict[str, Any] = {
+            "model": cfg.model,
+            "served_model_name": cfg.served_model_names or [cfg.served_name],
+            "dtype": cfg.dtype,
+            "max_model_len": cfg.max_model_len,
+            "enforce_eager": cfg.enforce_eager,
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+            "pipeline_parallel_size": cfg.pipeline_parallel_size,
+            "scheduling_policy": cfg.scheduling_policy,
+            "disable_log_stats": False,
+            "structured_outputs_config": {"backend": cfg.structured_outputs_backend},
+        }
+        # fields left unset keep vLLM's default (which moves between versions: 0.9 then
+        # 0.92 for gpu_memory_utilization)
+        for name in ("gpu_memory_utilization", "seed", "enable_prefix_caching"):
+            if getattr(cfg, name) is not None:
+                args[name] = getattr(cfg, name)
+        if cfg.no_repeat_ngram:
+            # a per-step hook in the engine core; readers that never use it can leave it out
+            args["logits_processors"] = ["engine_adapters.logits_processors:NoRepeatNGramLogitsProcessor"]
+        if cfg.max_batch_size:
+            args["max_num_seqs"] = cfg.max_batch_size
+        if cfg.max_queued_prompt_tokens:
+            # vLLM's own admission: prompt tokens waiting for prefill (refused as 429 here)
+            args["max_num_queued_tokens"] = cfg.max_queued_prompt_tokens
+        if cfg.lora_adapters:
+            # adapters are served in the same batches as the base model (vLLM's multi-LoRA)
+            args.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=cfg.max_loras)
+        args.update(cfg.engine_args)
+        return args
+
     async def start(self) -> None:
-        """Build the AsyncLLM (about 40 s for the embedded model on 2 CPU cores)."""
-        from vllm.engine.arg_utils import AsyncEngineArgs
+        """Build the AsyncLLM as `vllm serve` does (about 40 s for the embedded model on 2
+        CPU cores)."""
         from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
 
         cfg = self.config
         if cfg.structured_outputs_backend == "lm-format-enforcer":
@@ -120,47 +159,20 @@ class VLLMEngine(AsyncLLMHost):
                 f"{platform!r}; install the matching extra (.[cpu] or .[cuda])"
             )
         if platform == "cpu":
-            prepare_cpu_env(cfg.cpu_kv_cache_gib)
-        args: dict[str, Any] = {
-            "model": cfg.model,
-            "served_model_name": [cfg.served_name],
-            "dtype": cfg.dtype,
-            "max_model_len": cfg.max_model_len,
-            "enforce_eager": cfg.enforce_eager,
-            "tensor_parallel_size": cfg.tensor_parallel_size,
-            "pipeline_parallel_size": cfg.pipeline_parallel_size,
-            "gpu_memory_utilization": cfg.gpu_memory_utilization,
-            "enable_prefix_caching": cfg.enable_prefix_caching,
-            "scheduling_policy": cfg.scheduling_policy,
-            "seed": cfg.seed,
-            "disable_log_stats": False,
-            "structured_outputs_config": {"backend": cfg.structured_outputs_backend},
-        }
-        if cfg.no_repeat_ngram:
-            # a per-step hook in the engine core; readers that never use it can leave it out
-            args["logits_processors"] = ["engine_adapters.logits_processors:NoRepeatNGramLogitsProcessor"]
-        if cfg.max_batch_size:
-            args["max_num_seqs"] = cfg.max_batch_size
-        if cfg.max_queued_prompt_tokens:
-            # vLLM's own admission: prompt tokens waiting for prefill (refused as 429 here)
-            args["max_num_queued_tokens"] = cfg.max_queued_prompt_tokens
+            prepare_cpu_env(cfg.cpu_kv_cache_gib, self.engine_args())
         if cfg.lora_adapters:
             from vllm.lora.request import LoRARequest
 
             for name, path in cfg.lora_adapters.items():
                 if not os.path.isfile(os.path.join(path, "adapter_config.json")):  # noqa: ASYNC240 - once at load
                     raise EngineError(f"LoRA adapter {name!r}: no adapter_config.json in {path}")
-            # adapters are served in the same batches as the base model (vLLM's multi-LoRA)
-            args.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=cfg.max_loras)
             self._loras = {
                 name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=path)
                 for i, (name, path) in enumerate(cfg.lora_adapters.items())
             }
-        args.update(cfg.engine_args)
-        engine_args = AsyncEngineArgs(**args)
-        # from_engine_args blocks while the EngineCore process loads the model; a thread
-        # keeps the HTTP listeners answering /healthz and /readyz meanwhile.
-        self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
+        # building blocks while the EngineCore process loads the model; a thread keeps the
+        # HTTP listeners answering /healthz and /readyz meanwhile
+        self._engine = await asyncio.to_thread(start_async_llm, self.engine_args())
         self._tokenizer = self._engine.get_tokenizer()
         if cfg.chat_template is not None:
             self._chat_template = load_chat_template(cfg.chat_template)
@@ -176,6 +188,7 @@ class VLLMEngine(AsyncLLMHost):
             has_chat_template=bool(self._chat_template or getattr(self._tokenizer, "chat_template", None)),
             eos_token_id=getattr(self._tokenizer, "eos_token_id", None),
             adapters=tuple(self._loras),
+            engine_config=engine_config_summary(self._engine.vllm_config),
         )
 
     # ------------------------------------------------------------------ tokenizer

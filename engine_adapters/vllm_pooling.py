@@ -22,7 +22,7 @@ from engine_adapters.base import (
     TextPair,
     UnsupportedFeatureError,
 )
-from engine_adapters.vllm_host import AsyncLLMHost, prepare_cpu_env
+from engine_adapters.vllm_host import AsyncLLMHost, engine_config_summary, prepare_cpu_env, start_async_llm
 
 
 @dataclass
@@ -31,6 +31,7 @@ class VLLMPoolingConfig:
 
     model: str
     served_name: str
+    served_model_names: list[str] = field(default_factory=list)  # all its names (the first is served_name)
     task: Literal["embed", "classify"] = "embed"
     dtype: str = "auto"
     max_model_len: int | None = None
@@ -49,18 +50,13 @@ class VLLMPoolingEngine(AsyncLLMHost):
         super().__init__()
         self.config = config
 
-    async def start(self) -> None:
-        """Build the pooling engine in a thread."""
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
-
+    def engine_args(self) -> dict[str, Any]:
+        """The `AsyncEngineArgs` of this reader (vLLM's defaults, the reader's fields, then
+        its `engine_args`), as `vllm serve --runner pooling` would take them."""
         cfg = self.config
-        if current_platform.is_cpu():
-            prepare_cpu_env(cfg.cpu_kv_cache_gib)
         args: dict[str, Any] = {
             "model": cfg.model,
-            "served_model_name": [cfg.served_name],
+            "served_model_name": cfg.served_model_names or [cfg.served_name],
             "runner": "pooling",
             "convert": cfg.task,
             "dtype": cfg.dtype,
@@ -69,7 +65,16 @@ class VLLMPoolingEngine(AsyncLLMHost):
             "disable_log_stats": False,
         }
         args.update(cfg.engine_args)
-        self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, AsyncEngineArgs(**args))
+        return args
+
+    async def start(self) -> None:
+        """Build the pooling engine in a thread, as `vllm serve` does."""
+        from vllm.platforms import current_platform
+
+        cfg = self.config
+        if current_platform.is_cpu():
+            prepare_cpu_env(cfg.cpu_kv_cache_gib, self.engine_args())
+        self._engine = await asyncio.to_thread(start_async_llm, self.engine_args())
         self._tokenizer = self._engine.get_tokenizer()
         mc = self._engine.model_config
         hf = mc.hf_config
@@ -88,6 +93,7 @@ class VLLMPoolingEngine(AsyncLLMHost):
             tasks=("embed", "score") if cfg.task == "embed" else ("classify",),
             dimensions=int(mc.get_hidden_size()) if cfg.task == "embed" else None,
             labels=labels,
+            engine_config=engine_config_summary(self._engine.vllm_config),
         )
 
     def _ids(self, i: int, x: PoolingInput) -> list[int]:

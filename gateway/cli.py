@@ -71,26 +71,30 @@ def _scalar(annotation: Any) -> tuple[Any, tuple[Any, ...] | None] | None:
     return None
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+def add_setting_flags(parser: argparse.ArgumentParser, taken: set[str] | frozenset[str] = frozenset()) -> None:
     """A flag for every top-level setting of one plain value (`--max-new-tokens-limit`),
     for the primary reader's common fields (`--max-model-len`, ...) and `--api-key`;
-    a new setting gets its flag without a line here."""
+    a new setting gets its flag without a line here. Flags in `taken` are left to the
+    parser's own (vLLM's, which mean the same)."""
     from gateway.settings import Settings
 
     group = parser.add_argument_group("settings (override the environment and the YAML file)")
     for name, info in Settings.model_fields.items():
         kind = _scalar(info.annotation)
-        if kind is None:
-            continue
         flag = "--" + name.replace("_", "-")
+        if kind is None or flag in taken:
+            continue
         typ, choices = kind
         if typ is bool:
             group.add_argument(flag, dest=f"set_{name}", action=argparse.BooleanOptionalAction, default=None)
         else:
             group.add_argument(flag, dest=f"set_{name}", type=str, choices=choices, metavar=name.upper())
     for name, (_, typ) in READER_FLAGS.items():
-        group.add_argument("--" + name.replace("_", "-"), dest=f"reader_{name}", type=typ, help="the primary reader's")
-    group.add_argument("--api-key", dest="api_key", action="append", help="an inference key (repeatable)")
+        flag = "--" + name.replace("_", "-")
+        if flag not in taken:
+            group.add_argument(flag, dest=f"reader_{name}", type=typ, help="the primary reader's")
+    if "--api-key" not in taken:
+        group.add_argument("--api-key", dest="api_key", action="append", help="an inference key (repeatable)")
 
 
 def apply_flags(args: argparse.Namespace, env: Any = os.environ) -> None:
@@ -118,9 +122,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.observability.logs import configure
 
     configure(settings.log_format, settings.log_level)
-    from gateway.settings import process_env, takeoff_unsupported
+    from gateway.settings import DEFAULT_GROUP, process_env, takeoff_unsupported
 
-    ignored = takeoff_unsupported(process_env())
+    primary = next((r for r in settings.readers if r.consumer_group == DEFAULT_GROUP), None)
+    ignored = takeoff_unsupported(process_env(), primary.kind if primary is not None else "vllm")
     if ignored:
         logging.getLogger("gateway").warning("Takeoff variables with no effect here: %s", "; ".join(ignored))
     from gateway.server import serve
@@ -146,9 +151,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Print the effective settings, secrets redacted."""
+    """Print the effective settings (of `gateway serve` with the same flags), secrets
+    redacted; with --from-takeoff, the settings a Takeoff config.yaml becomes (to keep and
+    edit), its notes as comments."""
     from gateway.settings import redacted
 
+    apply_flags(args)
+    if args.from_takeoff:
+        from gateway import takeoff_config
+        from gateway.settings import ReaderSettings
+
+        try:
+            data = yaml.safe_load(Path(args.from_takeoff).read_text())
+            if not takeoff_config.is_takeoff_config(data):
+                raise ValueError("not a Takeoff config (its top level is one key, takeoff)")
+            settings, notes = takeoff_config.convert(data)
+            for reader in settings["readers"]:
+                ReaderSettings(**reader)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            sys.exit(f"gateway config: {args.from_takeoff}: {exc}")
+        print(f"# converted from the Takeoff config {args.from_takeoff} (docs/migration.md)")
+        print("".join(f"# - {note}\n" for note in notes), end="")
+        print(yaml.safe_dump(settings, sort_keys=False), end="")
+        return 0
     print(yaml.safe_dump(redacted(_settings(args)), sort_keys=False), end="")
     return 0
 
@@ -178,11 +203,36 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--config", "-c", help="YAML settings file (e.g. configs/default.yaml)")
         p.set_defaults(func=func)
-        if name == "serve":
+        if name in ("serve", "config"):  # `config` prints what `serve` with these flags would run
             p.add_argument("model", nargs="?", help="the primary reader's model: embedded:NAME, a folder or a hub id")
+            p.epilog = "Any flag of `vllm serve` is taken too, and a vLLM --config YAML (docs/migration.md)."
             add_setting_flags(p)
-    args = parser.parse_args(argv)
+        if name == "config":
+            p.add_argument("--from-takeoff", metavar="FILE", help="print the settings a Takeoff config.yaml becomes")
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = parser.parse_known_args(argv)
+    if args.command in ("serve", "config"):
+        args = _with_vllm_flags(args, extra, argv[argv.index(args.command) + 1 :])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     sys.exit(args.func(args))
+
+
+def _with_vllm_flags(args: argparse.Namespace, extra: list[str], serve_argv: list[str]) -> argparse.Namespace:
+    """The `serve` command line read again by vLLM's parser when it has flags the gateway
+    does not know or a vLLM --config file (gateway.cli_vllm); as it was otherwise."""
+    from gateway import cli_vllm
+
+    try:
+        vllm_config = cli_vllm.config_kind(args.config, lambda: set(vars(cli_vllm.vllm_parser().parse_args([]))))
+        if not extra and vllm_config == "gateway":
+            return args
+        found = cli_vllm.translate(serve_argv, add_setting_flags)
+    except cli_vllm.FlagError as exc:
+        sys.exit(f"gateway {args.command}: {exc}" if str(exc) else 2)
+    os.environ.update(found.env)
+    found.args.config, found.args.func, found.args.from_takeoff = found.settings_file, args.func, None
+    return found.args
 
 
 if __name__ == "__main__":

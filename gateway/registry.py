@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from engine_adapters.base import EngineDeadError, GenerativeEngine, PoolingEngine, ReaderTask, UnknownAdapterError, Work
-from engine_adapters.factory import ENGINE_KINDS, Engine, build_engine
+from engine_adapters.factory import ENGINE_KINDS, Engine, build_engine, served_name
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, NotReady, Overloaded
 from gateway.observability.metrics import EMBED_BATCH, current_observation
 from gateway.settings import ReaderSettings, Settings
@@ -64,6 +64,17 @@ class Reader:
     def task(self) -> ReaderTask:
         """ "generate", "embed" or "classify"."""
         return self.settings.effective_task
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        """The names a client may send as `model` for it: its served model names, or (as
+        vLLM, which answers to the model as it was started) the model's short name and the
+        model as configured."""
+        names = self.settings.served_model_names
+        if names:
+            return tuple(names)
+        short = served_name(self.settings.model_dump())
+        return (short,) if short == self.settings.model else (short, self.settings.model)
 
     @property
     def adapters(self) -> tuple[str, ...]:
@@ -174,12 +185,27 @@ class Registry:
         """The groups with at least one reader for `task`, in configuration order."""
         return [g for g, rs in self.groups().items() if any(r.can(task) for r in rs)]
 
-    def model_names(self) -> dict[str, Reader]:
-        """Served model name -> a ready reader of it (OpenAI's `model` may name a model)."""
+    def listed_model_names(self) -> dict[str, Reader]:
+        """The model names errors and lists show -> a ready reader: each reader's served
+        name and its served_model_names (never a path)."""
         out: dict[str, Reader] = {}
         for r in self.readers.values():
             if r.state == "ready" and r.engine is not None:
-                out.setdefault(r.engine.info.name, r)
+                for name in (r.engine.info.name, *r.settings.served_model_names):
+                    out.setdefault(name, r)
+        return out
+
+    def model_names(self) -> dict[str, Reader]:
+        """Every name a request's `model` may use -> a ready reader of it (OpenAI's `model`
+        may name a model): the listed names, the model as configured and as loaded."""
+        out: dict[str, Reader] = {}
+        for r in self.readers.values():
+            if r.state == "ready" and r.engine is not None:
+                # and the folder the engine loaded (vLLM's id for an embedded model's
+                # conversion, which `vllm bench serve --model FOLDER` sends)
+                for name in (r.engine.info.name, *r.model_ids, r.engine.info.path):
+                    if name:
+                        out.setdefault(name, r)
         return out
 
     def adapter_names(self) -> dict[str, Reader]:

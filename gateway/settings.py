@@ -7,11 +7,13 @@ below. Every field is documented in docs/settings.md.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -20,6 +22,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from engine_adapters.base import ReaderTask
 from engine_adapters.factory import ENGINE_KINDS, EngineKind
+from gateway import takeoff_config
 
 # The consumer group a generation goes to when the request names none (Takeoff's name).
 DEFAULT_GROUP = "primary"
@@ -37,6 +40,10 @@ class ReaderSettings(BaseModel):
     # what the reader does; by default "generate" for vllm/scripted, "embed" otherwise
     task: Task | None = None
     model: str = "embedded:smollm2-135m-instruct"
+    # the names OpenAI and Anthropic clients may send as `model` (vLLM's
+    # --served-model-name): the first is the one answers and model lists give; without
+    # any, the model's short name is given and the model as written here is accepted too
+    served_model_names: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: str = "auto"
     max_model_len: int | None = Field(None, gt=0)
@@ -44,7 +51,7 @@ class ReaderSettings(BaseModel):
     enforce_eager: bool = False
     tensor_parallel_size: int = Field(1, ge=1)
     pipeline_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # null: vLLM's default
     cpu_kv_cache_gib: int | None = Field(None, ge=1)
     cuda_visible_devices: str | None = None
     # One backend per engine (vLLM's rule). "xgrammar" rather than vLLM's "auto": with
@@ -52,7 +59,7 @@ class ReaderSettings(BaseModel):
     # request that "auto" sends to another backend fails inside the engine.
     structured_outputs_backend: Literal["xgrammar", "guidance", "outlines", "lm-format-enforcer", "auto"] = "xgrammar"
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool | None = None  # null: vLLM's default for the model
     engine_args: dict[str, Any] = Field(default_factory=dict)
     scripted: dict[str, Any] = Field(default_factory=dict)
     # embeddings and classification (sentence-transformers and pooling readers)
@@ -122,7 +129,6 @@ def key_problem(key: str) -> str | None:
 TAKEOFF_ENV = {
     "TAKEOFF_MODEL_NAME": "model",
     "TAKEOFF_DEVICE": "device",
-    "TAKEOFF_MAX_BATCH_SIZE": "max_batch_size",
     "TAKEOFF_MAX_SEQUENCE_LENGTH": "max_model_len",
     "TAKEOFF_TENSOR_PARALLEL": "tensor_parallel_size",
     "TAKEOFF_CUDA_VISIBLE_DEVICES": "cuda_visible_devices",
@@ -136,7 +142,13 @@ TAKEOFF_OTHER = (
     "TAKEOFF_DISABLE_CUDA_GRAPH",  # -> the primary reader's enforce_eager
     "TAKEOFF_QUANT_TYPE",  # -> the primary reader's engine_args.quantization
     "TAKEOFF_ACCESS_TOKEN",  # -> HF_TOKEN, for gated hub models
+    # -> max_batch_size of a primary reader that batches statically (sentence-transformers);
+    # a vLLM reader batches continuously, where Takeoff's static batch size (often 4-30)
+    # would cap the sequences in flight: it is named in the start-up warning instead
+    "TAKEOFF_MAX_BATCH_SIZE",
 )
+# kinds of reader whose max_batch_size is a static batch, as Takeoff's was
+_STATIC_BATCHING = ("sentence-transformers",)
 # Takeoff variables that have no meaning here: named in one warning at start.
 TAKEOFF_UNSUPPORTED = {
     "TAKEOFF_BATCH_DURATION_MILLIS": "vLLM batches continuously",
@@ -296,7 +308,7 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None  # named keys with permissions, groups, limits, tenants
     # the keys file's format; by default told by its extension (.yaml/.yml/.json or .txt/.keys)
     api_keys_file_format: Literal["yaml", "lines"] | None = None
-    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/health", "/version"])
+    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/health", "/version", "/ping"])
     allow_unauthenticated: bool = False
     # without keys, Host names besides the loopback ones that may reach the server
     trusted_hosts: list[str] = Field(default_factory=list)
@@ -411,14 +423,34 @@ def is_hub_id(model: str) -> bool:
 
 
 def _apply_primary_env(data: dict[str, Any], env: dict[str, str]) -> None:
-    """Set fields of the primary reader from TAKEOFF_* and GATEWAY_* shortcuts."""
+    """Set fields of the primary reader from TAKEOFF_* and GATEWAY_* shortcuts, then from
+    GATEWAY_PRIMARY_READER (a JSON object of its fields; `gateway serve MODEL --vllm-flag`
+    lands there; its engine_args are merged key by key)."""
     pairs = [(k, f) for k, f in TAKEOFF_ENV.items() if k in env]
     pairs += [(k, f) for k, f in PRIMARY_ENV.items() if k in env]
-    if not pairs or "GATEWAY_READERS" in env:
+    fields = _json_object(env, "GATEWAY_PRIMARY_READER")
+    if (not pairs and not fields) or "GATEWAY_READERS" in env:
         return
     primary = _primary(data)
     for key, field in pairs:
         primary[field] = env[key]
+    engine_args = fields.pop("engine_args", None)
+    primary.update(fields)
+    if engine_args:
+        primary["engine_args"] = {**(primary.get("engine_args") or {}), **engine_args}
+
+
+def _json_object(env: dict[str, str], name: str) -> dict[str, Any]:
+    raw = env.get(name)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object of reader fields")
+    return value
 
 
 def _primary(data: dict[str, Any]) -> dict[str, Any]:
@@ -436,8 +468,15 @@ def _apply_takeoff_other(data: dict[str, Any], env: dict[str, str]) -> None:
         if level not in _LOG_LEVELS:
             raise ValueError(f"TAKEOFF_LOG_LEVEL={env['TAKEOFF_LOG_LEVEL']!r}: use debug, info, warning or error")
         data["log_level"] = _LOG_LEVELS[level]
+    if env.get("VLLM_API_KEY") and not any(k in env for k in ("GATEWAY_API_KEYS", "GATEWAY_API_KEYS_FILE")):
+        # vLLM's own variable: its one inference key
+        data["api_keys"] = [env["VLLM_API_KEY"]]
     if "GATEWAY_READERS" in env:
         return
+    if "TAKEOFF_MAX_BATCH_SIZE" in env and data.get("readers"):
+        primary = _primary(data)
+        if primary.get("kind", "vllm") in _STATIC_BATCHING and "GATEWAY_MAX_BATCH_SIZE" not in env:
+            primary["max_batch_size"] = env["TAKEOFF_MAX_BATCH_SIZE"]
     if env.get("TAKEOFF_DISABLE_CUDA_GRAPH", "").lower() in ("1", "true", "yes", "on"):
         _primary(data)["enforce_eager"] = True
     quant = env.get("TAKEOFF_QUANT_TYPE", "").lower()
@@ -446,11 +485,16 @@ def _apply_takeoff_other(data: dict[str, Any], env: dict[str, str]) -> None:
         primary["engine_args"] = {**primary.get("engine_args", {}), "quantization": _QUANT.get(quant, quant)}
 
 
-def takeoff_unsupported(env: dict[str, str] | None = None) -> list[str]:
+def takeoff_unsupported(env: dict[str, str] | None = None, primary_kind: str = "vllm") -> list[str]:
     """TAKEOFF_* variables that are set and do nothing here, with what to use instead."""
     env = dict(os.environ) if env is None else env
     known = set(TAKEOFF_ENV) | set(TAKEOFF_OTHER)
     out = []
+    if "TAKEOFF_MAX_BATCH_SIZE" in env and primary_kind not in _STATIC_BATCHING:
+        out.append(
+            "TAKEOFF_MAX_BATCH_SIZE (vLLM batches continuously and is not capped by a static batch size; "
+            "to cap the sequences in flight set GATEWAY_MAX_BATCH_SIZE or --max-num-seqs)"
+        )
     for name in sorted(k for k in env if k.startswith("TAKEOFF_") and k not in known):
         hint = TAKEOFF_UNSUPPORTED.get(name, "not a Takeoff setting this gateway knows")
         out.append(f"{name} ({hint})")
@@ -465,6 +509,13 @@ def load_settings(config: str | Path | None = None) -> Settings:
         if not isinstance(loaded, dict):
             raise ValueError(f"{config}: the top level must be a mapping of settings")
         data = loaded
+        if takeoff_config.is_takeoff_config(loaded):
+            data, notes = takeoff_config.convert(loaded)
+            logging.getLogger(__name__).warning(
+                "%s is a Takeoff config, read as the settings `gateway config --from-takeoff` prints: %s",
+                config,
+                "; ".join(notes),
+            )
     env = process_env()
     _apply_primary_env(data, env)
     _apply_takeoff_other(data, env)

@@ -74,7 +74,7 @@ def group_of(
     if target.by_model:
         names = sorted(
             {g for g in registry.groups_for(target.task) if visible(g)}
-            | {n for n, r in registry.model_names().items() if visible(r.group)}
+            | {n for n, r in registry.listed_model_names().items() if visible(r.group)}
             | {a for a, r in registry.adapter_names().items() if visible(r.group)}
         )
         raise NotFound(f"the model does not exist; available: {', '.join(names) or 'none'}", param=target.param)

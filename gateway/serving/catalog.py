@@ -1,5 +1,5 @@
 """What a caller may name as `model`: every consumer group its key may use, every ready
-reader's model name and every LoRA adapter in those groups. The OpenAI and Anthropic model
+reader's model names and every LoRA adapter in those groups. The OpenAI and Anthropic model
 lists render it each in their own shape."""
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def entries(registry: Registry, visible: Callable[[str], bool] = lambda _: True)
             for adapter in r.adapters:
                 out.setdefault(adapter, Entry(adapter, created, info.name, info.max_model_len, info.name))
             out.setdefault(info.name, Entry(info.name, created, info.name, info.max_model_len))
+            for name in r.settings.served_model_names:  # each of vLLM's --served-model-name
+                out.setdefault(name, Entry(name, created, info.name, info.max_model_len))
     return list(out.values())
 
 

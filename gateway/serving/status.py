@@ -48,6 +48,9 @@ def describe(reader: Reader, detail: bool = True) -> dict[str, Any]:
         )
         if detail:
             info["model_path"] = m.path
+            info["model_ids"] = list(dict.fromkeys((m.name, *reader.model_ids)))
+            if m.engine_config:  # what the engine runs with (scheduler, cache, parallelism)
+                info["engine_config"] = m.engine_config
         if m.dimensions is not None:
             info["dimensions"] = m.dimensions
         if m.labels:

@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
         "engine_adapters.sentence_transformers_engine",
     ),
     ("engine_adapters.factory", "=engine_adapters"),
+    ("gateway.takeoff_config",),
     ("gateway.settings", "gateway.errors", "=gateway"),
     ("gateway.apis", "gateway.protocols"),
     (
@@ -46,7 +47,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gateway.serving", "gateway.runtime"),
     ("gateway.routes",),
     ("gateway.app",),
-    ("gateway.server", "gateway.cli", "gateway.__main__"),
+    ("gateway.server", "gateway.cli", "gateway.cli_vllm", "gateway.__main__"),
 ]
 
 

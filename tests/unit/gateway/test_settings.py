@@ -55,14 +55,31 @@ def test_takeoff_environment_variables_set_the_primary_reader(monkeypatch):
     monkeypatch.setenv("TAKEOFF_TENSOR_PARALLEL", "2")
     monkeypatch.setenv("TAKEOFF_CUDA_VISIBLE_DEVICES", "0,1")
     r = load_settings(ROOT / "configs" / "default.yaml").readers[0]
-    assert (r.model, r.device, r.max_batch_size, r.max_model_len, r.tensor_parallel_size, r.cuda_visible_devices) == (
+    assert (r.model, r.device, r.max_model_len, r.tensor_parallel_size, r.cuda_visible_devices) == (
         "/models/x",
         "cuda",
-        12,
         1024,
         2,
         "0,1",
     )
+    # Takeoff's static batch size does not cap vLLM's continuous batching: it is named instead
+    assert r.max_batch_size is None
+    from gateway.settings import takeoff_unsupported
+
+    assert any(n.startswith("TAKEOFF_MAX_BATCH_SIZE (vLLM batches continuously") for n in takeoff_unsupported())
+
+
+def test_takeoff_max_batch_size_is_a_static_batchers_batch_size(monkeypatch, tmp_path):
+    from gateway.settings import takeoff_unsupported
+
+    cfg = tmp_path / "c.yaml"
+    reader = {"kind": "sentence-transformers", "model": "embedded:all-minilm-l6-v2"}
+    cfg.write_text(yaml.safe_dump({"readers": [reader]}))
+    monkeypatch.setenv("TAKEOFF_MAX_BATCH_SIZE", "12")
+    assert load_settings(cfg).readers[0].max_batch_size == 12
+    assert takeoff_unsupported(primary_kind="sentence-transformers") == []
+    monkeypatch.setenv("GATEWAY_MAX_BATCH_SIZE", "30")  # ours wins
+    assert load_settings(cfg).readers[0].max_batch_size == 30
 
 
 def test_gateway_shortcut_wins_over_takeoff_name(monkeypatch):
@@ -125,7 +142,7 @@ def test_gateway_config_command_prints_effective_settings(tmp_path):
         cwd=ROOT,
     ).stdout
     data = yaml.safe_load(out)
-    assert data["readers"][0]["max_batch_size"] == 7
+    assert data["readers"][0]["max_batch_size"] is None  # a vLLM reader: not Takeoff's static batch
     assert data["api_keys"] == ["**********"]
     assert "sk-hidden-0123456789" not in out
 
@@ -227,3 +244,92 @@ def test_version_flag_and_endpoint_agree():
 
     out = subprocess.run([sys.executable, "-m", "gateway", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == f"gateway {gateway.__version__}"
+
+
+def test_primary_reader_json_sets_fields_and_merges_engine_args(monkeypatch, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"readers": [{"model": "/m", "engine_args": {"seed": 1, "block_size": 32}}]}))
+    monkeypatch.setenv("GATEWAY_PRIMARY_READER", '{"served_model_names": ["a"], "engine_args": {"seed": 7}}')
+    r = load_settings(cfg).readers[0]
+    assert r.served_model_names == ["a"] and r.engine_args == {"seed": 7, "block_size": 32}
+    for bad, said in (("{not json", "not JSON"), ("[1]", "JSON object")):
+        monkeypatch.setenv("GATEWAY_PRIMARY_READER", bad)
+        with pytest.raises(ValueError, match=said):
+            load_settings(cfg)
+    monkeypatch.setenv("GATEWAY_PRIMARY_READER", '{"no_such_field": 1}')
+    with pytest.raises(ValueError, match="no_such_field"):
+        load_settings(cfg)
+
+
+def test_vllm_api_key_is_an_inference_key_and_short_ones_are_refused(monkeypatch):
+    monkeypatch.setenv("VLLM_API_KEY", "sk-vllm-0123456789ab")
+    assert [k.get_secret_value() for k in load_settings().api_keys] == ["sk-vllm-0123456789ab"]
+    monkeypatch.setenv("GATEWAY_API_KEYS", '["sk-ours-0123456789ab"]')  # ours wins
+    assert [k.get_secret_value() for k in load_settings().api_keys] == ["sk-ours-0123456789ab"]
+    monkeypatch.delenv("GATEWAY_API_KEYS")
+    monkeypatch.setenv("VLLM_API_KEY", "token-abc123")  # vLLM's docs' example: too short to be a key here
+    with pytest.raises(ValueError, match="at least 16"):
+        load_settings()
+
+
+TAKEOFF_CONFIG = {
+    "takeoff": {
+        "server_config": {"port": 3100, "management_port": 3101, "max_batch_size": 30, "batch_duration_millis": 50},
+        "readers_config": {
+            "reader1": {"model_name": "embedded:smollm2-135m-instruct", "device": "cpu", "max_seq_length": 512,
+                        "max_batch_size": 4, "consumer_group": "primary"},
+            "reader2": {"model_name": "BAAI/bge-small-en", "consumer_group": "embed", "quant_type": "awq"},
+        },
+    }
+}  # fmt: skip
+
+
+def test_a_takeoff_config_is_read_as_gateway_settings(tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(TAKEOFF_CONFIG))
+    s = load_settings(cfg)
+    assert (s.port, s.management_port) == (3100, 3101)
+    gen, emb = s.readers
+    assert (gen.id, gen.kind, gen.model, gen.device, gen.max_model_len) == (
+        "reader1", "vllm", "embedded:smollm2-135m-instruct", "cpu", 512
+    )  # fmt: skip
+    assert gen.max_batch_size is None  # Takeoff's static batch does not cap continuous batching
+    assert (emb.kind, emb.max_batch_size, emb.max_batch_wait_ms) == ("sentence-transformers", 30, 50)
+    assert emb.engine_args == {"quantization": "awq"}
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        ({"takeoff": {"server_config": {}, "readers": {}}}, "unknown sections"),
+        ({"takeoff": {"readers_config": {"r": {"device": "cpu"}}}}, "model_name"),
+        ({"takeoff": {"readers_config": {}}}, "no reader"),
+        ({"takeoff": ["x"]}, "mapping"),
+    ],
+)
+def test_broken_takeoff_configs_are_refused_by_name(tmp_path, data, said):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=said):
+        load_settings(cfg)
+
+
+def test_gateway_config_from_takeoff_prints_settings_that_load(tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(TAKEOFF_CONFIG))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "config", "--from-takeoff", str(cfg)],
+        capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "# - readers_config.reader1.max_batch_size (4): vLLM batches continuously" in proc.stdout
+    converted = tmp_path / "gateway.yaml"
+    converted.write_text(proc.stdout)
+    assert load_settings(converted).model_dump() == load_settings(cfg).model_dump()
+    bad = tmp_path / "not-takeoff.yaml"
+    bad.write_text("port: 3000\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "config", "--from-takeoff", str(bad)],
+        capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 1 and "not a Takeoff config" in proc.stderr

@@ -1,13 +1,29 @@
-"""Embedding, classification and re-ranking routes: Takeoff's (`/embed`, `/classify`) and the
-OpenAI-style ones (`/v1/embeddings`, `/v1/rerank` and `/rerank`)."""
+"""Embedding, classification and re-ranking routes: Takeoff's (`/embed`, `/classify`, which
+takes vLLM's body too) and the OpenAI-style ones (`/v1/embeddings`, `/v1/rerank` and
+`/rerank`)."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 from fastapi import APIRouter, Request
+from pydantic import Discriminator, Tag
 from starlette.responses import Response
 
 from gateway.protocols.embeddings import ClassifyRequest, EmbeddingRequest, RerankRequest, TakeoffEmbedRequest
-from gateway.serving import embeddings
+from gateway.protocols.vllm import ClassifyRequest as VllmClassifyRequest
+from gateway.serving import embeddings, vllm_api
+
+
+def _classify_body(value: Any) -> str:
+    # tags with "=" stay out of the field names of error messages (gateway.errors)
+    return "body=vllm" if isinstance(value, dict) and "input" in value and "text" not in value else "body=takeoff"
+
+
+AnyClassifyRequest = Annotated[
+    Annotated[ClassifyRequest, Tag("body=takeoff")] | Annotated[VllmClassifyRequest, Tag("body=vllm")],
+    Discriminator(_classify_body),
+]
 
 takeoff_router = APIRouter(tags=["embeddings"])
 openai_router = APIRouter(tags=["openai"])
@@ -20,8 +36,11 @@ async def embed(body: TakeoffEmbedRequest, request: Request) -> Response:
 
 
 @takeoff_router.post("/classify", response_model=None)
-async def classify(body: ClassifyRequest, request: Request) -> Response:
-    """Takeoff: label probabilities of texts or text pairs (default group "classify")."""
+async def classify(body: AnyClassifyRequest, request: Request) -> Response:
+    """Label probabilities of texts or text pairs (default group "classify"): Takeoff's
+    body (`text`) and answer, or vLLM's (`input`)."""
+    if isinstance(body, VllmClassifyRequest):
+        return await vllm_api.classify(request, body)
     return await embeddings.classify(request, body)
 
 

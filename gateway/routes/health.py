@@ -30,9 +30,11 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/health")
+@router.get("/ping")
+@router.post("/ping")
 async def health(request: Request) -> Response:
-    """vLLM's health probe: an empty 200 when ready, otherwise 503 with the reasons
-    (as `/readyz`), for routers and platforms that know vLLM's server."""
+    """vLLM's health probe (and SageMaker's `/ping`): an empty 200 when ready, otherwise
+    503 with the reasons (as `/readyz`), for routers and platforms that know vLLM's server."""
     rt = get_runtime(request)
     ready = serving_status.readiness(rt.registry, rt.draining)
     return Response(status_code=200) if ready.status_code == 200 else ready
@@ -53,6 +55,8 @@ async def status(request: Request) -> dict[str, Any]:
 
 
 @metrics_router.get("/metrics", response_class=Response)
-async def metrics() -> Response:
-    """Prometheus text: the gateway's series and vLLM's `vllm:*` series."""
-    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    """Prometheus text: the gateway's series and vLLM's `vllm:*` series (on the API ports,
+    where `metrics_on_main_port` serves it without a key as vLLM does, none of the series
+    per API key name)."""
+    return Response(exposition(per_key=request.app.state.apis.listener == "management"), media_type=CONTENT_TYPE_LATEST)

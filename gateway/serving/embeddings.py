@@ -19,7 +19,8 @@ from gateway.protocols.embeddings import ClassifyRequest, EmbeddingRequest, Rera
 from gateway.registry import Reader
 
 
-def _note_tokens(n: int) -> None:
+def note_tokens(n: int) -> None:
+    """Count `n` input tokens on the request's metrics."""
     obs = current_observation()
     if obs is not None:
         obs.accepted(n)
@@ -60,7 +61,7 @@ async def openai_embeddings(request: Request, body: EmbeddingRequest, target: Ta
         engine = reader.pooling()
         result = await engine.embed(inputs)
         tokens = sum(result.token_counts)
-        _note_tokens(tokens)
+        note_tokens(tokens)
         vectors = fit_dimensions(result.vectors, body.dimensions, reader).astype("<f4", copy=False)
         # a response object directly: FastAPI's jsonable_encoder would walk every float
         return FastJSONResponse(
@@ -86,7 +87,7 @@ async def takeoff_embed(request: Request, body: TakeoffEmbedRequest) -> Response
 
     async def work(reader: Reader) -> Response:
         result = await reader.pooling().embed(list(texts))
-        _note_tokens(sum(result.token_counts))
+        note_tokens(sum(result.token_counts))
         return FastJSONResponse({"result": result.vectors[0] if isinstance(text, str) else result.vectors})
 
     target = Target(body.consumer_group, task="embed", by_model=True)
@@ -101,7 +102,7 @@ async def classify(request: Request, body: ClassifyRequest) -> Response:
 
     async def work(reader: Reader) -> Response:
         result = await reader.pooling().classify(inputs)
-        _note_tokens(sum(result.token_counts))
+        note_tokens(sum(result.token_counts))
         rows = [
             [{"label": label, "score": float(p)} for label, p in zip(result.labels, probs, strict=True)]
             for probs in result.probabilities
@@ -119,7 +120,7 @@ async def rerank(request: Request, body: RerankRequest) -> Response:
     async def work(reader: Reader) -> Response:
         engine = reader.pooling()
         scores, tokens = await engine.score(body.query, docs)
-        _note_tokens(tokens)
+        note_tokens(tokens)
         order = sorted(range(len(docs)), key=lambda i: -scores[i])
         if body.top_n is not None:
             order = order[: body.top_n]

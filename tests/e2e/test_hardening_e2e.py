@@ -155,7 +155,14 @@ def test_every_route_refuses_a_missing_or_wrong_key(guarded):
     checked = 0
     for name, app in apps.items():
         for route in app.routes:
-            if not isinstance(route, APIRoute) or route.path in ("/healthz", "/readyz", "/health", "/version", "/"):
+            if not isinstance(route, APIRoute) or route.path in (
+                "/healthz",
+                "/readyz",
+                "/health",
+                "/ping",
+                "/version",
+                "/",
+            ):
                 continue
             path = route.path.replace("{reader_id}", "primary-0").replace("{model_id:path}", "primary")
             for method in route.methods:
@@ -178,7 +185,7 @@ def test_inference_keys_get_403_on_every_management_route(guarded):
     management = create_apps(Settings())[1]
     checked = 0
     for route in management.routes:
-        if not isinstance(route, APIRoute) or route.path in ("/healthz", "/readyz", "/health", "/version"):
+        if not isinstance(route, APIRoute) or route.path in ("/healthz", "/readyz", "/health", "/ping", "/version"):
             continue
         path = route.path.replace("{reader_id}", "primary-0")
         for method in route.methods:

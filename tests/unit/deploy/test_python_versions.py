@@ -24,6 +24,7 @@ HEAVY = ("sentence-transformers", "transformers", "accelerate", "gguf")
 NEEDS_TORCH_OR_VLLM = [
     "--ignore=tests/unit/gateway/test_fuzz.py",  # a gateway process with the MiniLM reader
     "--ignore=tests/unit/gateway/test_embeddings_routes.py",  # sentence-transformers models
+    "--ignore=tests/unit/gateway/test_vllm_routes.py",  # the same models, for vLLM's pooling paths
     "--ignore=tests/unit/gateway/test_openai_tools.py",  # vLLM's tool and reasoning parsers
     "--deselect=tests/unit/gateway/test_hardening.py::test_every_route_on_every_port_needs_a_key",
     "--deselect=tests/unit/gateway/test_takeoff_routes.py::test_vllm_style_health_and_version",
@@ -50,7 +51,7 @@ def test_the_http_side_passes_its_unit_tests_on_python_3_13(artifacts: Path) -> 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     light = [d for d in deps if not d.startswith(HEAVY)]
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", *light, "numpy", "pytest", "pytest-timeout", "openai"],
+        [str(python), "-m", "pip", "install", "--quiet", *light, "numpy", "pytest", "pytest-timeout", "openai", "anthropic"],
         check=True,
     )
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(ROOT)], check=True)

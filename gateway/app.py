@@ -97,11 +97,13 @@ def build_app(runtime: Runtime, listener: Listener, lifespan: Lifespan | None = 
         keys=runtime.keys,
         local_only=not s.allow_unauthenticated,
         trusted_hosts=s.trusted_hosts,
-        # metrics_public opens /metrics on the management port only: on the API ports it
-        # would show key names and per-key counts to anyone who can reach them
+        # metrics_public opens /metrics on the management port; metrics_on_main_port serves
+        # it on the API ports without a key, as vLLM's server does, and without the series
+        # per API key name (which would show key names to anyone who can reach them)
         public_paths=[
             *s.public_paths,
             *(["/metrics"] if s.metrics_public and listener == "management" else []),
+            *(["/metrics"] if s.metrics_on_main_port and listener != "management" else []),
             *(["/"] if ui else []),
         ],
         # the page and its files load without a key; the page asks for one for the API

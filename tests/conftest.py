@@ -39,7 +39,12 @@ def gateway(artifacts: Path) -> Iterator[GatewayProcess]:
     roots = json.dumps(["/models", tempfile.gettempdir()])
     gw = start_gateway(
         artifacts / "gateway-e2e.log",
-        env={"GATEWAY_CONTINUATION__MAX_ENTRIES": str(SHARED_MAX_ENTRIES), "GATEWAY_MODEL_ROOTS": roots},
+        env={
+            "GATEWAY_CONTINUATION__MAX_ENTRIES": str(SHARED_MAX_ENTRIES),
+            "GATEWAY_MODEL_ROOTS": roots,
+            # /metrics on the API ports too, as vLLM's server has it (scraped in the e2e tests)
+            "GATEWAY_METRICS_ON_MAIN_PORT": "true",
+        },
     )
     try:
         yield gw

@@ -180,15 +180,24 @@ def attach(collector: Collector) -> None:
     REGISTRY.register(collector)
 
 
-def exposition() -> bytes:
-    """The Prometheus text of every series: the gateway's and vLLM's."""
+def exposition(per_key: bool = True) -> bytes:
+    """The Prometheus text of every series: the gateway's and vLLM's; without `per_key`,
+    none of the series labelled by API key name (`gateway_key_*`)."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry) + generate_latest(_runtime_only())
-    return generate_latest(REGISTRY)
+        text = generate_latest(registry) + generate_latest(_runtime_only())
+    else:
+        text = generate_latest(REGISTRY)
+    if per_key:
+        return text
+    return b"".join(
+        line
+        for line in text.splitlines(keepends=True)
+        if not line.startswith((b"gateway_key_", b"# HELP gateway_key_", b"# TYPE gateway_key_"))
+    )
 
 
 def _runtime_only() -> CollectorRegistry:

@@ -27,6 +27,9 @@ def prometheus(gateway, tmp_path: Path, artifacts: Path):
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: llm-gateway\n    metrics_path: /metrics\n"
         f"    static_configs:\n      - targets: ['127.0.0.1:{gateway.management_port}']\n"
+        # as a vLLM scrape job has it: the API port, no key (metrics_on_main_port)
+        "  - job_name: api-port\n    metrics_path: /metrics\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{gateway.port}']\n"
     )
     log = open(artifacts / "prometheus.log", "wb")  # written until stopped
     proc = subprocess.Popen(
@@ -95,3 +98,15 @@ def test_prometheus_reads_gateway_and_vllm_series(gateway, http, prometheus):
         prometheus, "histogram_quantile(0.5, sum by (le) (rate(gateway_time_to_first_token_seconds_bucket[5m])))"
     )
     assert quantile and float(quantile[0]["value"][1]) > 0
+
+
+def test_a_vllm_scrape_job_on_the_api_port_finds_vllms_series_and_no_key_names(gateway, http, prometheus):
+    wait_for(prometheus, 'up{job="api-port"} == 1')
+    assert http.post("/v1/completions", json={"prompt": "Count", "max_tokens": 4}).status_code == 200
+    wait_for(prometheus, 'vllm:generation_tokens_total{job="api-port"} >= 4')
+    wait_for(prometheus, 'vllm:num_requests_running{job="api-port"}')
+    wait_for(prometheus, 'gateway_requests_total{job="api-port",route="/v1/completions"}')
+    # the series per API key name stay on the management port
+    wait_for(prometheus, 'gateway_key_requests_total{job="llm-gateway"}')
+    time.sleep(2)
+    assert query(prometheus, '{job="api-port",__name__=~"gateway_key_.*"}') == []

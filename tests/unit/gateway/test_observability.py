@@ -92,13 +92,21 @@ def test_cancellations_rejections_and_deadlines_are_counted(client_factory):
 
 
 def test_metrics_need_a_key_unless_public(client_factory):
+    key = {"X-API-Key": "sk-metrics-0123456789"}
     with client_factory(api_keys=["sk-metrics-0123456789"]) as c:
         assert c.management.get("/metrics").status_code == 401
-    with client_factory(api_keys=["sk-metrics-0123456789"], metrics_public=True, metrics_on_main_port=True) as c:
-        assert c.management.get("/metrics").status_code == 200
-        # public on the management port only: the main port shows key names to no stranger
-        assert c.get("/metrics").status_code == 401
-        assert c.get("/metrics", headers={"X-API-Key": "sk-metrics-0123456789"}).status_code == 200
+        assert c.get("/metrics", headers=key).status_code == 404  # not on the API port unless asked
+    with client_factory(api_keys=["sk-metrics-0123456789"], metrics_public=True) as c:
+        assert c.post("/generate", json={"text": "x", "max_new_tokens": 2}, headers=key).status_code == 200
+        management = c.management.get("/metrics")
+        assert management.status_code == 200 and 'gateway_key_requests_total{key="key-' in management.text
+    with client_factory(api_keys=["sk-metrics-0123456789"], metrics_on_main_port=True) as c:
+        assert c.post("/generate", json={"text": "x", "max_new_tokens": 2}, headers=key).status_code == 200
+        # on the API port as vLLM serves it: no key asked, and no series names a key
+        main = c.get("/metrics")
+        assert main.status_code == 200 and "gateway_requests_total" in main.text
+        assert "gateway_key_" not in main.text and 'key="' not in main.text
+        assert c.management.get("/metrics").status_code == 401  # metrics_public is the management port's
 
 
 def _record(name="gateway.x", msg="hello %s", args=("there",), **extra):

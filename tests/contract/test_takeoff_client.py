@@ -12,6 +12,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.servers import client_venv
@@ -88,3 +89,50 @@ def test_official_takeoff_client(gateway, takeoff_python, tokenizer):
     status, message = out["error"]
     # the groups there are, and never the name the request sent
     assert status == 404 and "primary" in message and "no-such-group" not in message
+
+
+KEYLESS_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    from takeoff_client import TakeoffClient
+
+    main, mgmt, oai = (int(os.environ[k]) for k in ("MAIN_PORT", "MGMT_PORT", "OAI_PORT"))
+    client = TakeoffClient(base_url="http://127.0.0.1", port=main, mgmt_port=mgmt, oai_port=oai)
+    out = {"generate": client.generate("Hello", max_new_tokens=5),
+           "stream": [(e.event, e.data) for e in client.generate_stream("Hi", max_new_tokens=4)],
+           "readers": client.get_readers()}
+    print(json.dumps(out))
+    """
+)
+
+
+def test_takeoff_client_unchanged_in_keyless_mode(takeoff_python, gateway, artifacts):
+    """Keyless mode (allow_unauthenticated, for a network that decides who connects): the
+    official client, which cannot send a key, works unchanged; a Host that is not a loopback
+    name is served, where local mode (the shared gateway, no keys) refuses it."""
+    from tests.servers import start_gateway
+
+    foreign = {"Host": "gateway.team-a.svc.cluster.local"}
+    refused = httpx.post(gateway.url + "/generate", json={"text": "x", "max_new_tokens": 2}, headers=foreign)
+    assert refused.status_code == 403 and "loopback" in refused.text
+    keyless = start_gateway(
+        artifacts / "gateway-keyless.log", config="configs/scripted.yaml", env={"GATEWAY_ALLOW_UNAUTHENTICATED": "true"}
+    )
+    try:
+        env = {
+            **os.environ,
+            "MAIN_PORT": str(keyless.port),
+            "MGMT_PORT": str(keyless.management_port),
+            "OAI_PORT": str(keyless.openai_port),
+        }
+        proc = subprocess.run(
+            [str(takeoff_python), "-c", KEYLESS_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out["generate"]["text"] and out["stream"][-1] == ["end", "[DONE]"]
+        assert out["readers"]["primary"][0]["reader_id"] == "primary-0"
+        served = httpx.post(keyless.url + "/generate", json={"text": "x", "max_new_tokens": 2}, headers=foreign)
+        assert served.status_code == 200 and served.json()["text"]
+    finally:
+        assert keyless.stop() == 0

@@ -493,9 +493,17 @@ def test_dashboard_queries_name_real_series():
 def test_the_chart_refuses_to_render_without_keys():
     with pytest.raises(Exception, match="apiKeys"):
         render(keys=False)
-    (deploy,) = render({"allowUnauthenticated": True}, keys=False)["deployment.yaml"]
+    # keyless mode is for a trusted network: the NetworkPolicy must say who may connect
+    for open_to_all in ({}, {"networkPolicy": {"enabled": False}}):
+        with pytest.raises(Exception, match="inferenceFrom"):
+            render({"allowUnauthenticated": True, **open_to_all}, keys=False)
+    clients = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team-a"}}}]
+    rendered = render({"allowUnauthenticated": True, "networkPolicy": {"inferenceFrom": clients}}, keys=False)
+    (deploy,) = rendered["deployment.yaml"]
     env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["GATEWAY_ALLOW_UNAUTHENTICATED"] == "true"
+    (policy,) = rendered["networkpolicy.yaml"]
+    assert policy["spec"]["ingress"][0]["from"] == clients
 
 
 def test_the_keys_file_format_is_said_never_guessed():
@@ -511,3 +519,51 @@ def test_the_keys_file_format_is_said_never_guessed():
     assert lines["GATEWAY_API_KEYS_FILE_FORMAT"] == "lines"
     with pytest.raises(Exception, match=r"minLength|16|keys"):
         render({"apiKeys": {"keys": ["short"]}})
+
+
+@pytest.mark.parametrize(
+    ("args", "mounted", "runs"),
+    [
+        ([], False, ["serve", "--config", "configs/default.yaml"]),  # the image's preset
+        ([], True, ["serve", "--config", "MOUNT"]),  # Takeoff's place for its config.yaml
+        (
+            ["/models/m", "--max-num-seqs", "8"],
+            True,
+            ["serve", "--config", "MOUNT", "/models/m", "--max-num-seqs", "8"],
+        ),
+        (["/models/m", "-tp", "2"], False, ["serve", "/models/m", "-tp", "2"]),  # as `vllm serve` takes them
+        (["--config", "/etc/c.yaml"], True, ["serve", "--config", "/etc/c.yaml"]),  # the chart's: as given
+        (["-c", "/etc/c.yaml"], False, ["serve", "-c", "/etc/c.yaml"]),
+    ],
+)
+def test_the_image_entrypoint_picks_the_settings_file(tmp_path, args, mounted, runs):
+    fake = tmp_path / "bin" / "gateway"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    fake.chmod(0o755)
+    mount = tmp_path / "config.yaml"
+    if mounted:
+        mount.write_text("takeoff: {}\n")
+    env = {
+        "PATH": f"{fake.parent}:/usr/bin:/bin",
+        "GATEWAY_PRESET": "configs/default.yaml",
+        "GATEWAY_CONFIG_MOUNT": str(mount),
+    }
+    out = subprocess.run(
+        ["sh", str(ROOT / "deploy" / "docker" / "entrypoint.sh"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out == [str(mount) if a == "MOUNT" else a for a in runs]
+
+
+def test_the_images_use_the_entrypoint_and_the_cuda_preset_allows_hub_ids():
+    for accel, preset in (("cpu", "default.yaml"), ("cuda", "gpu.yaml")):
+        text = (ROOT / "deploy" / "docker" / f"Dockerfile.{accel}").read_text()
+        assert 'ENTRYPOINT ["/usr/local/bin/gateway-entrypoint"]' in text and "CMD []" in text
+        assert f"GATEWAY_PRESET=configs/{preset}" in text
+    assert "!deploy/docker/entrypoint.sh" in (ROOT / ".dockerignore").read_text()
+    # `-e TAKEOFF_MODEL_NAME=org/model` on the CUDA image: offline only by default, so a hub id loads
+    assert "offline" not in yaml.safe_load((ROOT / "configs" / "gpu.yaml").read_text())

@@ -54,4 +54,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and (not $keys) (not .Values.allowUnauthenticated) -}}
 {{- fail "llm-gateway: set apiKeys.keys or apiKeys.existingSecret (an API keys file), or allowUnauthenticated=true for an open API behind your own authenticating proxy" -}}
 {{- end -}}
+{{- if and (not $keys) .Values.allowUnauthenticated (or (not .Values.networkPolicy.enabled) (not .Values.networkPolicy.inferenceFrom)) -}}
+{{- fail "llm-gateway: allowUnauthenticated without keys is for a trusted network: set networkPolicy.inferenceFrom to who may connect (your proxy, the clients' namespaces), with networkPolicy.enabled=true" -}}
+{{- end -}}
 {{- end -}}

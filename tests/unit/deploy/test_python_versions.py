@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[3]
 VERSION = "3.13"
 # the dependencies that bring torch (the engines and the encoder models)
 HEAVY = ("sentence-transformers", "transformers", "accelerate", "gguf")
+# what the tests import besides the gateway's dependencies
+CLIENTS = ("numpy", "pytest", "pytest-timeout", "openai", "anthropic")
 NEEDS_TORCH_OR_VLLM = [
     "--ignore=tests/unit/gateway/test_fuzz.py",  # a gateway process with the MiniLM reader
     "--ignore=tests/unit/gateway/test_embeddings_routes.py",  # sentence-transformers models
@@ -51,7 +53,7 @@ def test_the_http_side_passes_its_unit_tests_on_python_3_13(artifacts: Path) -> 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     light = [d for d in deps if not d.startswith(HEAVY)]
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", *light, "numpy", "pytest", "pytest-timeout", "openai", "anthropic"],
+        [str(python), "-m", "pip", "install", "--quiet", *light, *CLIENTS],
         check=True,
     )
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(ROOT)], check=True)

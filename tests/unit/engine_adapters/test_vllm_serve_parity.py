@@ -80,8 +80,8 @@ def gateway_config(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
 def vllm_serve_config(argv: list[str]) -> Any:
     """The VllmConfig `vllm serve ARGV` builds, by its own code."""
     from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client_from_engine_args
     from vllm.entrypoints.cli.serve import make_arg_parser
+    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client_from_engine_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)

@@ -107,7 +107,7 @@ class Running:
             "GATEWAY_OPENAI_PORT": str(openai),
             "GATEWAY_API_KEYS": json.dumps([KEY]),
         }
-        command = shlex.join([*config["Entrypoint"], *(config["Cmd"] or [])])
+        command = shlex.join([*config["Entrypoint"], *(config.get("Cmd") or [])])
         self.log_path = log_path
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(

@@ -45,7 +45,11 @@ def test_the_locks_pin_the_engines_and_this_venv_follows_its_lock():
     assert cuda["vllm"] == CUDA_VLLM and "+cpu" not in cuda["torch"]
     from importlib.metadata import distributions
 
-    installed = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in distributions()}
+    # the first of a name on sys.path is the one imported: setuptools appends its vendored
+    # packaging and platformdirs to sys.path once imported, and those must not count
+    installed: dict[str, str] = {}
+    for d in distributions():
+        installed.setdefault(d.metadata["Name"].lower().replace("_", "-"), d.version)
     drift = {n: (installed[n], v) for n, v in cpu.items() if n in installed and installed[n] != v}
     assert not drift, f"installed vs locked: {drift}"
 

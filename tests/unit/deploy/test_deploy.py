@@ -567,3 +567,25 @@ def test_the_images_use_the_entrypoint_and_the_cuda_preset_allows_hub_ids():
     assert "!deploy/docker/entrypoint.sh" in (ROOT / ".dockerignore").read_text()
     # `-e TAKEOFF_MODEL_NAME=org/model` on the CUDA image: offline only by default, so a hub id loads
     assert "offline" not in yaml.safe_load((ROOT / "configs" / "gpu.yaml").read_text())
+
+
+def test_tracing_points_both_paths_at_the_collector():
+    def env_of(doc: dict) -> dict[str, str]:
+        spec = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else (
+            doc["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]
+        )  # fmt: skip
+        return {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+
+    (plain,) = render()["deployment.yaml"]
+    assert "GATEWAY_TRACING" not in env_of(plain)  # off by default
+    with pytest.raises(Exception, match=r"tracing\.endpoint"):
+        render({"tracing": {"enabled": True}})
+    on = {"tracing": {"enabled": True, "endpoint": "http://otel.monitoring:4317", "protocol": "grpc"}}
+    (deploy,) = render(on)["deployment.yaml"]
+    env = env_of(deploy)
+    assert env["GATEWAY_TRACING"] == "true" and env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel.monitoring:4317"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc" and env["OTEL_SERVICE_NAME"] == "llm-gateway"
+    with pytest.raises(Exception, match="protocol"):
+        render({"tracing": {"enabled": True, "endpoint": "http://x", "protocol": "thrift"}})
+    (lws,) = render(on, files=("values-multinode.yaml",))["leaderworkerset.yaml"]
+    assert env_of(lws)["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel.monitoring:4317"

@@ -58,3 +58,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "llm-gateway: allowUnauthenticated without keys is for a trusted network: set networkPolicy.inferenceFrom to who may connect (your proxy, the clients' namespaces), with networkPolicy.enabled=true" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* OpenTelemetry traces: the gateway's setting and the standard OTLP variables */}}
+{{- define "llm-gateway.tracingEnv" -}}
+{{- if .Values.tracing.enabled }}
+- {name: GATEWAY_TRACING, value: "true"}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ required "llm-gateway: tracing.enabled needs tracing.endpoint (the OTLP collector)" .Values.tracing.endpoint | quote }}
+- {name: OTEL_EXPORTER_OTLP_PROTOCOL, value: {{ .Values.tracing.protocol | quote }}}
+- {name: OTEL_SERVICE_NAME, value: {{ .Values.tracing.serviceName | quote }}}
+{{- end }}
+{{- end -}}

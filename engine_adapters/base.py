@@ -200,6 +200,8 @@ class GenerationOutput:
     finished: bool
     # log probabilities of the prompt tokens (the first is None), on the first output only
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    # prompt tokens the prefix cache had (vLLM's num_cached_tokens), on one output only
+    cached_tokens: int | None = None
 
 
 @dataclass(slots=True)

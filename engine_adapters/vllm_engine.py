@@ -415,6 +415,7 @@ class VLLMEngine(AsyncLLMHost):
         want_logprobs = request.sampling.logprobs is not None
         finished = False
         produced = 0
+        cached_told = False  # the prefix cache's hit, told once
         try:
             yield GenerationOutput(prompt_token_ids=ids, deltas=[], finished=False)
             while not finished:
@@ -453,8 +454,15 @@ class VLLMEngine(AsyncLLMHost):
                 # DELTA outputs carry the prompt's logprobs once; later ones have none
                 if out.prompt_logprobs and request.sampling.prompt_logprobs is not None:
                     prompt_lps = [None, *_token_logprobs(ids[1:], out.prompt_logprobs[1:])]
+                cached = None
+                if not cached_told and out.num_cached_tokens is not None:
+                    cached, cached_told = out.num_cached_tokens, True
                 yield GenerationOutput(
-                    prompt_token_ids=ids, deltas=deltas, finished=finished, prompt_logprobs=prompt_lps
+                    prompt_token_ids=ids,
+                    deltas=deltas,
+                    finished=finished,
+                    prompt_logprobs=prompt_lps,
+                    cached_tokens=cached,
                 )
         except VLLMEngineDeadError as exc:
             finished = True

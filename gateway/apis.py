@@ -124,7 +124,7 @@ APIS: tuple[Api, ...] = (
         "management",
         ("management:router",),
         _on("management"),
-        paths=("/reader_groups", "/reader"),
+        paths=("/reader_groups", "/reader", "/usage"),
         prefixes=("/reader/", "/config/"),
         shape="takeoff",
     ),

@@ -127,7 +127,9 @@ def build_app(runtime: Runtime, listener: Listener, lifespan: Lifespan | None = 
             expose_headers=["X-Request-Id", "Retry-After"],
         )
     # outermost: sees every answer, refusals by the guard included
-    app.add_middleware(Observer, apis=index, enabled=lambda: s.access_log)
+    app.add_middleware(
+        Observer, apis=index, enabled=lambda: s.access_log, on_end=runtime.on_request_end, tracing=s.tracing
+    )
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(GatewayError, _on_error)
@@ -176,7 +178,7 @@ def create_apps(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        runtime.registry.start_all()
+        runtime.start()
         try:
             yield
         finally:

@@ -15,7 +15,12 @@ Keys come from three places, merged:
           permissions: [inference]         # and/or admin (`scopes` is the older name)
           groups: [primary, embed]         # default: every group
           max_in_flight: 16                # requests at once (beyond: 429)
-          tokens_per_minute: 200000        # prompt + new tokens, reserved at admission
+          tokens_per_minute: 200000        # token budgets (prompt + new tokens), drawn while
+          tokens_per_day: 5000000          #   the tokens are made (gateway/budgets.py);
+          tokens_per_month: 100000000      #   UTC windows, shared by replicas on Redis
+      tenants:                             # budgets of a tenant, over all its keys
+        - tenant: team-a
+          tokens_per_day: 20000000
 
 Fail closed: a file that does not parse, or parses to anything but this shape (an unknown
 field, a duplicate name, a short key), refuses to start (exit 2 naming the line); on a
@@ -30,8 +35,9 @@ predecessor's data only when the file gives both the same `tenant`. Without any 
 is one tenant, "local".
 
 Keys are compared as SHA-256 digests with `hmac.compare_digest`, against every key, so
-the time taken tells nothing. Live usage (requests in flight, tokens this minute) belongs
-to the key's identity (its digest), so it survives reloads of the file.
+the time taken tells nothing. Live usage (requests in flight) belongs to the key's
+identity (its digest), so it survives reloads of the file; token budgets live in the
+shared counters (`gateway.metering`), by key name and tenant.
 """
 
 from __future__ import annotations
@@ -41,7 +47,6 @@ import hmac
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +56,7 @@ import yaml
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.budgets import Limits
 from gateway.errors import Forbidden, RateLimited
 from gateway.settings import key_problem
 
@@ -92,40 +98,24 @@ def keys_format(path: Path, given: KeysFormat | None) -> KeysFormat:
 
 @dataclass(eq=False)
 class Usage:
-    """The live usage of one key identity: requests in flight, tokens of the last minute
-    (reservations of running requests, settled when they end)."""
+    """The live usage of one key identity: requests in flight."""
 
     in_flight: int = 0
-    window: deque[list[float]] = field(default_factory=deque)  # [time, tokens] per request
-
-    def used(self, now: float) -> float:
-        """Tokens of the last 60 seconds (a running request counts its reservation)."""
-        while self.window and self.window[0][0] <= now - 60:
-            self.window.popleft()
-        return sum(entry[1] for entry in self.window)
 
 
 @dataclass(eq=False, slots=True)
 class Admission:
-    """One admitted request of a principal: what it reserved, settled on release."""
+    """One admitted request of a principal, counted in flight until released."""
 
     principal: Principal
-    entry: list[float] | None
     released: bool = False
 
-    def settle(self, tokens: int) -> None:
-        """The request used `tokens` (prompt and generated) in all."""
-        if self.entry is not None:
-            self.entry[1] = float(tokens)
-
-    def release(self, tokens: int | None = None) -> None:
-        """The request ended (once); with `tokens`, it used that many in all."""
+    def release(self) -> None:
+        """The request ended (once)."""
         if self.released:
             return
         self.released = True
         self.principal.usage.in_flight -= 1
-        if tokens is not None:
-            self.settle(tokens)
 
 
 @dataclass(eq=False)
@@ -137,8 +127,19 @@ class Principal:
     permissions: frozenset[str] = PERMISSIONS
     groups: frozenset[str] | None = None  # None: every group
     max_in_flight: int | None = None
-    tokens_per_minute: int | None = None
+    limits: Limits = field(default_factory=Limits)  # the key's token budgets
+    tenant_limits: Limits = field(default_factory=Limits)  # its tenant's (the keys file's tenants)
     usage: Usage = field(default_factory=Usage)
+
+    @property
+    def budgets(self) -> list[tuple[str, str, Limits]]:
+        """(kind, name, limits) of the budgets its requests draw on."""
+        out = []
+        if self.limits:
+            out.append(("key", self.name, self.limits))
+        if self.tenant_limits:
+            out.append(("tenant", self.tenant, self.tenant_limits))
+        return out
 
     @property
     def in_flight(self) -> int:
@@ -158,30 +159,17 @@ class Principal:
         if not self.may_use(group):
             raise Forbidden(f"the key {self.name!r} may not use consumer group {group!r}", param="model")
 
-    def admit(self, reserve: int = 0) -> Admission:
-        """Count a request in flight and reserve `reserve` tokens of this minute's
-        allowance, or refuse it (429) beyond the key's limits."""
+    def admit(self) -> Admission:
+        """Count a request in flight, or refuse it (429) beyond the key's limit (token
+        budgets are drawn by the request's `Allowance`, gateway/budgets.py)."""
         usage = self.usage
         if self.max_in_flight is not None and usage.in_flight >= self.max_in_flight:
             raise RateLimited(
                 f"the key {self.name!r} has {self.max_in_flight} requests in flight, its limit; retry shortly",
                 headers={"Retry-After": "1"},
             )
-        entry = None
-        if self.tokens_per_minute is not None:
-            now = time.monotonic()
-            used = usage.used(now)
-            # a request alone in an empty window always runs (it could never run otherwise)
-            if used >= self.tokens_per_minute or (used and used + reserve > self.tokens_per_minute):
-                wait = max(1, int(usage.window[0][0] + 60 - now) + 1) if usage.window else 1
-                raise RateLimited(
-                    f"the key {self.name!r} used its {self.tokens_per_minute} tokens per minute; retry later",
-                    headers={"Retry-After": str(wait)},
-                )
-            entry = [now, float(reserve)]
-            usage.window.append(entry)
         usage.in_flight += 1
-        return Admission(self, entry)
+        return Admission(self)
 
 
 def _tenant_of(digest: bytes, secret: bytes) -> str:
@@ -223,6 +211,8 @@ class FileKey(BaseModel):
     groups: list[str] | None = None
     max_in_flight: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
+    tokens_per_day: int | None = Field(None, ge=1)
+    tokens_per_month: int | None = Field(None, ge=1)
 
     @field_validator("key")
     @classmethod
@@ -240,12 +230,24 @@ class FileKey(BaseModel):
         return self
 
 
+class TenantBudget(BaseModel):
+    """Token budgets of one tenant, over all its keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")
+    tokens_per_minute: int | None = Field(None, ge=1)
+    tokens_per_day: int | None = Field(None, ge=1)
+    tokens_per_month: int | None = Field(None, ge=1)
+
+
 class KeysFile(BaseModel):
     """The structured keys file."""
 
     model_config = ConfigDict(extra="forbid")
 
     keys: list[FileKey]
+    tenants: list[TenantBudget] = Field(default_factory=list)
 
 
 def _line_of(text: str, index: int) -> int | None:
@@ -280,6 +282,11 @@ def _yaml_entries(path: Path, text: str, secret: bytes) -> list[_Entry]:
         raise KeysFileError(f"{path}: line {line}: {where}: {err['msg']}") from None
     entries = []
     names: dict[str, int] = {}
+    tenants: dict[str, Limits] = {}
+    for t in parsed.tenants:
+        if t.tenant in tenants:
+            raise KeysFileError(f"{path}: the tenant {t.tenant!r} has two budgets")
+        tenants[t.tenant] = Limits(t.tokens_per_minute, t.tokens_per_day, t.tokens_per_month)
     for i, item in enumerate(parsed.keys):
         line = _line_of(text, i)
         if item.name in names:
@@ -288,13 +295,15 @@ def _yaml_entries(path: Path, text: str, secret: bytes) -> list[_Entry]:
         digest = digest_of(item.key) if item.key is not None else bytes.fromhex(item.sha256 or "")
         listed: list[str] = [*(item.permissions or item.scopes or ["inference"])]
         permissions = frozenset(listed)
+        tenant = item.tenant or _tenant_of(digest, secret)
         principal = Principal(
             item.name,
-            item.tenant or _tenant_of(digest, secret),
+            tenant,
             permissions,
             frozenset(item.groups) if item.groups is not None else None,
             item.max_in_flight,
-            item.tokens_per_minute,
+            Limits(item.tokens_per_minute, item.tokens_per_day, item.tokens_per_month),
+            tenants.get(tenant, Limits()),
         )
         entries.append(_Entry(digest, principal))
     if len({e.digest for e in entries}) != len(entries):

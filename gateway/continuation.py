@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.errors import NotReady
-from gateway.observability.metrics import STORE_ERRORS
+from gateway.observability.metrics import STORE_ERRORS, phase
 from gateway.settings import ContinuationSettings
 
 log = logging.getLogger(__name__)
@@ -370,7 +370,8 @@ class RedisStore:
                 "the continuation store (redis) is unavailable; retry shortly", headers={"Retry-After": "5"}
             )
         try:
-            result = await coro
+            with phase("gateway.store"):  # a span of the request's trace, when tracing
+                result = await coro
         except Exception as exc:  # connection refused, timeout, auth: say so, never hang
             self._failures += 1
             self.errors += 1

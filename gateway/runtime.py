@@ -3,6 +3,7 @@ continuation store and the request pipeline; and the gauges Prometheus reads of 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,15 +12,19 @@ from typing import get_args
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
+from starlette.types import Scope
 
 from gateway.apis import Api
 from gateway.auth import KeyRing
 from gateway.continuation import ContinuationStore, make_store
 from gateway.errors import GatewayError
 from gateway.machinery.pipeline import Pipeline
-from gateway.observability.metrics import attach
+from gateway.metering import Meter, make_meter
+from gateway.observability.metrics import Observation, attach
+from gateway.observability.tracing import Tracer
 from gateway.registry import EngineFactory, ReaderState, Registry
 from gateway.settings import Settings
+from gateway.usage import Ledger, Record, day_of
 
 BODY_FLOOR_BYTES = 256 * 1024
 
@@ -33,6 +38,9 @@ class Runtime:
     continuation: ContinuationStore
     pipeline: Pipeline
     keys: KeyRing
+    meter: Meter
+    ledger: Ledger
+    tracer: Tracer | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
@@ -48,12 +56,16 @@ class Runtime:
         )
         registry = Registry(settings, factory) if factory is not None else Registry(settings)
         store = make_store(settings.continuation)
+        meter = make_meter(settings.continuation)
         runtime = cls(
             settings=settings,
             registry=registry,
             continuation=store,
-            pipeline=Pipeline(settings, registry, store),
+            pipeline=Pipeline(settings, registry, store, meter),
             keys=keys,
+            meter=meter,
+            ledger=Ledger(meter, settings.usage),
+            tracer=Tracer() if settings.tracing else None,
         )
         attach(RuntimeCollector(runtime))
         return runtime
@@ -77,12 +89,60 @@ class Runtime:
         """Stop every request in flight with `error` (after a drain timed out)."""
         return self.pipeline.cut_all(error)
 
+    def start(self) -> None:
+        """Load the readers (in the background) and start the ledger's flushes."""
+        self.registry.start_all()
+        if self.settings.usage.enabled:
+            self.ledger.start()
+
+    def on_request_end(self, obs: Observation, scope: Scope) -> None:
+        """A request's answer ended: its usage goes to the ledger if it reached a group,
+        its spans to the tracer if tracing."""
+        if self.tracer is not None and obs.trace is not None:
+            self.tracer.export(obs, obs.trace)
+        if not obs.group or not self.settings.usage.enabled:
+            return
+        self.ledger.record(record_of(obs, time.time()))
+
     async def close(self) -> None:
         """Let background chores finish (a background response recording its failure during
-        a drain), then stop the engines and release the stores."""
+        a drain), then stop the engines, write the ledger's last sums and release the stores."""
         await self.pipeline.finish_chores(5.0)
         await self.registry.shutdown()
+        await self.ledger.stop()
         await self.continuation.close()
+        await self.meter.close()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # sends what is queued
+
+
+def record_of(obs: Observation, now: float) -> Record:
+    """The ledger's record of a finished request."""
+    if obs.budget_cut:
+        outcome = "budget"
+    elif obs.error_type == "client_closed_request" or (obs.error_type is None and not obs.completed):
+        outcome = "cancelled"
+    elif obs.error_type is not None:
+        outcome = "failed"
+    else:
+        outcome = "finished"
+    engine_ms = 0
+    if obs.accepted_at is not None:
+        end = obs.last_token_at if obs.last_token_at is not None else time.perf_counter()
+        engine_ms = max(0, int((end - obs.accepted_at) * 1000))
+    return Record(
+        tenant=obs.tenant or "local",
+        key=obs.key or "local",
+        group=obs.group,
+        model=obs.model or obs.group,
+        api=obs.api,
+        prompt_tokens=obs.prompt_tokens,
+        cached_tokens=obs.cached_tokens,
+        output_tokens=obs.generated_tokens,
+        engine_ms=engine_ms,
+        outcome=outcome,
+        day=day_of(now),
+    )
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -223,7 +223,7 @@ async def serve(settings: Settings) -> int:
     ports = ", ".join(f"{name} {srv.config.host}:{srv.config.port}" for name, srv in servers)
     log.info("listening: %s; loading models", ports)
 
-    runtime.registry.start_all()
+    runtime.start()
 
     async def announce() -> None:
         await runtime.registry.wait_loaded()

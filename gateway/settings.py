@@ -229,6 +229,27 @@ class ContinuationSettings(BaseModel):
         return self
 
 
+class Price(BaseModel):
+    """What a model's tokens cost, per million (any currency: the ledger only multiplies)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+    cached_input_per_million: float | None = Field(None, ge=0)  # null: as input
+
+
+class UsageSettings(BaseModel):
+    """The usage ledger (gateway/usage.py), kept in the continuation store's backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    flush_seconds: float = Field(1.0, gt=0)  # sums are written this often
+    retention_days: int = Field(400, ge=1)  # a day's totals expire after this
+    prices: dict[str, Price] = Field(default_factory=dict)  # model name -> price, for `cost`
+
+
 class ResponsesSettings(BaseModel):
     """The OpenAI Responses API (`/v1/responses`)."""
 
@@ -287,6 +308,7 @@ class Settings(BaseSettings):
     max_beams: int = Field(8, ge=1)
     max_request_id_length: int = Field(256, ge=1)
     continuation: ContinuationSettings = Field(default_factory=ContinuationSettings)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
     chat_system_prompt: str | None = None
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
@@ -297,6 +319,8 @@ class Settings(BaseSettings):
     # every line of the process (access, application, vLLM): "text" for people, "json"
     # (one object per line) for collectors
     log_format: Literal["text", "json"] = "text"
+    # OpenTelemetry traces of each request (OTLP; the OTEL_* variables say where and how)
+    tracing: bool = False
     access_log: bool = True
     ui_enabled: bool = True
     metrics_on_main_port: bool = False

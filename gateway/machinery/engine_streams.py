@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 
-from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine, TokenLogprob
+from engine_adapters.base import GenerationOutput, GenerationRequest, GenerativeEngine, SequenceDelta, TokenLogprob
 from gateway.errors import ClientGone, classify
 from gateway.machinery.deadline import Deadline
 from gateway.observability.metrics import Observation, current_observation
@@ -71,27 +71,86 @@ class Completion:
 
 
 async def collect(engine: GenerativeEngine, request: GenerationRequest) -> Completion:
-    """Run a generation to the end and return everything it produced."""
+    """Run a generation to the end (or to its budget's end) and return everything it produced."""
     result = Completion()
     obs = current_observation()
     first = True
-    async for out in engine.generate(request):
-        if obs is not None:
-            note_output(obs, out, first)
-            first = False
-        result.add(out)
+    done: set[int] = set()
+    stream = engine.generate(request)
+    try:
+        async for out in stream:
+            if obs is not None:
+                n = note_output(obs, out, first)
+                first = False
+                if obs.allowance is not None:
+                    _finished(out, done)
+                    if n and not await draw(obs, n):
+                        end_sequences(out, request, done)
+                        result.add(out)
+                        break
+            result.add(out)
+    finally:
+        await _close(stream)
     return result
 
 
-def note_output(obs: Observation, out: GenerationOutput, first: bool) -> None:
-    """Count one engine step in the request's observation."""
-    if first:
-        obs.accepted(len(out.prompt_token_ids))
+def note_output(obs: Observation, out: GenerationOutput, first: bool) -> int:
+    """Count one engine step in the request's observation; the tokens it counted (the
+    prompt's on the first step)."""
     n = 0
+    if first:
+        n = len(out.prompt_token_ids)
+        obs.accepted(n)
+    if out.cached_tokens:
+        obs.cached_tokens += out.cached_tokens
+    made = 0
     for d in out.deltas:
-        n += len(d.token_ids)
-    if n:
-        obs.tokens(n)
+        made += len(d.token_ids)
+    if made:
+        obs.tokens(made)
+    return n + made
+
+
+def budget_cut() -> str | None:
+    """Why a token budget ended the current request (None if none did)."""
+    obs = current_observation()
+    if obs is None or not obs.budget_cut or obs.allowance is None:
+        return None
+    return obs.allowance.why()
+
+
+async def draw(obs: Observation, n: int) -> bool:
+    """Draw `n` tokens from the request's budgets: False when one ran out (the request
+    must end after this step, which is counted anyway)."""
+    allowance = obs.allowance
+    if allowance is None:
+        return True
+    ok = allowance.take(n)
+    if ok is None:
+        ok = await allowance.extend(n)
+    if not ok:
+        obs.budget_cut = True
+    return ok
+
+
+def _finished(out: GenerationOutput, done: set[int]) -> None:
+    for d in out.deltas:
+        if d.finish_reason is not None:
+            done.add(d.index)
+
+
+def end_sequences(out: GenerationOutput, request: GenerationRequest, done: set[int]) -> None:
+    """End every sequence of `request` still running with this step, as a length stop
+    (what every API reports when a budget ends a request)."""
+    for d in out.deltas:
+        if d.finish_reason is None:
+            d.finish_reason = "length"
+            done.add(d.index)
+    for i in range(max(1, request.sampling.n)):
+        if i not in done:
+            out.deltas.append(SequenceDelta(index=i, text="", token_ids=[], finish_reason="length"))
+            done.add(i)
+    out.finished = True
 
 
 async def collect_many(engine: GenerativeEngine, requests: Sequence[GenerationRequest]) -> list[Completion]:
@@ -143,7 +202,7 @@ async def open_streams(
             except BaseException:
                 await _close(stream)
                 raise
-            streams.append(EngineStream(i, stream, deadline, accepted))
+            streams.append(EngineStream(i, stream, deadline, accepted, r))
     except BaseException:
         for s in streams:
             await s.aclose()
@@ -168,7 +227,7 @@ class EngineStream:
     deadline's wait is done inline here rather than in a coroutine of its own.
     """
 
-    __slots__ = ("_deadline", "_first", "_index", "_obs", "_rest")
+    __slots__ = ("_deadline", "_done", "_ended", "_first", "_first_tokens", "_index", "_obs", "_request", "_rest")
 
     def __init__(
         self,
@@ -176,21 +235,31 @@ class EngineStream:
         rest: AsyncIterator[GenerationOutput],
         deadline: Deadline | None = None,
         first: GenerationOutput | None = None,
+        request: GenerationRequest | None = None,
     ) -> None:
         self._index = index
         self._first = first
         self._rest = rest
         self._deadline = deadline
+        self._request = request
+        self._done: set[int] = set()
+        self._ended = False  # a budget ended it
         self._obs = current_observation()
+        self._first_tokens = 0
         if self._obs is not None and first is not None:
-            note_output(self._obs, first, True)
+            self._first_tokens = note_output(self._obs, first, True)
 
     def __aiter__(self) -> EngineStream:
         return self
 
     async def __anext__(self) -> tuple[int, GenerationOutput]:
+        if self._ended:
+            await _close(self._rest)
+            raise StopAsyncIteration
         if self._first is not None:
             first, self._first = self._first, None
+            if self._obs is not None and self._obs.allowance is not None:
+                await self._budget(first, self._first_tokens)
             return self._index, first
         deadline = self._deadline
         try:
@@ -213,8 +282,17 @@ class EngineStream:
                 self._obs.error_type = classify(exc).type
             raise
         if self._obs is not None:
-            note_output(self._obs, out, False)
+            n = note_output(self._obs, out, False)
+            if self._obs.allowance is not None:
+                await self._budget(out, n)
         return self._index, out
+
+    async def _budget(self, out: GenerationOutput, n: int) -> None:
+        """Draw the step's tokens; when a budget ran out, this step ends the stream."""
+        _finished(out, self._done)
+        if n and self._obs is not None and not await draw(self._obs, n) and self._request is not None:
+            end_sequences(out, self._request, self._done)
+            self._ended = True
 
     async def aclose(self) -> None:
         """Close the engine stream (aborting its request if it is still running)."""

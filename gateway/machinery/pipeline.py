@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -26,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine_adapters.base import GenerationRequest, GenerativeEngine
-from gateway.auth import Admission, principal_of
+from gateway.auth import Admission, Principal, principal_of
+from gateway.budgets import SLICE, Allowance
 from gateway.continuation import ContinuationStore
 from gateway.errors import GatewayError
 from gateway.machinery.bodies import KEEPALIVE, ManagedEventSource, ManagedStreamingResponse
@@ -34,6 +36,7 @@ from gateway.machinery.deadline import Deadline, deadline_of, priority_of
 from gateway.machinery.engine_streams import Completion, Tagged, cancel_on_disconnect, collect_many, open_streams
 from gateway.machinery.limits import Fields, check_count, check_generation
 from gateway.machinery.routing import Target, resolve
+from gateway.metering import MemoryMeter, Meter
 from gateway.observability.metrics import Observation, current_observation
 from gateway.registry import Reader, Registry
 from gateway.settings import Settings
@@ -76,10 +79,13 @@ class Generation:
 class Pipeline:
     """Serves generations and pooling work for every API of one process."""
 
-    def __init__(self, settings: Settings, registry: Registry, store: ContinuationStore) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, store: ContinuationStore, meter: Meter | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
+        self.meter: Meter = meter if meter is not None else MemoryMeter()
         self.deadlines: set[Deadline] = set()  # of the requests in flight, for shutdown
         self.detached: dict[str, asyncio.Task[Any]] = {}  # background work by its key
         self._chores: set[asyncio.Task[Any]] = set()
@@ -112,11 +118,38 @@ class Pipeline:
         if self._chores:  # chores spawned by work that just ended (its failure recorded)
             await asyncio.wait(list(self._chores), timeout=seconds)
 
+    # ------------------------------------------------------------------ budgets
+
+    async def _allowance(self, caller: Principal, reserve: int) -> Allowance | None:
+        """The request's draw on its key's and tenant's token budgets, `reserve` leased
+        (a 429 until the window resets when one has nothing left); None without budgets."""
+        budgets = caller.budgets
+        if not budgets:
+            return None
+        allowance = Allowance.of(self.meter, budgets)
+        if allowance is None:
+            return None
+        await allowance.open(reserve)
+        obs = current_observation()
+        if obs is not None:
+            obs.allowance = allowance
+        return allowance
+
+    async def _settle(self, allowance: Allowance | None, obs: Observation | None) -> None:
+        """The request ended: its budgets hold exactly what it used (never raises)."""
+        if allowance is None:
+            return
+        try:
+            await allowance.close(_tokens(obs))
+        except Exception as exc:  # the lease stays counted: the safe side
+            log.error("could not settle a request's token budget: %s", exc)
+
     # ------------------------------------------------------------------ generation
 
     async def generate(self, request: Request, gen: Generation) -> Response:
         """Serve one generation request: the whole answer, or a stream."""
         settings = self.settings
+        started = time.perf_counter()
         check_generation(gen.requests, settings, gen.fields)
         priority = priority_of(request, gen.priority)
         trace = _trace_headers(request)
@@ -131,23 +164,27 @@ class Pipeline:
         weight = sum(r.sampling.n * r.sampling.num_beams for r in gen.requests)
         reader = resolve(self.registry, gen.target, gen.requests, caller=caller, weight=weight)
         engine = reader.generative()
-        reserve = _reservation(request, gen.requests, engine) if caller.tokens_per_minute is not None else 0
-        admission = caller.admit(reserve)
+        admission = caller.admit()
+        allowance = None
         try:
+            if caller.budgets:
+                allowance = await self._allowance(caller, _reservation(request, gen.requests, engine, weight))
+            _admitted(started)
             if gen.prepare is not None:
                 await gen.prepare(engine)
         except BaseException:
-            admission.release(0)
+            admission.release()
+            await self._settle(allowance, None)
             raise
         if gen.stream and gen.events is not None:
-            return await self._stream(reader, engine, gen, gen.events, deadline, admission, weight)
+            return await self._stream(reader, engine, gen, gen.events, deadline, admission, weight, allowance)
 
         async def whole() -> Response:
             return await gen.answer(engine, await collect_many(engine, gen.requests))
 
         if gen.detach is not None:
-            return gen.detach(self._detached(reader, deadline, whole(), admission, weight))
-        return await self._buffered(request, reader, deadline, whole(), admission, weight)
+            return gen.detach(self._detached(reader, deadline, whole(), admission, weight, allowance))
+        return await self._buffered(request, reader, deadline, whole(), admission, weight, allowance)
 
     async def _stream(
         self,
@@ -158,6 +195,7 @@ class Pipeline:
         deadline: Deadline,
         admission: Admission,
         weight: int,
+        allowance: Allowance | None = None,
     ) -> Response:
         # Accepted by the engine before the 200: invalid input is a normal error answer.
         # The reader and the caller's key count the request in flight, and the shutdown
@@ -169,17 +207,19 @@ class Pipeline:
             streams = await open_streams(engine, gen.requests, deadline)
         except BaseException:
             release()
-            admission.release(0)
+            admission.release()
             self.deadlines.discard(deadline)
+            await self._settle(allowance, obs)
             raise
 
         async def close() -> None:
             release()
-            admission.release(_tokens(obs))
+            admission.release()
             self.deadlines.discard(deadline)
             deadline.close()
             for s in streams:
                 await s.aclose()
+            await self._settle(allowance, obs)
 
         content = events(engine, streams)
         if gen.stream_as == "text":
@@ -202,6 +242,7 @@ class Pipeline:
         work: Awaitable[T],
         admission: Admission,
         weight: int,
+        allowance: Allowance | None = None,
     ) -> T:
         """A whole answer: in flight on `reader` and the caller's key (admitted), under the
         deadline, cancelled if the client goes."""
@@ -209,13 +250,23 @@ class Pipeline:
         obs = current_observation()
         try:
             with reader.track(deadline.cut, weight):
-                return await cancel_on_disconnect(request, deadline.bound(work))
+                answer = await cancel_on_disconnect(request, deadline.bound(work))
+            if obs is not None and obs.budget_cut and isinstance(answer, Response):
+                answer.headers["X-Budget-Exhausted"] = "true"  # its sequences say "length"
+            return answer
         finally:
             self.deadlines.discard(deadline)
-            admission.release(_tokens(obs))
+            admission.release()
+            await self._settle(allowance, obs)
 
     def _detached(
-        self, reader: Reader, deadline: Deadline, work: Awaitable[Response], admission: Admission, weight: int
+        self,
+        reader: Reader,
+        deadline: Deadline,
+        work: Awaitable[Response],
+        admission: Admission,
+        weight: int,
+        allowance: Allowance | None = None,
     ) -> asyncio.Task[Response]:
         """A whole answer as a task of its own: in flight on `reader` and the caller's key,
         under the deadline and the shutdown's cut, but not tied to the client's connection."""
@@ -228,7 +279,8 @@ class Pipeline:
                     return await deadline.bound(work)
             finally:
                 self.deadlines.discard(deadline)
-                admission.release(_tokens(obs))
+                admission.release()
+                await self._settle(allowance, obs)
 
         return asyncio.ensure_future(run())
 
@@ -240,19 +292,25 @@ class Pipeline:
         """Embeddings, classification, re-ranking: `work` runs on the reader `target` names,
         counted in flight, under the deadline, cancelled if the client goes. `inputs` is
         the number of inputs, carried by the request field `field`."""
+        started = time.perf_counter()
         check_count(inputs, self.settings, field, "inputs")
         deadline = deadline_of(request, self.settings)
         caller = principal_of(request.scope)
         reader = resolve(self.registry, target, caller=caller, weight=inputs)
-        reserve = _body_tokens(request) if caller.tokens_per_minute is not None else 0
         pending = work(reader)
+        admission = allowance = None
         try:
-            admission = caller.admit(reserve)
+            admission = caller.admit()
+            if caller.budgets:  # the inputs' tokens, estimated from the body; settled at the end
+                allowance = await self._allowance(caller, _body_tokens(request) + 1)
+            _admitted(started)
         except BaseException:
             if inspect.iscoroutine(pending):
                 pending.close()  # never started
+            if admission is not None:
+                admission.release()
             raise
-        return await self._buffered(request, reader, deadline, pending, admission, inputs)
+        return await self._buffered(request, reader, deadline, pending, admission, inputs, allowance)
 
     async def on_target(self, request: Request, target: Target, work: Callable[[Reader], Awaitable[T]]) -> T:
         """Work on the reader a model name picks, that is not a generation (Anthropic's
@@ -262,7 +320,7 @@ class Pipeline:
         reader = resolve(self.registry, target, caller=caller)
         pending = work(reader)
         try:
-            admission = caller.admit(0)
+            admission = caller.admit()
         except BaseException:
             if inspect.iscoroutine(pending):
                 pending.close()  # never started
@@ -280,7 +338,7 @@ class Pipeline:
         self.registry.balance(reader.group, [reader], admit=True)
         pending = work(reader)
         try:
-            admission = caller.admit(0)
+            admission = caller.admit()
         except BaseException:
             if inspect.iscoroutine(pending):
                 pending.close()  # never started
@@ -310,9 +368,21 @@ _TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 def _trace_headers(request: Request) -> dict[str, str] | None:
-    """The request's W3C trace context, passed on to the engine (vLLM's tracing)."""
+    """The W3C trace context passed on to the engine (vLLM's tracing): the request's, or
+    with the gateway's tracing on, one whose parent is the request's engine span."""
     found = {h: request.headers[h] for h in _TRACE_HEADERS if h in request.headers}
+    obs = current_observation()
+    if obs is not None and obs.trace is not None:
+        found["traceparent"] = obs.trace.traceparent()
     return found or None
+
+
+def _admitted(started: float) -> None:
+    """The request was admitted (for its trace: the admission span ends here)."""
+    obs = current_observation()
+    if obs is not None and obs.trace is not None:
+        obs.admitted_at = time.perf_counter()
+        obs.phases.append(("gateway.admission", started, obs.admitted_at))
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
@@ -338,13 +408,12 @@ def _body_tokens(request: Request) -> int:
     return int(raw) // BYTES_PER_TOKEN if raw.isdigit() else 0
 
 
-def _reservation(request: Request, requests: list[GenerationRequest], engine: GenerativeEngine) -> int:
-    """The tokens a generation may take at most, reserved from the caller's per-minute
-    allowance at admission and settled with the real count when it ends: the prompt as
-    estimated from the body, and every sequence's new tokens, each bounded by the context."""
+def _reservation(request: Request, requests: list[GenerationRequest], engine: GenerativeEngine, weight: int) -> int:
+    """The tokens a generation leases from its budgets at admission: the prompt as
+    estimated from the body (at most the context per prompt) and a first slice of output
+    per sequence; the rest is leased as the tokens are made."""
     context = engine.info.max_model_len
-    new = sum(min(r.sampling.max_new_tokens, context) * r.sampling.n for r in requests)
-    return min(_body_tokens(request), context * len(requests)) + new
+    return min(_body_tokens(request), context * len(requests)) + SLICE * weight
 
 
 def pipeline_of(request: Request) -> Pipeline:

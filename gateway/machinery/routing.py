@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from engine_adapters.base import GenerationRequest, Work
 from gateway.auth import Principal
 from gateway.errors import NotFound
+from gateway.observability.metrics import current_observation
 from gateway.registry import Reader, Registry
 from gateway.settings import DEFAULT_GROUP
 
@@ -121,4 +122,9 @@ def resolve(
         visible=visible,
         named=target.name is not None,
     )
-    return registry.balance(group, members, admit, weight)
+    reader = registry.balance(group, members, admit, weight)
+    if admit:
+        obs = current_observation()
+        if obs is not None:  # the model (or adapter) that serves it, for the usage ledger
+            obs.model = lora_id or (reader.engine.info.name if reader.engine is not None else group)
+    return reader

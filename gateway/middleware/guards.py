@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -167,14 +168,17 @@ class Guard:
             )
             await self._refuse(scope, send, error)
             return
+        started = time.perf_counter()
         caller = self._caller(scope, public)
+        obs = current_observation()
+        if obs is not None and obs.trace is not None:
+            obs.phases.append(("gateway.auth", started, time.perf_counter()))
         if isinstance(caller, GatewayError):
             await self._refuse(scope, send, caller)
             return
         scope.setdefault("state", {})["principal"] = caller
-        obs = current_observation()
         if obs is not None:
-            obs.key = caller.name
+            obs.key, obs.tenant = caller.name, caller.tenant
         found = scope.get("state", {}).get("api")
         limit = self.body_limit(found if isinstance(found, Api) else self.apis.api_of(path))
         for name, value in scope.get("headers", ()):

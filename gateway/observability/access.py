@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.apis import Api, ApiIndex
 from gateway.observability.metrics import Observation, begin, end
+from gateway.observability.tracing import ids_for
 
 log = logging.getLogger("gateway.access")
 
@@ -35,26 +36,39 @@ class Observer:
     """Wraps an app: starts the request's observation, finishes it when the answer ends.
     It finds the request's API family once, for the labels and the error shape."""
 
-    def __init__(self, app: ASGIApp, *, apis: ApiIndex, enabled: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        apis: ApiIndex,
+        enabled: Callable[[], bool],
+        on_end: Callable[[Observation, Scope], None] | None = None,
+        tracing: bool = False,
+    ) -> None:
         self.app = app
         self.apis = apis
         self.enabled = enabled
+        self.on_end = on_end
+        self.tracing = tracing  # give each request its span ids (gateway/observability/tracing.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Observe one HTTP request."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = None
+        given = traceparent = None
         for name, value in scope.get("headers", ()):
             if name == b"x-request-id":
                 given = value.decode("latin-1")
-                break
+            elif name == b"traceparent":
+                traceparent = value.decode("latin-1")
         rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
         path = scope.get("path", "")
         api = self.apis.api_of(path)
         scope.setdefault("state", {})["api"] = api
         obs = Observation(request_id=rid, api=api.metrics_label, method=scope.get("method", ""), path=path)
+        if self.tracing and path not in _QUIET:
+            obs.trace = ids_for(traceparent)
         headers = [(b"x-request-id", rid.encode())]
         if api.id_header is not None:
             headers.append((api.id_header.encode(), rid.encode()))
@@ -77,8 +91,16 @@ class Observer:
             if obs.status == 0:
                 obs.status = 499  # nothing was sent: the client left first
             obs.record()
+            if self.on_end is not None:
+                try:
+                    self.on_end(obs, scope)
+                except Exception:  # the answer is sent; nothing here may fail the request
+                    log.exception("recording a request's usage failed")
             if path not in _QUIET and self.enabled():
-                log.info("request", extra={"fields": access_fields(obs, scope), "request_id": obs.request_id})
+                extra: dict[str, Any] = {"fields": access_fields(obs, scope), "request_id": obs.request_id}
+                if obs.trace is not None:
+                    extra["trace_id"] = f"{obs.trace.trace_id:032x}"
+                log.info("request", extra=extra)
 
 
 def access_fields(obs: Observation, scope: Scope) -> dict[str, Any]:

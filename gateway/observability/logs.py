@@ -32,6 +32,8 @@ class RequestIdFilter(logging.Filter):
 
             obs = current_observation()
             record.request_id = obs.request_id if obs is not None else "-"
+            if obs is not None and obs.trace is not None:  # the request's trace, when tracing
+                record.trace_id = f"{obs.trace.trace_id:032x}"
         return True
 
 
@@ -51,6 +53,9 @@ class JSONFormatter(logging.Formatter):
         rid = getattr(record, "request_id", "-")
         if rid != "-":
             data["request_id"] = rid
+        trace = getattr(record, "trace_id", None)
+        if trace is not None:
+            data["trace_id"] = trace
         fields = getattr(record, "fields", None)
         if fields:
             data.update(fields)
@@ -70,6 +75,10 @@ class TextFormatter(logging.Formatter):
         if not hasattr(record, "request_id"):
             record.request_id = "-"
         line = super().format(record)
+        trace = getattr(record, "trace_id", None)
+        if trace is not None:
+            head, sep, rest = line.partition("\n")
+            line = f"{head} trace_id={trace}{sep}{rest}"
         fields = getattr(record, "fields", None)
         if fields:
             extra = " ".join(

@@ -9,13 +9,20 @@ multiprocess collector aggregates them.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from gateway.budgets import Allowance
+    from gateway.observability.tracing import TraceIds
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
@@ -92,9 +99,21 @@ class Observation:
     last_token_at: float | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the engine's prefix cache had
     error_type: str | None = None
     error: str | None = None  # the answer's error message (it never repeats the request)
     completed: bool = False
+    tenant: str = ""  # the key's tenant (the usage ledger's)
+    model: str = ""  # the model or LoRA adapter that served it
+    # the request's draw on its token budgets (gateway/budgets.py), and whether a budget
+    # ended it
+    allowance: Allowance | None = None
+    budget_cut: bool = False
+    # tracing (gateway/observability/tracing.py): the span ids, when the reader was picked
+    # and admitted, and timed phases (name, start, end; perf_counter)
+    trace: TraceIds | None = None
+    admitted_at: float | None = None
+    phases: list[tuple[str, float, float]] = field(default_factory=list)
 
     def accepted(self, prompt_tokens: int) -> None:
         """An engine accepted one prompt of the request."""
@@ -166,6 +185,20 @@ def end(token: contextvars.Token[Observation | None]) -> None:
     _CURRENT.reset(token)
 
 
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time a phase of the current request for its trace (nothing when tracing is off)."""
+    obs = _CURRENT.get()
+    if obs is None or obs.trace is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        obs.phases.append((name, start, time.perf_counter()))
+
+
 # Scrape-time gauges of the process's runtime (readers, in flight, the store), set by
 # `gateway.runtime` when it starts: this module knows no runtime type.
 _RUNTIME_COLLECTORS: list[Collector] = []
@@ -180,9 +213,16 @@ def attach(collector: Collector) -> None:
     REGISTRY.register(collector)
 
 
+# series labelled by API key name or tenant
+_PER_CALLER = tuple(
+    f"{head}gateway_{kind}_".encode() for head in ("", "# HELP ", "# TYPE ") for kind in ("key", "tenant")
+)
+
+
 def exposition(per_key: bool = True) -> bytes:
     """The Prometheus text of every series: the gateway's and vLLM's; without `per_key`,
-    none of the series labelled by API key name (`gateway_key_*`)."""
+    none of the series labelled by API key name or tenant (`gateway_key_*`,
+    `gateway_tenant_*`)."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         from prometheus_client import multiprocess
 
@@ -193,11 +233,7 @@ def exposition(per_key: bool = True) -> bytes:
         text = generate_latest(REGISTRY)
     if per_key:
         return text
-    return b"".join(
-        line
-        for line in text.splitlines(keepends=True)
-        if not line.startswith((b"gateway_key_", b"# HELP gateway_key_", b"# TYPE gateway_key_"))
-    )
+    return b"".join(line for line in text.splitlines(keepends=True) if not line.startswith(_PER_CALLER))
 
 
 def _runtime_only() -> CollectorRegistry:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
 
 from gateway.protocols.management import CreateReaderRequest
 from gateway.runtime import get_runtime
-from gateway.serving import management, status
+from gateway.serving import management, status, usage_api
 
 router = APIRouter(tags=["management"])
 
@@ -45,3 +46,24 @@ async def delete_reader(
 async def reader_config(reader_id: str, request: Request) -> dict[str, Any]:
     """The settings the reader runs with."""
     return management.reader_config(get_runtime(request).registry, reader_id)
+
+
+@router.get("/usage", response_model=None)
+async def usage(
+    request: Request,
+    since: Annotated[str | None, Query(alias="from", pattern=r"^\d{4}-\d{2}-\d{2}$")] = None,
+    until: Annotated[str | None, Query(alias="to", pattern=r"^\d{4}-\d{2}-\d{2}$")] = None,
+    tenant: str | None = None,
+    key: str | None = None,
+    group: str | None = None,
+    model: str | None = None,
+    api: str | None = None,
+    group_by: str = "day,tenant,model",
+    format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+) -> Response:
+    """The usage ledger's totals: per UTC day from `from` to `to` (default: today), for the
+    records matching the filters, one row per distinct `group_by` value (any of day,
+    tenant, key, group, model, api); `format=csv` for a spreadsheet."""
+    given = (("tenant", tenant), ("key", key), ("group", group), ("model", model), ("api", api))
+    filters = {k: v for k, v in given if v is not None}
+    return await usage_api.usage(get_runtime(request), since, until, filters, group_by, format)

@@ -7,7 +7,8 @@ Stream framing (documented in docs/apis/takeoff.md):
     for a single prompt the event name is the default ("message");
   * with `return_metadata`, an event `metadata` carries the JSON metadata;
   * the last event is `end` with data `[DONE]`; a failure after the stream started is
-    an `error` event carrying the error body, and nothing follows it.
+    an `error` event carrying the error body, and nothing follows it; so is the end a
+    token budget puts to a stream (type `budget_exhausted`, after the text made so far).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from starlette.responses import Response
 from engine_adapters.base import Constraint, GenerationRequest, GenerativeEngine, SamplingOptions
 from gateway.errors import classify, takeoff_body
 from gateway.machinery.bodies import FastJSONResponse
-from gateway.machinery.engine_streams import Completion, Tagged, merge, new_request_id
+from gateway.machinery.engine_streams import Completion, Tagged, budget_cut, merge, new_request_id
 from gateway.machinery.limits import Fields
 from gateway.machinery.pipeline import Generation, pipeline_of
 from gateway.machinery.routing import Target
@@ -152,6 +153,11 @@ async def stream_events(
         if completions is not None:
             metas = [metadata_of(r, c).model_dump() for r, c in zip(requests, completions, strict=True)]
             yield {"event": "metadata", "data": json.dumps(metas[0] if single else metas)}
+        why = budget_cut()
+        if why is not None:  # a token budget ended the stream: an error event, nothing after it
+            cut = {"detail": why, "type": "budget_exhausted", "field": None}
+            yield {"event": "error", "data": json.dumps(cut)}
+            return
         yield {"event": "end", "data": "[DONE]"}
     except Exception as exc:  # after the 200 the only way to report is an error event
         yield {"event": "error", "data": json.dumps(takeoff_body(classify(exc)))}

@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("engine_adapters.factory", "=engine_adapters"),
     ("gateway.takeoff_config",),
     ("gateway.settings", "gateway.errors", "=gateway"),
-    ("gateway.apis", "gateway.protocols"),
+    ("gateway.apis", "gateway.protocols", "gateway.metering", "gateway.budgets", "gateway.usage"),
     (
         "gateway.auth",
         "gateway.continuation",
@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
         "gateway.observability.metrics",
         "gateway.observability.logs",
         "gateway.observability.probes",
+        "gateway.observability.tracing",
         "=gateway.observability",
     ),
     ("gateway.machinery", "gateway.middleware", "gateway.observability.access"),

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from engine_adapters.base import GenerationRequest, GenerativeEngine, OutputParser, ParsedDelta, ToolCall
 from gateway.errors import BadRequest
 from gateway.machinery.bodies import FastJSONResponse
-from gateway.machinery.engine_streams import Completion, Tagged, merge, new_request_id
+from gateway.machinery.engine_streams import Completion, Tagged, budget_cut, merge, new_request_id
 from gateway.machinery.pipeline import Generation, pipeline_of
 from gateway.machinery.routing import Target
 from gateway.protocols.openai import (
@@ -250,6 +250,7 @@ class ChatCompletion(TypedDict):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    budget_exhausted: NotRequired[bool]  # a token budget ended it (gateway/budgets.py)
 
 
 def _tool_calls(calls: list[ToolCall]) -> list[ToolCallOut]:
@@ -288,7 +289,7 @@ def chat_response(
                 "finish_reason": finish,
             }
         )
-    return {
+    answer: ChatCompletion = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -296,6 +297,9 @@ def chat_response(
         "choices": choices,
         "usage": usage_of([c]),
     }
+    if budget_cut() is not None:
+        answer["budget_exhausted"] = True
+    return answer
 
 
 def _delta_json(pd: ParsedDelta, plan: ChatPlan) -> str | None:
@@ -394,6 +398,8 @@ async def chat_stream(
                 "total_tokens": prompt_tokens + tokens,
             }
             yield sse(f'{head},"choices":[],"usage":{json.dumps(usage)}}}')
+        if budget_cut() is not None:  # the sequences ended with "length": say why
+            yield sse(f'{head},"choices":[],"budget_exhausted":true}}')
     except Exception as exc:  # after the 200 the only way to report is an error event
         yield error_event(exc)
     yield DONE

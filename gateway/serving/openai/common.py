@@ -16,7 +16,7 @@ import orjson
 
 from engine_adapters.base import Constraint, SamplingOptions, TokenLogprob
 from gateway.errors import BadRequest, classify, openai_body
-from gateway.machinery.engine_streams import Completion
+from gateway.machinery.engine_streams import Completion, budget_cut
 from gateway.machinery.limits import Fields
 from gateway.protocols.openai import (
     JSONObjectFormat,
@@ -178,3 +178,9 @@ DONE = b"data: [DONE]\n\n"
 def error_event(exc: Exception) -> bytes:
     """The error event of a stream that fails after the 200 (OpenAI's error body)."""
     return f"event: error\ndata: {json.dumps(openai_body(classify(exc)))}\n\n".encode()
+
+
+def budget_note() -> dict[str, bool]:
+    """`{"budget_exhausted": true}` when a token budget ended the request (its sequences
+    say "length"), else nothing: merged into whole answers."""
+    return {"budget_exhausted": True} if budget_cut() is not None else {}

@@ -14,12 +14,13 @@ from starlette.responses import Response
 from engine_adapters.base import GenerationRequest, GenerativeEngine
 from gateway.errors import BadRequest
 from gateway.machinery.bodies import FastJSONResponse
-from gateway.machinery.engine_streams import Completion, Tagged, merge, new_request_id
+from gateway.machinery.engine_streams import Completion, Tagged, budget_cut, merge, new_request_id
 from gateway.machinery.pipeline import Generation, pipeline_of
 from gateway.machinery.routing import Target
 from gateway.protocols.openai import UNSUPPORTED_COMPLETION, CompletionRequest
 from gateway.serving.openai.common import (
     DONE,
+    budget_note,
     completion_logprobs,
     error_event,
     fields_of,
@@ -150,6 +151,7 @@ async def completion_response(
         "model": req.model,
         "choices": choices,
         "usage": usage_of(completions),
+        **budget_note(),
     }
 
 
@@ -219,6 +221,8 @@ async def completion_stream(
             total_prompt = sum(prompt_tokens)
             usage = {"prompt_tokens": total_prompt, "completion_tokens": tokens, "total_tokens": total_prompt + tokens}
             yield sse(f'{head},"choices":[],"usage":{json.dumps(usage)}}}')
+        if budget_cut() is not None:  # the sequences ended with "length": say why
+            yield sse(f'{head},"choices":[],"budget_exhausted":true}}')
     except Exception as exc:  # after the 200 the only way to report is an error event
         yield error_event(exc)
     yield DONE

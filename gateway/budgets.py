@@ -1,0 +1,176 @@
+"""Token budgets per key and per tenant, per UTC minute, day and month, enforced while the
+tokens are made.
+
+A request's `Allowance` leases tokens from every window of its key's and its tenant's
+budgets (`gateway.metering`: atomic, shared by replicas on Redis): at admission the
+prompt (estimated from the body) plus a first slice of output, then a slice at a time as
+the engine makes tokens. A window with nothing left refuses new requests (429 with
+`Retry-After` at the window's reset); a stream whose next engine step finds no lease left
+is delivered that step (already made, so billed) and then ends cleanly, so no stream
+overshoots its allowance by more than one engine step. When the request ends, the unused
+part of its leases goes back, and tokens counted but never drawn (a pooling request's) are
+added: every window ends up holding exactly the tokens used.
+
+With no budget configured none of this runs (no allowance, no counter).
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass, field
+
+from gateway.errors import RateLimited
+from gateway.metering import Meter
+
+# tokens leased per window at a time, beyond what a step needs (a Redis call per this many
+# tokens of a stream at most)
+SLICE = 32
+WINDOWS = ("minute", "day", "month")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Token budgets (prompt + generated tokens) of one key or tenant; None: no limit."""
+
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+
+    def windows(self) -> list[tuple[str, int]]:
+        """(window, limit) of every budget set."""
+        limits = (self.tokens_per_minute, self.tokens_per_day, self.tokens_per_month)
+        return [(window, limit) for window, limit in zip(WINDOWS, limits, strict=True) if limit is not None]
+
+    def __bool__(self) -> bool:
+        return any(x is not None for x in (self.tokens_per_minute, self.tokens_per_day, self.tokens_per_month))
+
+
+def window_of(window: str, now: float) -> tuple[str, float]:
+    """The id of the `window` ("minute", "day", "month") holding `now`, and when it resets
+    (epoch seconds, UTC)."""
+    t = time.gmtime(now)
+    if window == "minute":
+        return time.strftime("%Y-%m-%dT%H:%M", t), (int(now) // 60 + 1) * 60.0
+    if window == "day":
+        return time.strftime("%Y-%m-%d", t), (int(now) // 86400 + 1) * 86400.0
+    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    return time.strftime("%Y-%m", t), float(calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0)))
+
+
+@dataclass(slots=True)
+class _Lease:
+    key: str  # the window's counter
+    scope: str  # "key team-a" or "tenant acme", for messages
+    window: str
+    limit: int
+    reset_at: float
+    ttl: int
+    left: int = 0  # leased and not yet spent
+
+
+@dataclass(eq=False)
+class Allowance:
+    """One request's draw on its budgets."""
+
+    meter: Meter
+    leases: list[_Lease] = field(default_factory=list)
+    spent: int = 0
+    exhausted: bool = False
+    closed: bool = False
+    cause: _Lease | None = None  # the window that ran out
+
+    @classmethod
+    def of(cls, meter: Meter, scopes: list[tuple[str, str, Limits]], now: float | None = None) -> Allowance | None:
+        """The allowance of a request whose budgets are `scopes` ((kind, name, limits) of
+        its key and tenant); None when no budget applies."""
+        now = time.time() if now is None else now
+        leases = []
+        for kind, name, limits in scopes:
+            for window, limit in limits.windows():
+                wid, reset_at = window_of(window, now)
+                key = f"b:{kind}:{name}:{window}:{wid}"
+                leases.append(_Lease(key, f"{kind} {name!r}", window, limit, reset_at, int(reset_at - now) + 120))
+        return cls(meter, leases) if leases else None
+
+    async def open(self, reserve: int) -> None:
+        """Lease `reserve` tokens (the prompt's estimate and a first slice) from every
+        window; a window with nothing left refuses the request (429 until it resets)."""
+        for i, lease in enumerate(self.leases):
+            granted, _ = await self.meter.lease(lease.key, lease.limit, max(1, reserve), lease.ttl)
+            if granted == 0:
+                for earlier in self.leases[:i]:  # give back what was leased already
+                    await self._refund(earlier)
+                self.closed = True
+                wait = max(1, int(lease.reset_at - time.time()) + 1)
+                raise RateLimited(
+                    f"the {lease.scope} used its {lease.limit} tokens per {lease.window}; "
+                    f"the budget resets in {wait} s",
+                    headers={"Retry-After": str(wait)},
+                )
+            lease.left = granted
+
+    def take(self, n: int) -> bool | None:
+        """Spend `n` tokens from the leases held: True, or None when a lease must grow
+        (`extend`). No await: the path of almost every engine step."""
+        for lease in self.leases:
+            if lease.left < n:
+                return None
+        for lease in self.leases:
+            lease.left -= n
+        self.spent += n
+        return True
+
+    async def extend(self, n: int) -> bool:
+        """Grow the leases to cover `n` tokens and spend them; False when a budget has
+        run out (the `n` tokens, made already, are counted anyway: the stream must end)."""
+        ok = True
+        for lease in self.leases:
+            if lease.left < n:
+                granted, _ = await self.meter.lease(lease.key, lease.limit, max(n - lease.left, SLICE), lease.ttl)
+                lease.left += granted
+                if lease.left < n:
+                    ok = False
+                    self.cause = self.cause or lease
+        for lease in self.leases:
+            if lease.left >= n:
+                lease.left -= n
+            else:  # beyond the limit by part of one step: counted, never leased
+                await self.meter.add(lease.key, n - lease.left, lease.ttl)
+                lease.left = 0
+        self.spent += n
+        if not ok:
+            self.exhausted = True
+        return ok
+
+    async def close(self, used: int | None = None) -> None:
+        """The request ended, having used `used` tokens in all (when known): count what
+        was used but not drawn, and give back what was leased but not used."""
+        if self.closed:
+            return
+        self.closed = True
+        extra = max(0, (used or 0) - self.spent)
+        for lease in self.leases:
+            if extra:
+                taken = min(extra, lease.left)
+                lease.left -= taken
+                if extra > taken:
+                    await self.meter.add(lease.key, extra - taken, lease.ttl)
+            await self._refund(lease)
+
+    async def _refund(self, lease: _Lease) -> None:
+        if lease.left > 0:
+            await self.meter.add(lease.key, -lease.left, lease.ttl)
+            lease.left = 0
+
+    def why(self) -> str:
+        """What ended the request: the budget that ran out and when it resets."""
+        lease = self.cause or (self.leases[0] if self.leases else None)
+        if lease is None:
+            return "a token budget ran out"
+        wait = max(1, int(lease.reset_at - time.time()) + 1)
+        return f"the {lease.scope} used its {lease.limit} tokens per {lease.window}; the budget resets in {wait} s"
+
+    def remaining(self) -> dict[str, int]:
+        """Tokens still leased per window (for tests and status)."""
+        return {lease.key: lease.left for lease in self.leases}

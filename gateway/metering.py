@@ -1,0 +1,199 @@
+"""Shared counters of token budgets and of the usage ledger, in the continuation store's
+backend: this process's memory, or Redis (exact across replicas: every change is one
+atomic Redis command or script).
+
+Two kinds of state:
+- *budget windows*: one integer per (scope, window), e.g. `b:key:team-a:day:2026-12-06`,
+  drawn on by leases (`lease`: grant up to `want` while the total stays within `limit`,
+  atomically) and corrected by `add` (a refund of an unused lease, or the tokens of the one
+  engine step that crossed the limit); each expires after its window;
+- *ledger days*: one hash per UTC day of usage totals, `u:2026-12-06`, whose fields are
+  `tenant|model|key|api|metric` and whose values only grow (`add_usage`, HINCRBY).
+
+Redis calls share the store's timeout; a failure raises `MeterUnavailable` (the budgets
+fail closed; the ledger keeps its deltas and retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from gateway.errors import NotReady
+from gateway.settings import ContinuationSettings
+
+
+class MeterUnavailable(NotReady):
+    """The shared counters (Redis) did not answer."""
+
+
+class Meter(Protocol):
+    """The counters' backend."""
+
+    async def lease(self, key: str, limit: int, want: int, ttl: int) -> tuple[int, int]:
+        """Grant up to `want` of `key`'s `limit` (atomically); (granted, used after)."""
+        ...
+
+    async def add(self, key: str, n: int, ttl: int) -> int:
+        """Add `n` (negative: a refund) to `key`; its total after."""
+        ...
+
+    async def used(self, keys: Sequence[str]) -> list[int]:
+        """The totals of `keys` (0 where absent)."""
+        ...
+
+    async def add_usage(self, deltas: Mapping[str, Mapping[str, int]], ttl: int) -> None:
+        """Add each hash's field deltas (`{hash: {field: n}}`)."""
+        ...
+
+    async def read_usage(self, hashes: Sequence[str]) -> list[dict[str, int]]:
+        """Every field of each hash."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+class MemoryMeter:
+    """The counters of one process."""
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self._values: dict[str, int] = {}
+        self._expiry: dict[str, float] = {}
+        self._hashes: dict[str, dict[str, int]] = {}
+        self._clock = clock
+
+    def _live(self, key: str) -> int:
+        until = self._expiry.get(key)
+        if until is not None and until <= self._clock():
+            self._values.pop(key, None)
+            self._expiry.pop(key, None)
+        return self._values.get(key, 0)
+
+    async def lease(self, key: str, limit: int, want: int, ttl: int) -> tuple[int, int]:
+        used = self._live(key)
+        grant = max(0, min(want, limit - used))
+        if grant:
+            self._values[key] = used + grant
+            self._expiry[key] = self._clock() + ttl
+        return grant, used + grant
+
+    async def add(self, key: str, n: int, ttl: int) -> int:
+        total = self._live(key) + n
+        self._values[key] = total
+        self._expiry[key] = self._clock() + ttl
+        return total
+
+    async def used(self, keys: Sequence[str]) -> list[int]:
+        return [self._live(k) for k in keys]
+
+    async def add_usage(self, deltas: Mapping[str, Mapping[str, int]], ttl: int) -> None:
+        for name, fields in deltas.items():
+            target = self._hashes.setdefault(name, {})
+            for f, n in fields.items():
+                target[f] = target.get(f, 0) + n
+
+    async def read_usage(self, hashes: Sequence[str]) -> list[dict[str, int]]:
+        return [dict(self._hashes.get(h, {})) for h in hashes]
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS[1] the window's counter; ARGV: limit, want, ttl seconds. Returns {granted, used after}.
+_LEASE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local grant = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - used)
+if grant <= 0 then return {0, used} end
+used = redis.call('INCRBY', KEYS[1], grant)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {grant, used}
+"""
+
+
+class RedisMeter:
+    """The counters on the continuation store's Redis, shared by replicas. Names carry
+    the store's key prefix (its hash tag keeps them in one Redis Cluster slot)."""
+
+    def __init__(self, settings: ContinuationSettings) -> None:
+        self._settings = settings
+        self._prefix = settings.key_prefix + "m:"
+        # a client per event loop: the process serves every listener on one loop, but an
+        # in-process test client runs each app on a loop of its own, and a connection
+        # belongs to the loop that opened it
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, Any]] = {}  # (client, lease script)
+
+    def _loop_client(self) -> tuple[Any, Any]:
+        loop = asyncio.get_running_loop()
+        found = self._clients.get(loop)
+        if found is None:
+            import redis.asyncio as redis
+
+            timeout = self._settings.redis_timeout_seconds
+            client = redis.from_url(
+                self._settings.redis_url.get_secret_value(), socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+            found = self._clients[loop] = (client, client.register_script(_LEASE))
+        return found
+
+    @property
+    def _redis(self) -> Any:
+        return self._loop_client()[0]
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except Exception as exc:  # connection refused, timeout: say so, never hang
+            raise MeterUnavailable(
+                f"the usage and budget store (redis) is unavailable: {type(exc).__name__}",
+                headers={"Retry-After": "5"},
+            ) from exc
+
+    async def lease(self, key: str, limit: int, want: int, ttl: int) -> tuple[int, int]:
+        script = self._loop_client()[1]
+        granted, used = await self._call(script(keys=[self._prefix + key], args=[limit, want, ttl]))
+        return int(granted), int(used)
+
+    async def add(self, key: str, n: int, ttl: int) -> int:
+        name = self._prefix + key
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incrby(name, n)
+        pipe.expire(name, ttl)
+        total, _ = await self._call(pipe.execute())
+        return int(total)
+
+    async def used(self, keys: Sequence[str]) -> list[int]:
+        if not keys:
+            return []
+        values = await self._call(self._redis.mget([self._prefix + k for k in keys]))
+        return [int(v) if v is not None else 0 for v in values]
+
+    async def add_usage(self, deltas: Mapping[str, Mapping[str, int]], ttl: int) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for name, fields in deltas.items():
+            for f, n in fields.items():
+                pipe.hincrby(self._prefix + name, f, n)
+            pipe.expire(self._prefix + name, ttl)
+        await self._call(pipe.execute())
+
+    async def read_usage(self, hashes: Sequence[str]) -> list[dict[str, int]]:
+        pipe = self._redis.pipeline(transaction=False)
+        for h in hashes:
+            pipe.hgetall(self._prefix + h)
+        found = await self._call(pipe.execute())
+        return [{k.decode(): int(v) for k, v in item.items()} for item in found]
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for owner, (client, _) in list(self._clients.items()):
+            if owner is loop:
+                await client.aclose()
+            del self._clients[owner]  # another loop's (a test client's, ended already)
+
+
+def make_meter(settings: ContinuationSettings) -> Meter:
+    """The counters of the store's backend."""
+    return RedisMeter(settings) if settings.backend == "redis" else MemoryMeter()

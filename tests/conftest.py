@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.otlp import Received, http_receiver
 from tests.servers import GatewayProcess, start_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +33,16 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def gateway(artifacts: Path) -> Iterator[GatewayProcess]:
-    """The shared gateway on the default config (real vLLM, embedded model)."""
+def otlp_traces() -> Iterator[Received]:
+    """The OTLP/HTTP receiver the shared gateway exports its traces to."""
+    with http_receiver() as (endpoint, got):
+        got.endpoint = endpoint
+        yield got
+
+
+@pytest.fixture(scope="session")
+def gateway(artifacts: Path, otlp_traces: Received) -> Iterator[GatewayProcess]:
+    """The shared gateway on the default config (real vLLM, embedded model), tracing on."""
     # A small continuation store, so that eviction at the bound can be shown on it.
     # Readers added by the tests load their models from temporary folders.
     roots = json.dumps(["/models", tempfile.gettempdir()])
@@ -44,6 +53,11 @@ def gateway(artifacts: Path) -> Iterator[GatewayProcess]:
             "GATEWAY_MODEL_ROOTS": roots,
             # /metrics on the API ports too, as vLLM's server has it (scraped in the e2e tests)
             "GATEWAY_METRICS_ON_MAIN_PORT": "true",
+            # every request of the e2e tests is traced, to a receiver of the session
+            "GATEWAY_TRACING": "true",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_traces.endpoint,
+            "OTEL_SERVICE_NAME": "gateway-e2e",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
         },
     )
     try:

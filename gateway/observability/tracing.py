@@ -14,7 +14,7 @@ and with tracing off nothing runs at all. Export is OTLP, configured by the stan
 variables: `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`),
 `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or `grpc`),
 `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME` (default `llm-gateway`). Attributes follow
-OpenTelemetry's GenAI semantic conventions (`gen_ai.request.model`,
+OpenTelemetry's GenAI semantic conventions (`gen_ai.response.model`,
 `gen_ai.usage.input_tokens`, ...).
 """
 
@@ -111,7 +111,7 @@ class Tracer:
             attributes |= {
                 "gen_ai.system": "vllm",
                 "gen_ai.operation.name": _OPERATIONS.get(obs.api, "text_completion"),
-                "gen_ai.request.model": obs.model or obs.group,
+                "gen_ai.response.model": obs.model or obs.group,
                 "gen_ai.usage.input_tokens": obs.prompt_tokens,
                 "gen_ai.usage.output_tokens": obs.generated_tokens,
                 "gateway.group": obs.group,
@@ -148,7 +148,7 @@ class Tracer:
                     context=SpanContext(ids.trace_id, span_id, is_remote=False, trace_flags=flags),
                     parent=server,
                     resource=self.resource,
-                    attributes={"gen_ai.request.model": obs.model} if name == "gateway.engine" and obs.model else {},
+                    attributes={"gen_ai.response.model": obs.model} if name == "gateway.engine" and obs.model else {},
                     kind=SpanKind.CLIENT if name == "gateway.engine" else SpanKind.INTERNAL,
                     start_time=ns(start),
                     end_time=ns(end),

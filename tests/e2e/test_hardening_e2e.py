@@ -25,14 +25,18 @@ KEY = "sk-e2e-hardening"
 PROBE_PORT = free_port()
 ADMIN = "sk-e2e-admin-0123456789"
 TEAM_A, TEAM_B = "sk-e2e-team-a-0123456789", "sk-e2e-team-b-0123456789"
+TEAM_C = "sk-e2e-team-c-0123456789"
+GAMMA_TOKENS_PER_DAY = 300
 
 
 def keys_yaml(*names: str) -> str:
     keys = {
         "team-a": {"name": "team-a", "key": TEAM_A},
         "team-b": {"name": "team-b", "key": TEAM_B, "max_in_flight": 1},
+        "team-c": {"name": "team-c", "key": TEAM_C, "tenant": "gamma"},
     }
-    return json.dumps({"keys": [keys[n] for n in names]})  # JSON is YAML
+    tenants = [{"tenant": "gamma", "tokens_per_day": GAMMA_TOKENS_PER_DAY}]
+    return json.dumps({"keys": [keys[n] for n in names], "tenants": tenants})  # JSON is YAML
 
 
 def engine_requests(url: str, reader: str = "primary-0", headers: dict[str, str] | None = None) -> int:
@@ -88,7 +92,7 @@ def test_deadline_aborts_the_engine_request(gateway, http):
 @pytest.fixture(scope="module")
 def keys_file(artifacts):
     path = artifacts / "guarded-keys.yaml"
-    path.write_text(keys_yaml("team-a", "team-b"))
+    path.write_text(keys_yaml("team-a", "team-b", "team-c"))
     return path
 
 
@@ -278,6 +282,47 @@ def test_a_key_at_its_limit_gets_429_while_another_is_served(guarded):
     )
     assert served.status_code == 200
     t.join()
+
+
+def test_a_tenant_budget_ends_a_stream_at_its_allowance_and_then_refuses(guarded):
+    c = {"Authorization": f"Bearer {TEAM_C}"}
+    body = {
+        "model": "primary",
+        "messages": [{"role": "user", "content": "Tell me a very long story about the sea."}],
+        "max_tokens": 1000,
+        "min_tokens": 1000,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    r = httpx.post(guarded.url + "/v1/chat/completions", json=body, headers=c, timeout=300)
+    assert r.status_code == 200, r.text
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    finishes = [ch["choices"][0]["finish_reason"] for ch in chunks if ch["choices"]]
+    assert finishes[-1] == "length" and finishes.count("length") == 1
+    assert [ch for ch in chunks if ch.get("budget_exhausted")] and r.text.rstrip().endswith("data: [DONE]")
+    usage = chunks[-1]["usage"]
+    # the stream ended at the tenant's allowance, past it by one engine step at most
+    assert GAMMA_TOKENS_PER_DAY <= usage["total_tokens"] <= GAMMA_TOKENS_PER_DAY + 1, usage
+    refused = httpx.post(
+        guarded.url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4}, headers=c, timeout=60
+    )
+    assert refused.status_code == 429 and 0 < int(refused.headers["Retry-After"]) <= 86401
+    assert (
+        "'gamma'" in refused.json()["error"]["message"] and "300 tokens per day" in refused.json()["error"]["message"]
+    )
+    # another tenant is served meanwhile
+    other = httpx.post(
+        guarded.url + "/generate", json={"text": "x", "max_new_tokens": 2}, headers={"X-API-Key": TEAM_A}, timeout=120
+    )
+    assert other.status_code == 200
+    # the ledger bills what the stream reported, and says a budget ended it
+    rows = httpx.get(
+        guarded.management_url + "/usage",
+        params={"tenant": "gamma", "group_by": "tenant"},
+        headers={"X-API-Key": ADMIN},
+    ).json()["data"]
+    assert len(rows) == 1 and rows[0]["budget"] == 1
+    assert rows[0]["prompt_tokens"] + rows[0]["output_tokens"] == usage["total_tokens"]
 
 
 def test_deleting_a_reader_ends_its_stream_with_an_error_event(guarded):

@@ -391,6 +391,8 @@ async def chat_stream(
                 yield sse(
                     f'{head},"choices":[{{"index":{d.index},"delta":{delta},"logprobs":{lp},"finish_reason":{fin}}}]{usage_tail}}}'
                 )
+        if budget_cut() is not None:  # the sequences ended with "length": say why (usage stays last)
+            yield sse(f'{head},"choices":[],"budget_exhausted":true{usage_tail}}}')
         if include_usage:
             usage = {
                 "prompt_tokens": prompt_tokens,
@@ -398,8 +400,6 @@ async def chat_stream(
                 "total_tokens": prompt_tokens + tokens,
             }
             yield sse(f'{head},"choices":[],"usage":{json.dumps(usage)}}}')
-        if budget_cut() is not None:  # the sequences ended with "length": say why
-            yield sse(f'{head},"choices":[],"budget_exhausted":true}}')
     except Exception as exc:  # after the 200 the only way to report is an error event
         yield error_event(exc)
     yield DONE

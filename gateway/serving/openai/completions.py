@@ -217,12 +217,12 @@ async def completion_stream(
                 yield sse(
                     f'{head},"choices":[{{"index":{index},"text":{json_str(d.text)},"logprobs":{lp},"finish_reason":{fin}}}]{usage_tail}}}'
                 )
+        if budget_cut() is not None:  # the sequences ended with "length": say why (usage stays last)
+            yield sse(f'{head},"choices":[],"budget_exhausted":true{usage_tail}}}')
         if include_usage:
             total_prompt = sum(prompt_tokens)
             usage = {"prompt_tokens": total_prompt, "completion_tokens": tokens, "total_tokens": total_prompt + tokens}
             yield sse(f'{head},"choices":[],"usage":{json.dumps(usage)}}}')
-        if budget_cut() is not None:  # the sequences ended with "length": say why
-            yield sse(f'{head},"choices":[],"budget_exhausted":true}}')
     except Exception as exc:  # after the 200 the only way to report is an error event
         yield error_event(exc)
     yield DONE

@@ -94,13 +94,19 @@ def test_a_stream_that_reaches_the_budget_ends_cleanly_on_every_api(client_facto
         sdk = openai.OpenAI(base_url="http://testserver/v1", api_key=A, http_client=c, max_retries=0)
         chunks = list(
             sdk.chat.completions.create(
-                model="primary", messages=[{"role": "user", "content": "go"}], max_tokens=1000, stream=True
+                model="primary",
+                messages=[{"role": "user", "content": "go"}],
+                max_tokens=1000,
+                stream=True,
+                stream_options={"include_usage": True},
             )
         )
         text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
         finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
         assert finish == ["length"] and 100 < len(text) < 400
-        assert chunks[-1].choices == [] and chunks[-1].model_extra["budget_exhausted"] is True
+        # the budget's chunk, then the usage chunk last (as OpenAI's clients expect it)
+        assert chunks[-2].choices == [] and chunks[-2].model_extra["budget_exhausted"] is True
+        assert chunks[-1].usage is not None and 400 <= chunks[-1].usage.total_tokens <= 401
         # the budget is spent: 429 until the day ends
         r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 5}, headers=h(A))
         assert r.status_code == 429 and "400 tokens per day" in r.json()["error"]["message"]

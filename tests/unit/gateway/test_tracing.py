@@ -6,98 +6,34 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from gateway.settings import ReaderSettings
-from tests.servers import free_port
+from tests import otlp
+from tests.otlp import Received, attrs
 from tests.unit.conftest import make_settings, running
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 
 
-class Received:
-    """Spans an OTLP receiver was sent, by name."""
-
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-        self.lock = threading.Lock()
-
-    def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
-        with self.lock:
-            for rs in request.resource_spans:
-                service = {a.key: a.value.string_value for a in rs.resource.attributes}["service.name"]
-                for ss in rs.scope_spans:
-                    for span in ss.spans:
-                        self.spans.append((service, span))
-
-
 @pytest.fixture
 def http_receiver() -> Iterator[tuple[str, Received]]:
-    got = Received()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            assert self.path == "/v1/traces" and self.headers["Content-Type"] == "application/x-protobuf"
-            request = trace_service_pb2.ExportTraceServiceRequest()
-            request.ParseFromString(body)
-            got.add(request)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.end_headers()
-            self.wfile.write(trace_service_pb2.ExportTraceServiceResponse().SerializeToString())
-
-        def log_message(self, *_: Any) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", got
-    finally:
-        server.shutdown()
-        server.server_close()
+    with otlp.http_receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture
 def grpc_receiver() -> Iterator[tuple[str, Received]]:
-    import grpc
-
-    got = Received()
-
-    class Service(trace_service_pb2_grpc.TraceServiceServicer):
-        def Export(self, request: Any, context: Any) -> Any:
-            got.add(request)
-            return trace_service_pb2.ExportTraceServiceResponse()
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
-    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}", got
-    finally:
-        server.stop(0)
+    with otlp.grpc_receiver() as receiver:
+        yield receiver
 
 
 def by_name(spans: list[Any]) -> dict[str, Any]:
     return {s.name: s for _, s in spans}
-
-
-def attrs(span: Any) -> dict[str, Any]:
-    out = {}
-    for a in span.attributes:
-        v = a.value
-        out[a.key] = v.string_value if v.HasField("string_value") else v.int_value
-    return out
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
@@ -134,7 +70,7 @@ def test_a_request_yields_the_gateways_spans_under_the_callers_trace(
     children = {n for n, s in named.items() if s.parent_span_id == server.span_id}
     assert {"gateway.auth", "gateway.admission", "gateway.prepare", "gateway.engine"} <= children
     a = attrs(server)
-    assert a["gen_ai.request.model"] == "scripted" and a["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+    assert a["gen_ai.response.model"] == "scripted" and a["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
     assert a["gen_ai.usage.output_tokens"] == usage["completion_tokens"] and a["http.response.status_code"] == 200
     for child in children:
         span = named[child]
@@ -179,7 +115,7 @@ def test_the_generate_one_store_call_is_a_span_of_its_own(http_receiver, redis_s
     (server,) = [s for _, s in got.spans if s.name == "POST /api/generate-one"]
     stores = [s for _, s in got.spans if s.name == "gateway.store" and s.parent_span_id == server.span_id]
     assert len(stores) == 2  # the continuation read, and the write of the finished sequence
-    assert json.dumps(attrs(server)).count("gen_ai.request.model") == 1
+    assert json.dumps(attrs(server)).count("gen_ai.response.model") == 1
 
 
 def test_every_log_line_of_a_traced_request_carries_its_trace_id():

@@ -114,19 +114,18 @@ return {grant, used}
 """
 
 
-class RedisMeter:
-    """The counters on the continuation store's Redis, shared by replicas. Names carry
-    the store's key prefix (its hash tag keeps them in one Redis Cluster slot)."""
+class RedisPerLoop:
+    """Redis clients of one store, one per event loop: the process serves every listener
+    on one loop, but an in-process test client runs each app on a loop of its own, and a
+    connection belongs to the loop that opened it. Failures raise `unavailable`."""
 
-    def __init__(self, settings: ContinuationSettings) -> None:
+    def __init__(self, settings: ContinuationSettings, unavailable: type[NotReady], what: str) -> None:
         self._settings = settings
-        self._prefix = settings.key_prefix + "m:"
-        # a client per event loop: the process serves every listener on one loop, but an
-        # in-process test client runs each app on a loop of its own, and a connection
-        # belongs to the loop that opened it
-        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, Any]] = {}  # (client, lease script)
+        self._unavailable = unavailable
+        self._what = what
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = {}  # (client, scripts)
 
-    def _loop_client(self) -> tuple[Any, Any]:
+    def _loop_client(self) -> tuple[Any, dict[str, Any]]:
         loop = asyncio.get_running_loop()
         found = self._clients.get(loop)
         if found is None:
@@ -136,24 +135,56 @@ class RedisMeter:
             client = redis.from_url(
                 self._settings.redis_url.get_secret_value(), socket_timeout=timeout, socket_connect_timeout=timeout
             )
-            found = self._clients[loop] = (client, client.register_script(_LEASE))
+            found = self._clients[loop] = (client, {})
         return found
 
     @property
-    def _redis(self) -> Any:
+    def client(self) -> Any:
+        """This loop's client."""
         return self._loop_client()[0]
 
-    async def _call(self, coro: Any) -> Any:
+    def script(self, source: str) -> Any:
+        """A Lua script registered on this loop's client."""
+        client, scripts = self._loop_client()
+        if source not in scripts:
+            scripts[source] = client.register_script(source)
+        return scripts[source]
+
+    async def call(self, coro: Any) -> Any:
+        """Await a Redis call; any failure (refused, timeout) is `unavailable`, never a hang."""
         try:
             return await coro
-        except Exception as exc:  # connection refused, timeout: say so, never hang
-            raise MeterUnavailable(
-                f"the usage and budget store (redis) is unavailable: {type(exc).__name__}",
-                headers={"Retry-After": "5"},
+        except Exception as exc:
+            raise self._unavailable(
+                f"{self._what} is unavailable: {type(exc).__name__}", headers={"Retry-After": "5"}
             ) from exc
 
+    async def close(self) -> None:
+        """Close this loop's client; forget other loops' (test clients, ended already)."""
+        loop = asyncio.get_running_loop()
+        for owner, (client, _) in list(self._clients.items()):
+            if owner is loop:
+                await client.aclose()
+            del self._clients[owner]
+
+
+class RedisMeter:
+    """The counters on the continuation store's Redis, shared by replicas. Names carry
+    the store's key prefix (its hash tag keeps them in one Redis Cluster slot)."""
+
+    def __init__(self, settings: ContinuationSettings) -> None:
+        self._prefix = settings.key_prefix + "m:"
+        self._redis_loop = RedisPerLoop(settings, MeterUnavailable, "the usage and budget store (redis)")
+
+    @property
+    def _redis(self) -> Any:
+        return self._redis_loop.client
+
+    async def _call(self, coro: Any) -> Any:
+        return await self._redis_loop.call(coro)
+
     async def lease(self, key: str, limit: int, want: int, ttl: int) -> tuple[int, int]:
-        script = self._loop_client()[1]
+        script = self._redis_loop.script(_LEASE)
         granted, used = await self._call(script(keys=[self._prefix + key], args=[limit, want, ttl]))
         return int(granted), int(used)
 
@@ -187,11 +218,7 @@ class RedisMeter:
         return [{k.decode(): int(v) for k, v in item.items()} for item in found]
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        for owner, (client, _) in list(self._clients.items()):
-            if owner is loop:
-                await client.aclose()
-            del self._clients[owner]  # another loop's (a test client's, ended already)
+        await self._redis_loop.close()
 
 
 def make_meter(settings: ContinuationSettings) -> Meter:

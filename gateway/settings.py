@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +22,8 @@ from pydantic_settings.sources.utils import parse_env_vars
 from engine_adapters.base import ReaderTask
 from engine_adapters.factory import ENGINE_KINDS, EngineKind
 from gateway import takeoff_config
+from gateway.store_settings import BatchSettings, ContinuationSettings, UsageSettings
+from gateway.store_settings import Price as Price  # re-exported: the price table's entries
 
 # The consumer group a generation goes to when the request names none (Takeoff's name).
 DEFAULT_GROUP = "primary"
@@ -193,63 +194,6 @@ class GenerateApiDefaults(BaseModel):
     length_penalty: float = 1.0
 
 
-class ContinuationSettings(BaseModel):
-    """The request_id continuation store of the generate-one/batch API."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backend: Literal["memory", "redis"] = "memory"
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    # the {hash tag} puts every key of the store in one Redis Cluster slot, so the Lua
-    # script that writes and evicts stays in one slot (required for the redis backend)
-    key_prefix: str = "{llmgw}:cont:"
-    max_entries: int = Field(10_000, ge=1)
-    max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
-    # per tenant (API key, or the keys file's tenant): past these a tenant evicts its own
-    # oldest entries first; null: the store's bounds
-    max_entries_per_tenant: int | None = Field(2_500, ge=1)
-    max_bytes_per_tenant: int | None = Field(64 * 1024 * 1024, ge=1024)
-    # redis: the longest a call may take, and the circuit breaker (after this many failures
-    # in a row the store is not asked for breaker_seconds: requests fail at once)
-    redis_timeout_seconds: float = Field(0.5, gt=0)
-    breaker_failures: int = Field(3, ge=1)
-    breaker_seconds: float = Field(5.0, gt=0)
-    ttl_seconds: float = Field(3600.0, gt=0)
-    # keys are HMAC(secret, caller's key name + request_id): set the same secret on every
-    # replica sharing a Redis store; the built-in default only separates callers
-    secret: SecretStr = SecretStr("llm-gateway-continuation")
-
-    @model_validator(mode="after")
-    def _one_slot(self) -> ContinuationSettings:
-        if self.backend == "redis" and not re.search(r"\{[^{}]+\}", self.key_prefix):
-            raise ValueError(
-                "continuation.key_prefix needs a Redis hash tag such as '{llmgw}:cont:' so every key "
-                "of the store lands in one slot (Redis Cluster runs the store's script on one slot)"
-            )
-        return self
-
-
-class Price(BaseModel):
-    """What a model's tokens cost, per million (any currency: the ledger only multiplies)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input_per_million: float = Field(ge=0)
-    output_per_million: float = Field(ge=0)
-    cached_input_per_million: float | None = Field(None, ge=0)  # null: as input
-
-
-class UsageSettings(BaseModel):
-    """The usage ledger (gateway/usage.py), kept in the continuation store's backend."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    flush_seconds: float = Field(1.0, gt=0)  # sums are written this often
-    retention_days: int = Field(400, ge=1)  # a day's totals expire after this
-    prices: dict[str, Price] = Field(default_factory=dict)  # model name -> price, for `cost`
-
-
 class ResponsesSettings(BaseModel):
     """The OpenAI Responses API (`/v1/responses`)."""
 
@@ -309,6 +253,7 @@ class Settings(BaseSettings):
     max_request_id_length: int = Field(256, ge=1)
     continuation: ContinuationSettings = Field(default_factory=ContinuationSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)
+    batches: BatchSettings = Field(default_factory=BatchSettings)
     chat_system_prompt: str | None = None
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
@@ -401,7 +346,18 @@ class Settings(BaseSettings):
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"reader ids must be unique; repeated: {sorted(dup)}")
+        if self.batches.enabled:
+            # batch lines go at the lowest priority: vLLM readers schedule by priority
+            # unless their settings say otherwise
+            for r in self.readers:
+                if r.kind == "vllm" and "scheduling_policy" not in r.model_fields_set:
+                    r.scheduling_policy = "priority"
         return self
+
+    @property
+    def batch_directory(self) -> Path:
+        """Where the Files API keeps files."""
+        return self.batches.directory or self.cache_dir / "batches"
 
     def hub_models(self) -> list[str]:
         """Configured models that are hub ids (neither embedded nor a local folder)."""

@@ -54,6 +54,8 @@ class Api:
     id_header: str | None = None
     # whether it is served on a listener with these settings
     when: Callable[[Settings, Listener], bool] = _always
+    # the largest body it takes, if not `max_body_bytes` (file uploads)
+    max_body: Callable[[Settings], int] | None = None
 
     @property
     def metrics_label(self) -> str:
@@ -95,6 +97,15 @@ APIS: tuple[Api, ...] = (
         shape="anthropic",
         prompts=True,
         id_header="request-id",
+    ),
+    Api(
+        "batches",
+        ("batches:router",),
+        _on("main", "openai"),
+        prefixes=("/v1/files", "/v1/batches"),
+        shape="openai",
+        when=lambda s, _: s.batches.enabled,
+        max_body=lambda s: s.batches.max_file_bytes + 64 * 1024,  # the file and its multipart framing
     ),
     Api(
         "vllm",

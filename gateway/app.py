@@ -138,6 +138,8 @@ def build_app(runtime: Runtime, listener: Listener, lifespan: Lifespan | None = 
     app.openapi = with_limits(app, s)  # type: ignore[method-assign]
     for api in served(s, listener):
         _install(app, api)
+    if listener == "main":
+        runtime.batches.attach(app)  # batch lines run through the main port's routes
     return app
 
 

@@ -415,6 +415,15 @@ class KeyRing:
         self._refresh()
         return [e.digest for e in (*self._fixed, *self._file_entries) if e.principal.can(permission)]
 
+    def by_name(self, name: str) -> Principal | None:
+        """The principal of the key named `name` as configured now (None: no such key any
+        more), for work a key started earlier (batch lines)."""
+        self._refresh()
+        for e in (*self._fixed, *self._file_entries):
+            if e.principal.name == name:
+                return e.principal
+        return None
+
     def authenticate(self, key: str | None) -> Principal | None:
         """The caller of `key`, or None if it is no configured key."""
         self._refresh()

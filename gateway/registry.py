@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -31,6 +32,8 @@ ReaderState = Literal["loading", "ready", "failed", "dead", "draining", "stopped
 # (reader settings as data, cache folder, batch-size hook) -> an engine, not started
 EngineFactory = Callable[[dict[str, Any], Path, Callable[[int], None] | None], Engine]
 Cut = Callable[[GatewayError], None]
+# set while a batch line runs (gateway.batches.runner): admission counts it as batch work
+BATCH_WORK: contextvars.ContextVar[bool] = contextvars.ContextVar("batch_work", default=False)
 
 
 @dataclass(eq=False)
@@ -43,6 +46,7 @@ class Reader:
     error: str | None = None
     in_flight: int = 0  # requests
     sequences: int = 0  # sequences of those requests (prompts x n x beams): what admission counts
+    batch_sequences: int = 0  # of those, batch lines' (live admission does not count them)
     configured: bool = True  # from the settings at start-up (False: added at run time)
     load_task: asyncio.Task[None] | None = None
     loaded_at: float | None = None
@@ -124,6 +128,8 @@ class Reader:
         """
         self.in_flight += 1
         self.sequences += weight
+        batch = weight if BATCH_WORK.get() else 0
+        self.batch_sequences += batch
         if cut is not None:
             self._cuts.add(cut)
         released = False
@@ -134,6 +140,7 @@ class Reader:
                 released = True
                 self.in_flight -= 1
                 self.sequences -= weight
+                self.batch_sequences -= batch
                 if cut is not None:
                     self._cuts.discard(cut)
 
@@ -283,9 +290,17 @@ class Registry:
                 headers={"Retry-After": "5"},
             )
         best = min(ready, key=lambda r: r.sequences)
-        if admit:
+        if admit and BATCH_WORK.get():
+            # batch work only in the room live traffic leaves (never counted as a rejection)
+            capacity = self.batch_capacity(best)
+            if best.sequences + weight > capacity and (best.sequences or capacity == 0):
+                raise Overloaded(
+                    f"consumer group {group!r} has no room for batch work now", headers={"Retry-After": "1"}
+                )
+        elif admit:
             limit = best.settings.max_in_flight
-            if limit is not None and best.sequences and best.sequences + weight > limit:
+            live = best.sequences - best.batch_sequences  # batch lines never refuse a live request
+            if limit is not None and live and live + weight > limit:
                 self.rejections += 1
                 raise Overloaded(
                     f"consumer group {group!r} is at capacity ({limit} sequences in flight per reader); retry shortly",
@@ -295,6 +310,15 @@ class Registry:
             if obs is not None:
                 obs.reader = best.id
         return best
+
+    def batch_capacity(self, reader: Reader) -> int:
+        """The sequences `reader` may hold while it takes batch lines: `batches.lines_per_reader`,
+        and below its `max_in_flight` by `batches.live_headroom`."""
+        conf = self.settings.batches
+        limit = reader.settings.max_in_flight
+        if limit is None:
+            return conf.lines_per_reader
+        return max(0, min(conf.lines_per_reader, limit - conf.live_headroom))
 
     def get(self, reader_id: str, visible: Callable[[str], bool] = lambda _: True) -> Reader:
         """A reader by id; a 404 listing the readers of the groups `visible` allows."""

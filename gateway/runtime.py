@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import get_args
 
+from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -16,17 +17,23 @@ from starlette.types import Scope
 
 from gateway.apis import Api
 from gateway.auth import KeyRing
+from gateway.batches.files import FileDirectory
+from gateway.batches.runner import BatchRunner
+from gateway.batches.store import BatchStore, make_batch_store
 from gateway.continuation import ContinuationStore, make_store
 from gateway.errors import GatewayError
 from gateway.machinery.pipeline import Pipeline
 from gateway.metering import Meter, make_meter
 from gateway.observability.metrics import Observation, attach
 from gateway.observability.tracing import Tracer
-from gateway.registry import EngineFactory, ReaderState, Registry
+from gateway.registry import BATCH_WORK, EngineFactory, ReaderState, Registry
 from gateway.settings import Settings
 from gateway.usage import Ledger, Record, day_of
 
 BODY_FLOOR_BYTES = 256 * 1024
+ENGINE_SECONDS = Counter(
+    "gateway_engine_seconds", "Engine time of finished requests (acceptance to last token)", ["group", "work"]
+)
 
 
 @dataclass(eq=False)
@@ -40,6 +47,9 @@ class Runtime:
     keys: KeyRing
     meter: Meter
     ledger: Ledger
+    batch_store: BatchStore
+    batch_files: FileDirectory
+    batches: BatchRunner
     tracer: Tracer | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
@@ -57,6 +67,13 @@ class Runtime:
         registry = Registry(settings, factory) if factory is not None else Registry(settings)
         store = make_store(settings.continuation)
         meter = make_meter(settings.continuation)
+        batch_store = make_batch_store(settings.continuation)
+        files = FileDirectory(settings.batch_directory)
+        if settings.batches.enabled:
+            try:
+                files.check()
+            except OSError as exc:  # fail closed: never accept files that cannot be kept
+                raise RuntimeError(f"batches.directory {files.root} cannot be written: {exc}") from exc
         runtime = cls(
             settings=settings,
             registry=registry,
@@ -65,6 +82,9 @@ class Runtime:
             keys=keys,
             meter=meter,
             ledger=Ledger(meter, settings.usage),
+            batch_store=batch_store,
+            batch_files=files,
+            batches=BatchRunner(settings, registry, batch_store, files, keys),
             tracer=Tracer() if settings.tracing else None,
         )
         attach(RuntimeCollector(runtime))
@@ -76,6 +96,8 @@ class Runtime:
         context served (never below BODY_FLOOR_BYTES), so that a body no model could take
         is refused before anything parses it."""
         s = self.settings
+        if api.max_body is not None:
+            return api.max_body(s)
         context = self.registry.largest_context() if api.prompts and s.body_bytes_per_context_token else None
         if context is None or s.body_bytes_per_context_token is None:
             return s.max_body_bytes
@@ -94,24 +116,32 @@ class Runtime:
         self.registry.start_all()
         if self.settings.usage.enabled:
             self.ledger.start()
+        if self.settings.batches.enabled and self.batches.app is not None:
+            self.batches.start()
 
     def on_request_end(self, obs: Observation, scope: Scope) -> None:
         """A request's answer ended: its usage goes to the ledger if it reached a group,
         its spans to the tracer if tracing."""
         if self.tracer is not None and obs.trace is not None:
             self.tracer.export(obs, obs.trace)
-        if not obs.group or not self.settings.usage.enabled:
+        if not obs.group:
             return
-        self.ledger.record(record_of(obs, time.time()))
+        record = record_of(obs, time.time())
+        if record.engine_ms:  # the share of engine time batch work takes
+            ENGINE_SECONDS.labels(obs.group, "batch" if BATCH_WORK.get() else "live").inc(record.engine_ms / 1000)
+        if self.settings.usage.enabled:
+            self.ledger.record(record)
 
     async def close(self) -> None:
         """Let background chores finish (a background response recording its failure during
         a drain), then stop the engines, write the ledger's last sums and release the stores."""
+        await self.batches.stop()  # lines in flight give their claims back
         await self.pipeline.finish_chores(5.0)
         await self.registry.shutdown()
         await self.ledger.stop()
         await self.continuation.close()
         await self.meter.close()
+        await self.batch_store.close()
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.shutdown)  # sends what is queued
 
@@ -183,6 +213,10 @@ class RuntimeCollector(Collector):
                 engine.add_metric([r.group, r.id], r.engine.stats().running)
         yield in_flight
         yield up
+        if rt.settings.batches.enabled:
+            lines = GaugeMetricFamily("gateway_batch_lines_in_flight", "Batch lines this process runs now")
+            lines.add_metric([], rt.batches.lines_in_flight())
+            yield lines
         yield state
         yield engine
         entries, size, hits, misses, evictions = rt.continuation.snapshot()

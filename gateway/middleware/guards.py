@@ -41,6 +41,7 @@ from gateway.observability.metrics import current_observation
 log = logging.getLogger(__name__)
 
 
+INTERNAL_PRINCIPAL = "gateway.principal"
 _LOOPBACK_HOST = re.compile(r"^(127\.0\.0\.1|localhost|\[::1\])(:\d+)?$", re.IGNORECASE)
 
 
@@ -169,7 +170,10 @@ class Guard:
             await self._refuse(scope, send, error)
             return
         started = time.perf_counter()
-        caller = self._caller(scope, public)
+        # in-process work of a key (a batch line) carries its principal; no server puts
+        # this key in a scope, so no client can
+        internal = scope.get(INTERNAL_PRINCIPAL)
+        caller = internal if isinstance(internal, Principal) else self._caller(scope, public)
         obs = current_observation()
         if obs is not None and obs.trace is not None:
             obs.phases.append(("gateway.auth", started, time.perf_counter()))

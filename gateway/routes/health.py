@@ -51,7 +51,8 @@ async def status(request: Request) -> dict[str, Any]:
     """The loaded models, their consumer groups and their state."""
     rt = get_runtime(request)
     detail = request.app.state.listener == "management"  # admin keys see paths and errors
-    return serving_status.status(rt.registry, rt.draining, rt.started_at, rt.continuation.health(), detail)
+    running = rt.batches.running() if rt.settings.batches.enabled else None
+    return serving_status.status(rt.registry, rt.draining, rt.started_at, rt.continuation.health(), detail, running)
 
 
 @metrics_router.get("/metrics", response_class=Response)

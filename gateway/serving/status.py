@@ -28,6 +28,7 @@ def describe(reader: Reader, detail: bool = True) -> dict[str, Any]:
         "model_name": display_name(reader.settings.model),
         "state": reader.state,
         "requests_in_flight": reader.in_flight,
+        "batch_sequences": reader.batch_sequences,  # of those, batch lines' sequences
         "generated_tokens": LIVE_TOKENS.get(reader.id, 0),
     }
     if reader.error:
@@ -79,7 +80,12 @@ def readiness(registry: Registry, draining: bool) -> JSONResponse:
 
 
 def status(
-    registry: Registry, draining: bool, started_at: float, store: StoreHealth | None = None, detail: bool = True
+    registry: Registry,
+    draining: bool,
+    started_at: float,
+    store: StoreHealth | None = None,
+    detail: bool = True,
+    batches: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The loaded models, their consumer groups and their state, and the store's health;
     without `detail` (inference keys) no model paths, load errors or store errors."""
@@ -95,6 +101,8 @@ def status(
         if detail:
             health.update(errors=store.errors, last_error=store.last_error)
         out["continuation_store"] = health
+    if batches is not None and detail:  # batch id -> its lines this process runs now
+        out["batches_running"] = batches
     return out
 
 

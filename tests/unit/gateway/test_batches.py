@@ -1,0 +1,316 @@
+"""OpenAI's Files and Batch APIs (gateway/batches/, gateway/serving/batches_api.py) on the
+scripted engine, driven by the unmodified openai SDK: lines answered as online requests,
+checks that name the bad line, tenants, cancel, a restart and two replicas on a real Redis,
+and live traffic that batch work never refuses."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from gateway.settings import BatchSettings, ContinuationSettings, ReaderSettings
+from tests.unit.conftest import make_settings, running
+
+A, B, A2 = "sk-batch-a-0123456789", "sk-batch-b-0123456789", "sk-batch-a2-0123456789"
+ADMIN = "sk-batch-admin-0123456789"
+FAST = [
+    ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted={"eos_after": 6}),
+    ReaderSettings(
+        id="embed-0", consumer_group="embed", kind="sentence-transformers", model="embedded:all-minilm-l6-v2"
+    ),
+]
+
+
+def keys_file(tmp_path: Path) -> Path:
+    path = tmp_path / "keys.yaml"
+    keys = [
+        {"name": "alice", "key": A, "tenant": "acme"},
+        {"name": "alice-2", "key": A2, "tenant": "acme"},
+        {"name": "bob", "key": B, "tenant": "globex"},
+        {"name": "ops", "key": ADMIN, "permissions": ["admin"]},
+    ]
+    path.write_text(yaml.safe_dump({"keys": keys}))
+    return path
+
+
+def settings_for(tmp_path: Path, readers: list[ReaderSettings] = FAST, **batches: Any) -> Any:
+    conf = {"enabled": True, "directory": tmp_path / "files", "poll_seconds": 0.05, **batches}
+    return make_settings(api_keys_file=keys_file(tmp_path), readers=readers, batches=BatchSettings(**conf))
+
+
+def sdk(c: Any, key: str = A) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=c, max_retries=0)
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return ("\n".join(json.dumps(x) for x in lines) + "\n").encode()
+
+
+def chat_line(i: int, **body: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": f"question {i}"}]
+    return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "primary", "messages": messages, "max_tokens": 5, "temperature": 0, **body}}  # fmt: skip
+
+
+def wait_for(client: openai.OpenAI, batch_id: str, until: tuple[str, ...] = ("completed",), timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in until or batch.status in ("failed", "expired", "cancelled", "completed"):
+            return batch
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.05)
+
+
+def output(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [json.loads(x) for x in client.files.content(file_id).content.decode().splitlines()]
+
+
+def test_chat_completions_and_embeddings_batches_answer_as_the_online_endpoints(tmp_path):
+    with running(settings_for(tmp_path)) as c:
+        client = sdk(c)
+        lines = [chat_line(i) for i in range(5)]
+        f = client.files.create(file=("chat.jsonl", jsonl(lines)), purpose="batch")
+        assert f.purpose == "batch" and f.bytes == len(jsonl(lines)) and f.filename == "chat.jsonl"
+        raw = c.get(f"/v1/files/{f.id}", headers={"Authorization": f"Bearer {A}"}).json()
+        assert not [k for k in raw if k.startswith("_")]  # the gateway's own fields stay inside
+        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                      metadata={"job": "nightly"})  # fmt: skip
+        assert batch.status == "validating" and batch.metadata == {"job": "nightly"}
+        done = wait_for(client, batch.id)
+        assert done.status == "completed" and done.request_counts.total == 5 and done.request_counts.completed == 5
+        assert done.error_file_id is None and done.completed_at >= done.created_at
+        results = output(client, done.output_file_id)
+        assert sorted(r["custom_id"] for r in results) == [f"req-{i}" for i in range(5)]
+        for r in results:
+            line = next(x for x in lines if x["custom_id"] == r["custom_id"])
+            online = c.post("/v1/chat/completions", json=line["body"], headers={"Authorization": f"Bearer {A}"}).json()
+            got = r["response"]["body"]
+            assert r["response"]["status_code"] == 200 and r["error"] is None and r["response"]["request_id"]
+            assert got["choices"] == online["choices"] and got["usage"] == online["usage"]
+        # embeddings, the same way
+        emb = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+                "body": {"model": "embed", "input": f"text {i}"}} for i in range(3)]  # fmt: skip
+        f2 = client.files.create(file=("emb.jsonl", jsonl(emb)), purpose="batch")
+        done = wait_for(client, client.batches.create(input_file_id=f2.id, endpoint="/v1/embeddings",
+                                                      completion_window="24h").id)  # fmt: skip
+        assert done.status == "completed"
+        for r in output(client, done.output_file_id):
+            body = next(x["body"] for x in emb if x["custom_id"] == r["custom_id"])
+            online = c.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {A}"}).json()
+            assert r["response"]["body"]["data"] == online["data"]
+        # listing, newest first, with cursors
+        listed = client.batches.list(limit=1)
+        assert [b.id for b in listed.data] == [done.id] and listed.has_more
+        assert [b.id for b in client.batches.list(after=done.id).data] == [batch.id]
+        assert {x.id for x in client.files.list().data} >= {f.id, f2.id}
+        with pytest.raises(openai.ConflictError):
+            client.batches.cancel(batch.id)  # completed
+        assert client.files.delete(f.id).deleted
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(f.id)
+
+
+def test_a_bad_line_is_named_by_its_number(tmp_path):
+    with running(settings_for(tmp_path)) as c:
+        client = sdk(c)
+        half_written = (
+            b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n{"custom_id": '
+        )
+        cases = {
+            half_written: "line 2",
+            jsonl([chat_line(1), chat_line(1)]): "line 2: custom_id 'req-1' repeats",
+            jsonl([chat_line(1), {**chat_line(2), "method": "GET"}]): "line 2: method",
+            jsonl([{**chat_line(1), "url": "/v1/moderations"}]): "line 1: url",
+            jsonl([chat_line(1, stream=True)]): "line 1: a batch request cannot stream",
+            b"\n\n": "no requests",
+        }
+        for data, message in cases.items():
+            with pytest.raises(openai.BadRequestError) as e:
+                client.files.create(file=("x.jsonl", data), purpose="batch")
+            assert message in e.value.body["message"], e.value.body
+            assert e.value.body["param"] == "file"
+        with pytest.raises(openai.BadRequestError) as e:
+            client.files.create(file=("x.jsonl", b"x"), purpose="fine-tune")
+        assert e.value.body["param"] == "purpose"
+        # a line for another endpoint than the batch's: the batch fails, naming it
+        f = client.files.create(file=("x.jsonl", jsonl([chat_line(1)])), purpose="batch")
+        failed = wait_for(client, client.batches.create(input_file_id=f.id, endpoint="/v1/completions",
+                                                        completion_window="24h").id)  # fmt: skip
+        assert failed.status == "failed" and failed.errors.data[0].line == 1
+        assert failed.errors.data[0].code == "mismatched_endpoint"
+        with pytest.raises(openai.NotFoundError) as e:
+            client.batches.create(input_file_id="file-nope", endpoint="/v1/completions", completion_window="24h")
+        assert e.value.body["param"] == "input_file_id"
+        for bad in ({"completion_window": "48h"}, {"endpoint": "/v1/moderations"}):
+            body = {"input_file_id": f.id, "endpoint": "/v1/chat/completions", "completion_window": "24h", **bad}
+            r = c.post("/v1/batches", json=body, headers={"Authorization": f"Bearer {A}"})
+            assert r.status_code == 400 and next(iter(bad)) in json.dumps(r.json()), r.text
+        r = c.get("/v1/batches", params={"limit": 0}, headers={"Authorization": f"Bearer {A}"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
+        user = client.files.create(file=("notes.txt", b"free text"), purpose="user_data")
+        assert client.files.content(user.id).content == b"free text"
+
+
+def test_caps_on_file_size_stored_bytes_and_unfinished_batches(tmp_path):
+    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted={"token_delay": 0.2})]
+    settings = settings_for(tmp_path, slow, max_file_bytes=4096, max_stored_bytes_per_tenant=6000,
+                            max_active_batches_per_tenant=1)  # fmt: skip
+    with running(settings) as c:
+        client = sdk(c)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.files.create(file=("big.jsonl", b"x" * 5000), purpose="user_data")
+        assert e.value.status_code == 413
+        f = client.files.create(
+            file=("a.jsonl", jsonl([chat_line(i, max_tokens=50) for i in range(20)])), purpose="batch"
+        )
+        with pytest.raises(openai.RateLimitError) as e:
+            client.files.create(file=("b.jsonl", jsonl([chat_line(i) for i in range(20)])), purpose="batch")
+        assert "stores" in e.value.body["message"]
+        first = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        with pytest.raises(openai.RateLimitError):
+            client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        with pytest.raises(openai.ConflictError):
+            client.files.delete(f.id)  # an unfinished batch reads it
+        # cancel: lines in flight stop, the rest never run, the engine is left idle
+        wait_for(client, first.id, until=("in_progress",))
+        cancelling = client.batches.cancel(first.id)
+        assert cancelling.status in ("cancelling", "cancelled")
+        done = wait_for(client, first.id, until=("cancelled",))
+        assert done.status == "cancelled" and done.cancelled_at
+        errors = output(client, done.error_file_id)
+        assert {e["error"]["code"] for e in errors if e["error"]} == {"batch_cancelled"}
+        assert len(errors) + len(output(client, done.output_file_id)) == 20
+        engine = c.app.state.runtime.registry.readers["primary-0"].engine
+        deadline = time.monotonic() + 5
+        while engine.stats().running:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.batches.cancel(first.id).status == "cancelled"  # again: as it is
+
+
+def test_another_tenant_sees_neither_files_nor_batches(tmp_path):
+    with running(settings_for(tmp_path)) as c:
+        alice, bob, alice2 = sdk(c, A), sdk(c, B), sdk(c, A2)
+        f = alice.files.create(file=("a.jsonl", jsonl([chat_line(1)])), purpose="batch")
+        batch = alice.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        for call in (
+            lambda: bob.files.retrieve(f.id),
+            lambda: bob.files.content(f.id),
+            lambda: bob.files.delete(f.id),
+            lambda: bob.batches.retrieve(batch.id),
+            lambda: bob.batches.cancel(batch.id),
+            lambda: bob.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"),
+        ):
+            with pytest.raises(openai.NotFoundError):
+                call()
+        assert bob.files.list().data == [] and bob.batches.list().data == []
+        # another key of the same tenant shares them
+        assert alice2.batches.retrieve(batch.id).id == batch.id
+        assert wait_for(alice, batch.id).status == "completed"
+
+
+def test_batch_work_never_refuses_live_requests(tmp_path):
+    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", max_in_flight=4,
+                           scripted={"token_delay": 0.02})]  # fmt: skip
+    with running(settings_for(tmp_path, slow, live_headroom=2)) as c:
+        client = sdk(c)
+        reader = c.app.state.runtime.registry.readers["primary-0"]
+        f = client.files.create(
+            file=("a.jsonl", jsonl([chat_line(i, max_tokens=30) for i in range(40)])), purpose="batch"
+        )
+        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        wait_for(client, batch.id, until=("in_progress",))
+        # operators see the batch at work: /status on the management port, and the metrics
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        deadline = time.monotonic() + 10
+        while batch.id not in c.management.get("/status", headers=admin).json().get("batches_running", {}):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert "batches_running" not in c.get("/status", headers={"Authorization": f"Bearer {A}"}).json()
+        assert "gateway_batch_lines_in_flight" in c.management.get("/metrics", headers=admin).text
+        peak, statuses = [0], []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], reader.batch_sequences)
+                time.sleep(0.005)
+
+        def live() -> None:
+            for _ in range(5):
+                r = c.post("/v1/chat/completions", json=chat_line(0, max_tokens=10)["body"],
+                           headers={"Authorization": f"Bearer {A}"})  # fmt: skip
+                statuses.append(r.status_code)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        clients = [threading.Thread(target=live) for _ in range(4)]  # the reader's whole limit
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join()
+        done = wait_for(client, batch.id, timeout=120)
+        stop.set()
+        watcher.join()
+        assert statuses == [200] * 20
+        assert 1 <= peak[0] <= 2  # batch lines kept below max_in_flight less the headroom
+        runner = c.app.state.runtime.batches
+        assert runner.deferred <= 10, runner.deferred  # lines wait for room; they are not sent to be refused
+        assert done.status == "completed" and done.request_counts.completed == 40
+        metrics = c.management.get("/metrics", headers=admin).text
+        assert 'gateway_batch_lines_total{group="primary",outcome="completed"}' in metrics
+        assert 'gateway_batch_duration_seconds_count{status="completed"}' in metrics
+        assert 'gateway_engine_seconds_total{group="primary",work="batch"}' in metrics
+        assert 'gateway_engine_seconds_total{group="primary",work="live"}' in metrics
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_on_redis_a_restart_or_a_second_replica_finishes_the_batch_with_one_line_per_id(
+    tmp_path, redis_server, replicas
+):
+    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted={"token_delay": 0.01})]
+    store = ContinuationSettings(backend="redis", redis_url=redis_server, key_prefix=f"{{batch-{replicas}}}:")
+    settings = settings_for(tmp_path, slow, claim_seconds=1.0, lines_per_reader=4).model_copy(
+        update={"continuation": store}
+    )
+    lines = [chat_line(i, max_tokens=20) for i in range(30)]
+    with running(settings) as first:
+        client = sdk(first)
+        f = client.files.create(file=("a.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.monotonic() + 30
+        while client.batches.retrieve(batch.id).request_counts.completed < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        if replicas == 2:
+            with running(settings) as second:
+                done = wait_for(sdk(second), batch.id, timeout=120)
+                ran = [c.app.state.runtime.batches.done for c in (first, second)]
+                assert all(ran), ran  # both replicas ran lines
+        runner_done = first.app.state.runtime.batches.done
+    if replicas == 1:  # the first process stopped mid-batch; a new one finishes it
+        assert runner_done < 30
+        with running(settings) as again:
+            done = wait_for(sdk(again), batch.id, timeout=120)
+    assert done.status == "completed" and done.request_counts.total == 30
+    with running(settings) as reader:
+        results = output(sdk(reader), done.output_file_id)
+    assert sorted(r["custom_id"] for r in results) == sorted(x["custom_id"] for x in lines)
+
+
+def test_an_unwritable_directory_refuses_to_start(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(RuntimeError, match=r"batches\.directory"):
+        with running(settings_for(tmp_path, directory=blocker / "files")):
+            pass

@@ -69,3 +69,37 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - {name: OTEL_SERVICE_NAME, value: {{ .Values.tracing.serviceName | quote }}}
 {{- end }}
 {{- end -}}
+
+{{/* OpenAI's Files and Batch APIs: the settings, the files' volume and its mount */}}
+{{- define "llm-gateway.batchesEnv" -}}
+{{- if .Values.batches.enabled }}
+- {name: GATEWAY_BATCHES__ENABLED, value: "true"}
+- {name: GATEWAY_BATCHES__DIRECTORY, value: /var/lib/llm-gateway/batches}
+{{- end }}
+{{- end -}}
+
+{{- define "llm-gateway.batchesMount" -}}
+{{- if .Values.batches.enabled }}
+- {name: batch-files, mountPath: /var/lib/llm-gateway/batches}
+{{- end }}
+{{- end -}}
+
+{{- define "llm-gateway.batchesVolume" -}}
+{{- if .Values.batches.enabled }}
+{{- $replicas := or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled }}
+{{- if and $replicas (not .Values.batches.persistentVolumeClaim) }}
+{{- fail "llm-gateway: batches on more than one replica need batches.persistentVolumeClaim, a ReadWriteMany claim the replicas share" }}
+{{- end }}
+{{- if and $replicas (ne ((.Values.config.continuation | default dict).backend | default "memory") "redis") }}
+{{- fail "llm-gateway: batches on more than one replica need config.continuation.backend: redis (the replicas share the work there)" }}
+{{- end }}
+- name: batch-files
+  {{- if .Values.batches.persistentVolumeClaim }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.batches.persistentVolumeClaim }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.batches.sizeLimit }}
+  {{- end }}
+{{- end }}
+{{- end -}}

@@ -589,3 +589,40 @@ def test_tracing_points_both_paths_at_the_collector():
         render({"tracing": {"enabled": True, "endpoint": "http://x", "protocol": "thrift"}})
     (lws,) = render(on, files=("values-multinode.yaml",))["leaderworkerset.yaml"]
     assert env_of(lws)["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel.monitoring:4317"
+
+
+def test_batches_mount_a_volume_and_refuse_replicas_that_could_not_share_it():
+    def pod(doc: dict) -> dict:
+        return doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else (
+            doc["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]
+        )  # fmt: skip
+
+    def mounted(doc: dict) -> tuple[dict[str, str], dict[str, str], dict[str, dict]]:
+        spec = pod(doc)
+        container = spec["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        return env, mounts, {v["name"]: v for v in spec["volumes"]}
+
+    (plain,) = render()["deployment.yaml"]
+    env, mounts, volumes = mounted(plain)
+    assert "GATEWAY_BATCHES__ENABLED" not in env and "batch-files" not in volumes  # off by default
+    (one,) = render({"batches": {"enabled": True}})["deployment.yaml"]
+    env, mounts, volumes = mounted(one)
+    assert env["GATEWAY_BATCHES__ENABLED"] == "true"
+    assert env["GATEWAY_BATCHES__DIRECTORY"] == mounts["batch-files"] == "/var/lib/llm-gateway/batches"
+    assert volumes["batch-files"]["emptyDir"] == {"sizeLimit": "50Gi"}
+    # two replicas: a shared claim and Redis, or no render at all
+    with pytest.raises(Exception, match="persistentVolumeClaim"):
+        render({"batches": {"enabled": True}, "replicaCount": 2})
+    with pytest.raises(Exception, match=r"continuation\.backend: redis"):
+        render({"batches": {"enabled": True, "persistentVolumeClaim": "batch-rwx"}, "autoscaling": {"enabled": True}})
+    shared = {"batches": {"enabled": True, "persistentVolumeClaim": "batch-rwx"}, "replicaCount": 2,
+              "config": {"continuation": {"backend": "redis", "redis_url": "redis://redis:6379/0"}}}  # fmt: skip
+    (two,) = render(shared)["deployment.yaml"]
+    assert mounted(two)[2]["batch-files"]["persistentVolumeClaim"] == {"claimName": "batch-rwx"}
+    (lws,) = render({"batches": {"enabled": True}}, files=("values-multinode.yaml",))["leaderworkerset.yaml"]
+    env, mounts, volumes = mounted(lws)
+    assert env["GATEWAY_BATCHES__ENABLED"] == "true" and "batch-files" in mounts and "batch-files" in volumes
+    with pytest.raises(Exception, match="enabled"):
+        render({"batches": {"enabled": "yes"}})

@@ -127,4 +127,5 @@ def resolve(
         obs = current_observation()
         if obs is not None:  # the model (or adapter) that serves it, for the usage ledger
             obs.model = lora_id or (reader.engine.info.name if reader.engine is not None else group)
+            obs.requested_model = target.name or group  # what the caller named (traces)
     return reader

@@ -105,6 +105,7 @@ class Observation:
     completed: bool = False
     tenant: str = ""  # the key's tenant (the usage ledger's)
     model: str = ""  # the model or LoRA adapter that served it
+    requested_model: str = ""  # the group, model or adapter name the caller sent
     # the request's draw on its token budgets (gateway/budgets.py), and whether a budget
     # ended it
     allowance: Allowance | None = None

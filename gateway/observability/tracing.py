@@ -14,7 +14,7 @@ and with tracing off nothing runs at all. Export is OTLP, configured by the stan
 variables: `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`),
 `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or `grpc`),
 `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME` (default `llm-gateway`). Attributes follow
-OpenTelemetry's GenAI semantic conventions (`gen_ai.response.model`,
+OpenTelemetry's GenAI semantic conventions (`gen_ai.request.model`, `gen_ai.response.model`,
 `gen_ai.usage.input_tokens`, ...).
 """
 
@@ -111,6 +111,7 @@ class Tracer:
             attributes |= {
                 "gen_ai.system": "vllm",
                 "gen_ai.operation.name": _OPERATIONS.get(obs.api, "text_completion"),
+                "gen_ai.request.model": obs.requested_model or obs.group,
                 "gen_ai.response.model": obs.model or obs.group,
                 "gen_ai.usage.input_tokens": obs.prompt_tokens,
                 "gen_ai.usage.output_tokens": obs.generated_tokens,

@@ -304,7 +304,10 @@ def test_a_tenant_budget_ends_a_stream_at_its_allowance_and_then_refuses(guarded
     # the stream ended at the tenant's allowance, past it by one engine step at most
     assert GAMMA_TOKENS_PER_DAY <= usage["total_tokens"] <= GAMMA_TOKENS_PER_DAY + 1, usage
     refused = httpx.post(
-        guarded.url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4}, headers=c, timeout=60
+        guarded.url + "/v1/chat/completions",
+        json={"model": "primary", "messages": body["messages"], "max_tokens": 4},
+        headers=c,
+        timeout=60,
     )
     assert refused.status_code == 429 and 0 < int(refused.headers["Retry-After"]) <= 86401
     assert (

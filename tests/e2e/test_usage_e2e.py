@@ -113,6 +113,7 @@ def test_a_request_is_traced_with_the_gateways_spans_around_vllms_time(gateway, 
     assert a["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
     served = {m["id"] for m in http.get("/v1/models").json()["data"]}
     assert a["gen_ai.response.model"] in served and a["http.response.status_code"] == 200
+    assert a["gen_ai.request.model"] == "primary"  # the name the caller sent
     prepare, engine = spans["gateway.prepare"], spans["gateway.engine"]
     # the phases follow each other inside the server span: vLLM's time is the engine span
     assert server.start_time_unix_nano <= prepare.start_time_unix_nano <= prepare.end_time_unix_nano

@@ -70,7 +70,8 @@ def test_a_request_yields_the_gateways_spans_under_the_callers_trace(
     children = {n for n, s in named.items() if s.parent_span_id == server.span_id}
     assert {"gateway.auth", "gateway.admission", "gateway.prepare", "gateway.engine"} <= children
     a = attrs(server)
-    assert a["gen_ai.response.model"] == "scripted" and a["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+    assert a["gen_ai.response.model"] == "scripted" and a["gen_ai.request.model"] == "primary"
+    assert a["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
     assert a["gen_ai.usage.output_tokens"] == usage["completion_tokens"] and a["http.response.status_code"] == 200
     for child in children:
         span = named[child]

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.errors import NotReady
+from gateway.metering import redis_client
 from gateway.observability.metrics import STORE_ERRORS, phase
 from gateway.settings import ContinuationSettings
 
@@ -337,13 +338,8 @@ class RedisStore:
     """Shared store on a Redis server, so replicas continue each other's requests."""
 
     def __init__(self, settings: ContinuationSettings, clock: Any = time.monotonic) -> None:
-        import redis.asyncio as redis
-
         self.settings = settings
-        timeout = settings.redis_timeout_seconds
-        self._redis = redis.from_url(
-            settings.redis_url.get_secret_value(), socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self._redis = redis_client(settings)
         p = settings.key_prefix
         self._index, self._sizes, self._total = f"{p}__index", f"{p}__sizes", f"{p}__bytes"
         self._owners, self._tenant_bytes, self._tenant_prefix = f"{p}__owners", f"{p}__tenants", f"{p}__t:"

@@ -114,6 +114,23 @@ return {grant, used}
 """
 
 
+def redis_client(settings: ContinuationSettings) -> Any:
+    """A redis.asyncio client whose calls wait (up to the store's timeout) for one of
+    `redis_max_connections` connections: a burst of concurrent calls queues for a moment
+    instead of failing, as redis-py's default pool does past 100 connections."""
+    import redis.asyncio as redis
+
+    timeout = settings.redis_timeout_seconds
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url.get_secret_value(),
+        max_connections=settings.redis_max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
 class RedisPerLoop:
     """Redis clients of one store, one per event loop: the process serves every listener
     on one loop, but an in-process test client runs each app on a loop of its own, and a
@@ -129,13 +146,7 @@ class RedisPerLoop:
         loop = asyncio.get_running_loop()
         found = self._clients.get(loop)
         if found is None:
-            import redis.asyncio as redis
-
-            timeout = self._settings.redis_timeout_seconds
-            client = redis.from_url(
-                self._settings.redis_url.get_secret_value(), socket_timeout=timeout, socket_connect_timeout=timeout
-            )
-            found = self._clients[loop] = (client, {})
+            found = self._clients[loop] = (redis_client(self._settings), {})
         return found
 
     @property

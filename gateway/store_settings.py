@@ -30,6 +30,9 @@ class ContinuationSettings(BaseModel):
     # redis: the longest a call may take, and the circuit breaker (after this many failures
     # in a row the store is not asked for breaker_seconds: requests fail at once)
     redis_timeout_seconds: float = Field(0.5, gt=0)
+    # connections per process (and event loop) to Redis; a call waits up to
+    # redis_timeout_seconds for a free one (redis-py's own pool fails at once past 100)
+    redis_max_connections: int = Field(64, ge=1)
     breaker_failures: int = Field(3, ge=1)
     breaker_seconds: float = Field(5.0, gt=0)
     ttl_seconds: float = Field(3600.0, gt=0)

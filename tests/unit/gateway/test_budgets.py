@@ -228,3 +228,30 @@ def test_budgets_fail_closed_when_redis_is_gone(tmp_path):
         assert r.status_code == 503 and "budget" in r.json()["error"]["message"]
         # a key without a budget is served: its requests never ask the counters
         assert c.post("/v1/completions", json={"prompt": "go", "max_tokens": 5}, headers=h(B)).status_code == 200
+
+
+def test_a_burst_of_calls_beyond_the_connection_pool_waits_instead_of_failing(redis_server):
+    # 128 streams of a budgeted key lease at once: redis-py's own pool refused the 101st
+    # connection (MaxConnectionsError, a 503 to the client); the gateway's pool queues them
+    import asyncio
+
+    from gateway.continuation import RedisStore
+    from gateway.metering import RedisMeter
+
+    settings = ContinuationSettings(
+        backend="redis", redis_url=redis_server, key_prefix="{burst}:", redis_max_connections=8
+    )
+
+    async def burst() -> tuple[list, list]:
+        meter, store = RedisMeter(settings), RedisStore(settings)
+        try:
+            leases = await asyncio.gather(*(meter.lease("b:key:k:day:x", 10**9, 32, 60) for _ in range(300)))
+            reads = await asyncio.gather(*(store.get(f"k{i}") for i in range(300)))
+        finally:
+            await meter.close()
+            await store.close()
+        return leases, reads
+
+    leases, reads = asyncio.run(burst())
+    assert [granted for granted, _ in leases] == [32] * 300 and max(used for _, used in leases) == 32 * 300
+    assert reads == [None] * 300

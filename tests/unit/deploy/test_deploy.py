@@ -54,10 +54,18 @@ def test_the_wheel_the_images_install_builds(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)], check=True
     )
-    (wheel,) = tmp_path.glob("llm_gateway-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    (wheel,) = tmp_path.glob("llm_serving_gateway-*.whl")
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
     assert "gateway/server.py" in names and "engine_adapters/vllm_engine.py" in names
     assert not any(n.startswith("tests/") for n in names)
+    # the licence travels with it, and both commands are installed
+    (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    metadata = archive.read(meta).decode()
+    assert "License-Expression: Apache-2.0" in metadata and any(n.endswith("/licenses/LICENSE") for n in names)
+    (entry,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    scripts = archive.read(entry).decode()
+    assert "gateway = gateway.cli:main" in scripts and "llm-serving-gateway = gateway.cli:main" in scripts
 
 
 # Kubernetes versions the chart is validated against: its floor, a middle one, and the newest
@@ -626,3 +634,55 @@ def test_batches_mount_a_volume_and_refuse_replicas_that_could_not_share_it():
     assert env["GATEWAY_BATCHES__ENABLED"] == "true" and "batch-files" in mounts and "batch-files" in volumes
     with pytest.raises(Exception, match="enabled"):
         render({"batches": {"enabled": "yes"}})
+
+
+def test_day_one_knobs_reach_both_paths_and_service_links_are_off():
+    def pod(doc: dict) -> dict:
+        return doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else (
+            doc["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]
+        )  # fmt: skip
+
+    knobs = {
+        "imagePullSecrets": [{"name": "my-registry"}],
+        "runtimeClassName": "nvidia",
+        "priorityClassName": "inference-high",
+        "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}],
+        "podAnnotations": {"sidecar.istio.io/inject": "false"},
+        "global": {"imageRegistry": "ignored.example"},  # as a subchart
+    }  # fmt: skip
+    (deploy,) = render(knobs)["deployment.yaml"]
+    (lws,) = render(knobs, files=("values-multinode.yaml",))["leaderworkerset.yaml"]
+    worker = lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]
+    for spec in (pod(deploy), pod(lws), worker):
+        assert spec["enableServiceLinks"] is False  # a Service named gateway or vllm injects nothing
+        assert spec["imagePullSecrets"] == [{"name": "my-registry"}]
+        assert spec["runtimeClassName"] == "nvidia" and spec["priorityClassName"] == "inference-high"
+        for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints"):
+            assert spec[key] == knobs[key], key
+        for c in spec["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert deploy["spec"]["template"]["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    leader = pod(lws)["containers"][0]
+    assert {"startupProbe", "livenessProbe", "readinessProbe"} <= set(leader)  # as the Deployment's
+    # rollouts: no surge (a single-GPU node never needs a second GPU), a deadline past the load
+    (plain,) = render()["deployment.yaml"]
+    assert plain["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert plain["spec"]["progressDeadlineSeconds"] > 1800
+    assert "enableServiceLinks" in pod(plain) and "imagePullSecrets" not in pod(plain)
+    labels = plain["metadata"]["labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "Helm" and labels["app.kubernetes.io/component"] == "gateway"
+    (named,) = render({"fullnameOverride": "inference"})["deployment.yaml"]
+    assert named["metadata"]["name"] == "inference"
+    # the autoscalers scale what exists: the LeaderWorkerSet on the multi-node path
+    auto = {"autoscaling": {"enabled": True}}
+    (hpa,) = render(auto, files=("values-multinode.yaml",))["hpa.yaml"]
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "LeaderWorkerSet"
+    (hpa,) = render(auto)["hpa.yaml"]
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    with pytest.raises(Exception, match="imagePullSecrets"):
+        render({"imagePullSecrets": ["my-registry"]})

@@ -1,17 +1,90 @@
+{{- define "llm-gateway.name" -}}
+{{- .Values.nameOverride | default .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "llm-gateway.fullname" -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "llm-gateway.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "llm-gateway.labels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "llm-gateway.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "llm-gateway.selector" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "llm-gateway.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* What every pod of the chart shares: where it may run, who pulls its image, and no
+     service links (a Service named `gateway` or `vllm` in the namespace would otherwise
+     inject GATEWAY_PORT or VLLM_PORT, which the gateway and vLLM read as settings). */}}
+{{- define "llm-gateway.podCommon" -}}
+enableServiceLinks: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The root filesystem is read-only: every cache goes under the writable /tmp. */}}
+{{- define "llm-gateway.cacheEnv" -}}
+- {name: HOME, value: /tmp/home}
+- {name: XDG_CACHE_HOME, value: /tmp/cache}
+- {name: VLLM_CACHE_ROOT, value: /tmp/cache/vllm}
+- {name: TRITON_CACHE_DIR, value: /tmp/cache/triton}
+- {name: VLLM_NO_USAGE_STATS, value: "1"}
+{{- end -}}
+
+{{/* The gateway container's probes (the probe port, or the http port). */}}
+{{- define "llm-gateway.probes" -}}
+startupProbe:
+  httpGet: {path: /readyz, port: {{ include "llm-gateway.probePortName" . }}}
+  periodSeconds: 10
+  timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
+  failureThreshold: {{ div .Values.startupSeconds 10 }}
+livenessProbe:
+  httpGet: {path: /healthz, port: {{ include "llm-gateway.probePortName" . }}}
+  periodSeconds: 10
+  timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
+  failureThreshold: {{ .Values.probes.livenessFailureThreshold }}
+readinessProbe:
+  # a busy event loop answers late, not wrongly: tolerate it so a pod does not
+  # leave the Service exactly when it is busiest
+  httpGet: {path: /readyz, port: {{ include "llm-gateway.probePortName" . }}}
+  periodSeconds: 5
+  timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
+  failureThreshold: {{ .Values.probes.readinessFailureThreshold }}
 {{- end -}}
 
 {{- define "llm-gateway.keysSecret" -}}
@@ -102,4 +175,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     sizeLimit: {{ .Values.batches.sizeLimit }}
   {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* What the autoscalers scale: the Deployment, or the LeaderWorkerSet on the multi-node path. */}}
+{{- define "llm-gateway.scaleTarget" -}}
+{{- if .Values.multiNode.enabled }}
+apiVersion: leaderworkerset.x-k8s.io/v1
+kind: LeaderWorkerSet
+{{- else }}
+apiVersion: apps/v1
+kind: Deployment
+{{- end }}
+name: {{ include "llm-gateway.fullname" . }}
 {{- end -}}

@@ -75,19 +75,21 @@ lint: install-dev
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
+# The system packages some tests need (Redis, Prometheus, Chromium; npm for the contract
+# tests' CLIs), with apt where it works. Elsewhere (no apt, no root or sudo) it says what is
+# missing and goes on: those tests are skipped with the reason (tests/needs.py); under CI
+# (CI=true) nothing may be missing and it stops.
 system-deps:
-	@for pkg in $(DEB_PACKAGES); do \
+	@for pkg in $(DEB_PACKAGES) npm; do \
+	  { [ $$pkg = npm ] && command -v npm >/dev/null; } && continue; \
 	  dpkg -s $$pkg >/dev/null 2>&1 && continue; \
 	  echo "installing the Debian package $$pkg"; \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$sudo apt-get install -y -q $$pkg >/dev/null \
-	    || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$pkg >/dev/null; } \
-	    || exit 1; \
+	  $$sudo apt-get install -y -q $$pkg >/dev/null 2>&1 \
+	    || { $$sudo apt-get update -q >/dev/null 2>&1 && $$sudo apt-get install -y -q $$pkg >/dev/null 2>&1; } \
+	    || { echo "could not install $$pkg with apt-get (it needs root or sudo): the tests that need it are skipped"; \
+	         [ -z "$$CI" ] || exit 1; }; \
 	done
-	@# npm installs the Codex CLI of the contract tests (Node's own packages bundle it)
-	@command -v npm >/dev/null || { sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  echo "installing the Debian package npm"; $$sudo apt-get install -y -q npm >/dev/null \
-	  || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q npm >/dev/null; }; }
 
 # Coverage is of the test process (the unit tests run the HTTP side in process); the e2e
 # gateways are processes of their own and are not measured.

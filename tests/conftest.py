@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import needs
 from tests.otlp import Received, http_receiver
 from tests.servers import GatewayProcess, start_gateway
 
@@ -88,15 +89,12 @@ def tokenizer(gateway: GatewayProcess) -> Any:
 @pytest.fixture(scope="session")
 def redis_server(artifacts: Path) -> Iterator[str]:
     """A throw-away redis-server on 127.0.0.1 (Debian package, installed by `make test`)."""
-    import shutil
     import subprocess
     import time
 
     from tests.servers import free_port
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed; `make test` installs it (Debian package redis-server)")
+    binary = needs.binary("redis-server", "redis-server")
     port = free_port()
     log = open(artifacts / "redis.log", "wb")  # the child writes to it until stopped
     proc = subprocess.Popen(
@@ -123,3 +121,13 @@ def redis_server(artifacts: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Where nothing may be skipped (tests/needs.py: CI), a skip of any origin is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if needs.STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped where nothing may be skipped: {report.longrepr}"

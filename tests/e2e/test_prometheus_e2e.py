@@ -3,7 +3,6 @@ vLLM's come back through Prometheus's query API."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import needs
 from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
@@ -18,9 +18,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def prometheus(gateway, tmp_path: Path, artifacts: Path):
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus is not installed; `make test` installs the Debian package")
+    binary = needs.binary("prometheus", "prometheus")
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(

@@ -4,13 +4,13 @@ Playwright; no browser is downloaded) against the gateway with the real engine."
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from tests import needs
 from tests.servers import start_gateway
 
 pytestmark = pytest.mark.e2e
@@ -30,9 +30,7 @@ CHROMIUM_ARGS = [
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed; `make test` installs the Debian package")
+    chromium = needs.binary("chromium", "chromium")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:

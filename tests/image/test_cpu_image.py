@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import needs
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,8 +37,9 @@ def podman(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def image(artifacts: Path) -> str:
-    if os.geteuid() != 0:
-        pytest.fail("the image test mounts and chroots: run `make test` as root")
+    # the build script installs podman, buildah and mmdebstrap with apt
+    needs.root("the image test installs podman with apt, mounts the image's root and chroots into it")
+    needs.binary("apt-get", "apt")
     with open(artifacts / "image-build.log", "wb") as log:
         proc = subprocess.run(
             [str(ROOT / "deploy" / "docker" / "build-image.sh"), "cpu", TAG], stdout=log, stderr=subprocess.STDOUT

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from gateway.errors import RateLimited
 from gateway.metering import Meter
 
-# tokens leased per window at a time, beyond what a step needs (a Redis call per this many
-# tokens of a stream at most)
+# tokens leased per window at a time, beyond what a step needs: the first slice, doubling
+# at each lease of a stream up to MAX_SLICE (a stream of n tokens makes about log2(n/32)
+# Redis calls, not n/32); near the limit a lease is at most a quarter of what is left
 SLICE = 32
+MAX_SLICE = 512
 WINDOWS = ("minute", "day", "month")
 
 
@@ -78,6 +80,7 @@ class Allowance:
     spent: int = 0
     exhausted: bool = False
     closed: bool = False
+    slice: int = SLICE  # the next lease's size (doubles up to MAX_SLICE)
     cause: _Lease | None = None  # the window that ran out
 
     @classmethod
@@ -127,11 +130,13 @@ class Allowance:
         ok = True
         for lease in self.leases:
             if lease.left < n:
-                granted, _ = await self.meter.lease(lease.key, lease.limit, max(n - lease.left, SLICE), lease.ttl)
+                need = n - lease.left
+                granted, _ = await self.meter.lease(lease.key, lease.limit, max(need, self.slice), lease.ttl, need)
                 lease.left += granted
                 if lease.left < n:
                     ok = False
                     self.cause = self.cause or lease
+        self.slice = min(self.slice * 2, MAX_SLICE)
         for lease in self.leases:
             if lease.left >= n:
                 lease.left -= n

@@ -32,8 +32,10 @@ class MeterUnavailable(NotReady):
 class Meter(Protocol):
     """The counters' backend."""
 
-    async def lease(self, key: str, limit: int, want: int, ttl: int) -> tuple[int, int]:
-        """Grant up to `want` of `key`'s `limit` (atomically); (granted, used after)."""
+    async def lease(self, key: str, limit: int, want: int, ttl: int, need: int | None = None) -> tuple[int, int]:
+        """Grant up to `want` of `key`'s `limit` (atomically); (granted, used after). Near
+        the limit a grant beyond `need` (default `want`) is at most a quarter of what is
+        left, so that one stream's lease never takes what concurrent streams need."""
         ...
 
     async def add(self, key: str, n: int, ttl: int) -> int:
@@ -73,9 +75,9 @@ class MemoryMeter:
             self._expiry.pop(key, None)
         return self._values.get(key, 0)
 
-    async def lease(self, key: str, limit: int, want: int, ttl: int) -> tuple[int, int]:
+    async def lease(self, key: str, limit: int, want: int, ttl: int, need: int | None = None) -> tuple[int, int]:
         used = self._live(key)
-        grant = max(0, min(want, limit - used))
+        grant = max(0, _grant(limit - used, want, want if need is None else need))
         if grant:
             self._values[key] = used + grant
             self._expiry[key] = self._clock() + ttl
@@ -103,10 +105,17 @@ class MemoryMeter:
         return None
 
 
-# KEYS[1] the window's counter; ARGV: limit, want, ttl seconds. Returns {granted, used after}.
+def _grant(left: int, want: int, need: int) -> int:
+    """What a lease gets of the `left` tokens of a window (the Lua script's rule)."""
+    return min(want, max(need, left // 4), left)
+
+
+# KEYS[1] the window's counter; ARGV: limit, want, ttl seconds, need. Returns {granted,
+# used after}. The grant: want, but past need at most a quarter of what is left (_grant).
 _LEASE = """
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local grant = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - used)
+local left = tonumber(ARGV[1]) - used
+local grant = math.min(tonumber(ARGV[2]), math.max(tonumber(ARGV[4]), math.floor(left / 4)), left)
 if grant <= 0 then return {0, used} end
 used = redis.call('INCRBY', KEYS[1], grant)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
@@ -194,9 +203,10 @@ class RedisMeter:
     async def _call(self, coro: Any) -> Any:
         return await self._redis_loop.call(coro)
 
-    async def lease(self, key: str, limit: int, want: int, ttl: int) -> tuple[int, int]:
+    async def lease(self, key: str, limit: int, want: int, ttl: int, need: int | None = None) -> tuple[int, int]:
         script = self._redis_loop.script(_LEASE)
-        granted, used = await self._call(script(keys=[self._prefix + key], args=[limit, want, ttl]))
+        args = [limit, want, ttl, want if need is None else need]
+        granted, used = await self._call(script(keys=[self._prefix + key], args=args))
         return int(granted), int(used)
 
     async def add(self, key: str, n: int, ttl: int) -> int:

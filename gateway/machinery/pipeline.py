@@ -257,7 +257,8 @@ class Pipeline:
         finally:
             self.deadlines.discard(deadline)
             admission.release()
-            await self._settle(allowance, obs)
+            if allowance is not None:  # off the answer's path: the refund waits for no one
+                self.spawn(self._settle(allowance, obs))
 
     def _detached(
         self,

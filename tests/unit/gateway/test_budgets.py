@@ -46,7 +46,10 @@ def test_an_allowance_leases_spends_and_gives_back_exactly():
         assert await meter.used(keys) == [40, 40]
         assert first.take(30) is True and first.take(20) is None  # 10 left: the lease must grow
         assert await first.extend(20) is True  # another slice leased
-        assert await meter.used(keys) == [40 + SLICE, 40 + SLICE]
+        # the tenant's month had room for a whole slice; the key's day (60 left) for a
+        # quarter of what it had left, more than the 10 needed
+        assert await meter.used(keys) == [40 + 60 // 4, 40 + SLICE]
+        assert first.slice == 2 * SLICE  # the next lease asks twice as much
         await first.close(50)  # used 50 in all: the rest goes back
         assert await meter.used(keys) == [50, 50]
         # a second request runs into the key's 100 a day

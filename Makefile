@@ -117,6 +117,7 @@ bench: install-dev
 	$(BIN)/python -m benchmarks.responses
 	$(BIN)/python -m benchmarks.frontend --rounds 3
 	$(BIN)/python -m benchmarks.abuse --rounds 3
+	$(BIN)/python -m benchmarks.accounting --rounds 3
 
 # podman on a bare Debian root (mmdebstrap): no Docker engine or base-image registry needed.
 # With a registry, `docker build -f deploy/docker/Dockerfile.$(ACCEL) .` builds the same image.

@@ -105,7 +105,13 @@ def quantile(values: list[float], q: float) -> float:
 
 
 async def run_streams(
-    url: str, pid: int, surface: str, streams: int, tokens: int, probe_url: str | None = None
+    url: str,
+    pid: int,
+    surface: str,
+    streams: int,
+    tokens: int,
+    probe_url: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """`streams` concurrent streams of `tokens` each; the server's CPU time per token, the
     tokens/s delivered, and the latency of /readyz probed every 50 ms meanwhile."""
@@ -115,7 +121,8 @@ async def run_streams(
     api_probes: list[float] = []  # the API port's /readyz
     status_probes: list[float] = []  # the probe port's /status
     timeout = aiohttp.ClientTimeout(total=900)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
 
         async def one(i: int) -> None:
             nonlocal received

@@ -137,7 +137,7 @@ def redis_client(settings: ContinuationSettings) -> Any:
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
     )
-    return redis.Redis(connection_pool=pool)
+    return redis.Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 
 
 class RedisPerLoop:

@@ -25,6 +25,7 @@ class Registry:
             task="generate",
             state="ready",
             in_flight=0,
+            batch_sequences=0,
             error=None,
             engine=None,
         )

@@ -30,6 +30,7 @@ NEEDS_TORCH_OR_VLLM = [
     "--ignore=tests/unit/gateway/test_openai_tools.py",  # vLLM's tool and reasoning parsers
     "--deselect=tests/unit/gateway/test_hardening.py::test_every_route_on_every_port_needs_a_key",
     "--deselect=tests/unit/gateway/test_takeoff_routes.py::test_vllm_style_health_and_version",
+    "--deselect=tests/unit/gateway/test_batches.py::test_an_embeddings_batch_answers_as_the_online_endpoint",
 ]
 
 

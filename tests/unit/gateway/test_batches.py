@@ -20,12 +20,10 @@ from tests.unit.conftest import make_settings, running
 
 A, B, A2 = "sk-batch-a-0123456789", "sk-batch-b-0123456789", "sk-batch-a2-0123456789"
 ADMIN = "sk-batch-admin-0123456789"
-FAST = [
-    ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted={"eos_after": 6}),
-    ReaderSettings(
-        id="embed-0", consumer_group="embed", kind="sentence-transformers", model="embedded:all-minilm-l6-v2"
-    ),
-]
+FAST = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted={"eos_after": 6})]
+MINILM = ReaderSettings(
+    id="embed-0", consumer_group="embed", kind="sentence-transformers", model="embedded:all-minilm-l6-v2"
+)
 
 
 def keys_file(tmp_path: Path) -> Path:
@@ -75,7 +73,7 @@ def output(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     return [json.loads(x) for x in client.files.content(file_id).content.decode().splitlines()]
 
 
-def test_chat_completions_and_embeddings_batches_answer_as_the_online_endpoints(tmp_path):
+def test_a_chat_completions_batch_answers_as_the_online_endpoint(tmp_path):
     with running(settings_for(tmp_path)) as c:
         client = sdk(c)
         lines = [chat_line(i) for i in range(5)]
@@ -97,27 +95,34 @@ def test_chat_completions_and_embeddings_batches_answer_as_the_online_endpoints(
             got = r["response"]["body"]
             assert r["response"]["status_code"] == 200 and r["error"] is None and r["response"]["request_id"]
             assert got["choices"] == online["choices"] and got["usage"] == online["usage"]
-        # embeddings, the same way
-        emb = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
-                "body": {"model": "embed", "input": f"text {i}"}} for i in range(3)]  # fmt: skip
-        f2 = client.files.create(file=("emb.jsonl", jsonl(emb)), purpose="batch")
-        done = wait_for(client, client.batches.create(input_file_id=f2.id, endpoint="/v1/embeddings",
-                                                      completion_window="24h").id)  # fmt: skip
-        assert done.status == "completed"
-        for r in output(client, done.output_file_id):
-            body = next(x["body"] for x in emb if x["custom_id"] == r["custom_id"])
-            online = c.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {A}"}).json()
-            assert r["response"]["body"]["data"] == online["data"]
         # listing, newest first, with cursors
+        f2 = client.files.create(file=("again.jsonl", jsonl(lines[:1])), purpose="batch")
+        second = client.batches.create(input_file_id=f2.id, endpoint="/v1/chat/completions", completion_window="24h")
         listed = client.batches.list(limit=1)
-        assert [b.id for b in listed.data] == [done.id] and listed.has_more
-        assert [b.id for b in client.batches.list(after=done.id).data] == [batch.id]
+        assert [b.id for b in listed.data] == [second.id] and listed.has_more
+        assert [b.id for b in client.batches.list(after=second.id).data] == [batch.id]
         assert {x.id for x in client.files.list().data} >= {f.id, f2.id}
+        assert wait_for(client, second.id).status == "completed"
         with pytest.raises(openai.ConflictError):
             client.batches.cancel(batch.id)  # completed
         assert client.files.delete(f.id).deleted
         with pytest.raises(openai.NotFoundError):
             client.files.retrieve(f.id)
+
+
+def test_an_embeddings_batch_answers_as_the_online_endpoint(tmp_path):
+    with running(settings_for(tmp_path, [*FAST, MINILM])) as c:
+        client = sdk(c)
+        emb = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+                "body": {"model": "embed", "input": f"text {i}"}} for i in range(3)]  # fmt: skip
+        f2 = client.files.create(file=("emb.jsonl", jsonl(emb)), purpose="batch")
+        done = wait_for(client, client.batches.create(input_file_id=f2.id, endpoint="/v1/embeddings",
+                                                      completion_window="24h").id)  # fmt: skip
+        assert done.status == "completed" and done.request_counts.completed == 3
+        for r in output(client, done.output_file_id):
+            body = next(x["body"] for x in emb if x["custom_id"] == r["custom_id"])
+            online = c.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {A}"}).json()
+            assert r["response"]["body"]["data"] == online["data"]
 
 
 def test_a_bad_line_is_named_by_its_number(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CASES = '''
+CASES = """
 import pytest
 from tests import needs
 
@@ -20,7 +20,7 @@ def test_needs_a_missing_binary():
 
 def test_skips_on_its_own():
     pytest.skip("a reason of its own")
-'''
+"""
 
 
 def run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

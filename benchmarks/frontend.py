@@ -480,9 +480,35 @@ def main() -> None:
     parser.add_argument(
         "--only-burst", action="store_true", help="re-measure the burst into the existing results (frontend.json)"
     )
+    parser.add_argument(
+        "--only-gpu", metavar="NAME", help="the gpu scenario alone, of --surfaces, into results/NAME.json and .md"
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     surfaces = tuple(args.surfaces)
+    if args.only_gpu:
+        gpu = scenario("gpu", args.rate, args.streams, args.tokens, surfaces, args.rounds)
+        (RESULTS / f"{args.only_gpu}.json").write_text(json.dumps({"date": str(date.today()), "gpu": gpu}, indent=2))
+        rows = [
+            f"# Front end at GPU token rates: {', '.join(surfaces)} ({date.today()})",
+            "",
+            f"`.venv/bin/python -m benchmarks.frontend --only-gpu {args.only_gpu} --surfaces {' '.join(surfaces)} "
+            f"--rounds {args.rounds}`: {args.streams} streams x {args.rate:.0f} tokens/s x {args.tokens} tokens, "
+            "medians of the rounds (see frontend.md for the method).",
+            "",
+            "| surface | front end µs/token | floor µs/token | gateway process µs/token | tokens/s |",
+            "|---|---|---|---|---|",
+        ]
+        for name, s in gpu["surfaces"].items():
+            g, f = s["gateway"], s["floor"]
+            rows.append(
+                f"| {name} | {s['front_end_us_per_token']:.1f} | {f['cpu_us_per_token']:.1f} "
+                f"| {g['cpu_us_per_token']:.1f} | {g['tokens_per_s']:.0f} |"
+            )
+        text = "\n".join(rows) + "\n"
+        (RESULTS / f"{args.only_gpu}.md").write_text(text)
+        print(text)
+        return
     if args.only_burst:
         result = json.loads((RESULTS / "frontend.json").read_text())
         result["scenarios"]["burst"] = scenario("burst", 20.0, 1024, 60, ("openai-chat", "takeoff"), args.rounds)

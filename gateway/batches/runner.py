@@ -160,12 +160,9 @@ class BatchRunner:
                     await self._finish(tenant, doc, final)
             elif status == "in_progress":
                 started = await self._dispatch(tenant, doc) or started
-                done, failed = await self.store.counts(bid)
+                done, _ = await self.store.counts(bid)  # (the API reads the counts live)
                 if done >= doc["request_counts"]["total"]:
                     await self._finish(tenant, doc, "completed")
-                elif (done - failed, failed) != (doc["request_counts"]["completed"], doc["request_counts"]["failed"]):
-                    doc["request_counts"].update(completed=done - failed, failed=failed)
-                    await self.store.put("batch", tenant, bid, doc)
             elif status == "finalizing":  # a replica died while writing the files
                 await self._finish(tenant, doc, doc.get("_final", "completed"))
         await self._renew()
@@ -208,14 +205,14 @@ class BatchRunner:
         now = int(time.time())
         if errors:
             doc.update(status="failed", failed_at=now, errors={"object": "list", "data": errors})
-            await self.store.put("batch", tenant, bid, doc)
-            await self.store.set_active(tenant, bid, False)
-            DURATION.labels("failed").observe(now - doc["created_at"])
+            if await self.store.replace("batch", tenant, bid, doc, "validating"):  # unless cancelled meanwhile
+                await self.store.set_active(tenant, bid, False)
+                DURATION.labels("failed").observe(now - doc["created_at"])
             return
         self._inputs[bid] = lines
         doc.update(status="in_progress", in_progress_at=now)
         doc["request_counts"]["total"] = len(lines)
-        await self.store.put("batch", tenant, bid, doc)
+        await self.store.replace("batch", tenant, bid, doc, "validating")
 
     async def _input(self, tenant: str, doc: dict[str, Any]) -> list[BatchLine] | None:
         bid = doc["id"]
@@ -367,8 +364,13 @@ class BatchRunner:
         doc = fresh
         now = int(time.time())
         if doc["status"] != "finalizing":
+            was = doc["status"]
+            if was == "in_progress" and final == "cancelled":
+                return  # a stale round's view: the batch was not cancelled
             doc.update(status="finalizing", finalizing_at=now, _final=final)
-            await self.store.put("batch", tenant, bid, doc)
+            if not await self.store.replace("batch", tenant, bid, doc, was):
+                return  # cancelled (or finished) meanwhile: the next round sees it
+        final = doc["_final"]
         results = await self.store.results(bid)
         lines = await self._input(tenant, doc) or []
         out: list[str] = []
@@ -398,7 +400,8 @@ class BatchRunner:
         doc.update(status=final)
         doc[f"{final}_at"] = now
         doc.pop("_final", None)
-        await self.store.put("batch", tenant, bid, doc)
+        if not await self.store.replace("batch", tenant, bid, doc, "finalizing"):
+            return
         await self.store.set_active(tenant, bid, False)
         await self.store.forget(bid)
         self._drop(bid)

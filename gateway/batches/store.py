@@ -45,6 +45,11 @@ class BatchStore(Protocol):
         """Write a document (created or updated)."""
         ...
 
+    async def replace(self, kind: Kind, tenant: str, doc_id: str, doc: dict[str, Any], status: str) -> bool:
+        """Write a document only while its stored `status` is still `status` (a compare
+        and set: a cancel and a runner's step never overwrite each other); whether it did."""
+        ...
+
     async def get(self, kind: Kind, tenant: str, doc_id: str) -> dict[str, Any] | None:
         """A document of `tenant`, or None."""
         ...
@@ -120,6 +125,13 @@ class MemoryBatchStore:
 
     async def put(self, kind: Kind, tenant: str, doc_id: str, doc: dict[str, Any]) -> None:
         self._docs.setdefault((kind, tenant), {})[doc_id] = json.loads(json.dumps(doc))
+
+    async def replace(self, kind: Kind, tenant: str, doc_id: str, doc: dict[str, Any], status: str) -> bool:
+        found = self._docs.get((kind, tenant), {}).get(doc_id)
+        if found is None or found.get("status") != status:
+            return False
+        await self.put(kind, tenant, doc_id, doc)
+        return True
 
     async def get(self, kind: Kind, tenant: str, doc_id: str) -> dict[str, Any] | None:
         found = self._docs.get((kind, tenant), {}).get(doc_id)
@@ -203,6 +215,14 @@ class MemoryBatchStore:
         return None
 
 
+# KEYS: the document; ARGV: the new document, the status the stored one must have
+_REPLACE = """
+local current = redis.call('GET', KEYS[1])
+if not current or cjson.decode(current)['status'] ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
 # KEYS: results hash, claim key; ARGV: line, owner, ttl ms
 _CLAIM = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return -1 end
@@ -256,6 +276,11 @@ class RedisBatchStore:
         if doc.get("expires_at") is not None:
             pipe.zadd(f"{self._p}exp:{kind}", {f"{tenant}\x1f{doc_id}": float(doc["expires_at"])})
         await self._redis.call(pipe.execute())
+
+    async def replace(self, kind: Kind, tenant: str, doc_id: str, doc: dict[str, Any], status: str) -> bool:
+        script = self._redis.script(_REPLACE)
+        done = await self._redis.call(script(keys=[self._doc(kind, tenant, doc_id)], args=[json.dumps(doc), status]))
+        return bool(done)
 
     async def get(self, kind: Kind, tenant: str, doc_id: str) -> dict[str, Any] | None:
         raw = await self._redis.call(self._redis.client.get(self._doc(kind, tenant, doc_id)))

@@ -186,16 +186,26 @@ async def get_batch(runtime: Runtime, request: Request, batch_id: str) -> Respon
 async def cancel_batch(runtime: Runtime, request: Request, batch_id: str) -> Response:
     """`POST /v1/batches/{id}/cancel`: lines in flight are stopped, the rest never run; the
     batch ends `cancelled` with the results so far."""
-    doc = await _batch(runtime, request, batch_id)
-    if doc["status"] in ("validating", "in_progress"):
+    tenant = principal_of(request.scope).tenant
+    for _ in range(5):  # a runner may move the batch on between the read and the write
+        doc = await _batch(runtime, request, batch_id)
+        was = doc["status"]
+        if was in ("cancelling", "cancelled"):
+            return FastJSONResponse(public(doc))
+        if was not in ("validating", "in_progress"):
+            raise Conflict(f"the batch is {was} and cannot be cancelled", param="batch_id")
         doc.update(status="cancelling", cancelling_at=int(time.time()))
-        await runtime.batch_store.put("batch", principal_of(request.scope).tenant, batch_id, doc)
-    elif doc["status"] not in ("cancelling", "cancelled"):
-        raise Conflict(f"the batch is {doc['status']} and cannot be cancelled", param="batch_id")
-    return FastJSONResponse(public(doc))
+        if await runtime.batch_store.replace("batch", tenant, batch_id, doc, was):
+            return FastJSONResponse(public(doc))
+    raise Conflict("the batch changed while it was being cancelled; try again", param="batch_id")
 
 
 async def list_batches(runtime: Runtime, request: Request, after: str | None, limit: int) -> Response:
     """`GET /v1/batches` (newest first, `after` a batch id)."""
     docs = await runtime.batch_store.listing("batch", principal_of(request.scope).tenant)
-    return FastJSONResponse(_page(docs, after, limit))
+    page = _page(docs, after, limit)
+    for doc in page["data"]:
+        if doc["status"] == "in_progress":  # the counts as of now
+            done, failed = await runtime.batch_store.counts(doc["id"])
+            doc["request_counts"].update(completed=done - failed, failed=failed)
+    return FastJSONResponse(page)

@@ -319,3 +319,31 @@ def test_an_unwritable_directory_refuses_to_start(tmp_path):
     with pytest.raises(RuntimeError, match=r"batches\.directory"):
         with running(settings_for(tmp_path, directory=blocker / "files")):
             pass
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_cancel_and_a_runner_step_never_overwrite_each_other(backend, request):
+    # the store's compare-and-set: a write that expected the status it read loses to a
+    # write that came first (a cancel against validation or finishing, and the reverse)
+    import asyncio
+
+    from gateway.batches.store import MemoryBatchStore, RedisBatchStore
+
+    async def run() -> list[bool]:
+        if backend == "memory":
+            store: Any = MemoryBatchStore()
+        else:
+            url = request.getfixturevalue("redis_server")
+            store = RedisBatchStore(ContinuationSettings(backend="redis", redis_url=url, key_prefix="{cas}:"))
+        try:
+            doc = {"id": "batch_x", "created_at": 1, "status": "validating"}
+            await store.put("batch", "acme", "batch_x", doc)
+            cancel = await store.replace("batch", "acme", "batch_x", {**doc, "status": "cancelling"}, "validating")
+            runner = await store.replace("batch", "acme", "batch_x", {**doc, "status": "in_progress"}, "validating")
+            status = (await store.get("batch", "acme", "batch_x"))["status"]
+            other = await store.replace("batch", "globex", "batch_x", {**doc, "status": "x"}, "cancelling")
+            return [cancel, runner, status == "cancelling", other]
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == [True, False, True, False]

@@ -91,4 +91,6 @@ class BatchSettings(BaseModel):
     live_headroom: int = Field(4, ge=0)
     lines_in_flight: int = Field(256, ge=1)
     claim_seconds: float = Field(60.0, gt=0)  # a line's claim lapses this long after its replica stops
+    # a line that has not answered by then is stopped and tried again later (never failed)
+    line_timeout_seconds: float = Field(3600.0, gt=0)
     poll_seconds: float = Field(0.5, gt=0)  # rounds when there is nothing to start

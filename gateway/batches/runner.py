@@ -285,7 +285,14 @@ class BatchRunner:
     ) -> None:
         bid = doc["id"]
         try:
-            status, body, request_id, group = await self._send(line, principal)
+            status, body, request_id, group = await asyncio.wait_for(
+                self._send(line, principal), self.conf.line_timeout_seconds
+            )
+        except TimeoutError:  # stuck somewhere: stopped, and run again later
+            log.warning(
+                "batch %s line %d took over %.0f s; it will run again", bid, i + 1, self.conf.line_timeout_seconds
+            )
+            status, body, request_id, group = 503, {"_retry_after": "1"}, None, ""
         except asyncio.CancelledError:  # cancelled batch or shutdown: the line is not done
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.release(bid, i, self.owner))

@@ -57,13 +57,16 @@ def chat_line(i: int, **body: Any) -> dict[str, Any]:
             "body": {"model": "primary", "messages": messages, "max_tokens": 5, "temperature": 0, **body}}  # fmt: skip
 
 
-def wait_for(client: openai.OpenAI, batch_id: str, until: tuple[str, ...] = ("completed",), timeout: float = 60) -> Any:
+def wait_for(
+    client: openai.OpenAI, batch_id: str, until: tuple[str, ...] = ("completed",), timeout: float = 60, *runners: Any
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         batch = client.batches.retrieve(batch_id)
         if batch.status in until or batch.status in ("failed", "expired", "cancelled", "completed"):
             return batch
-        assert time.monotonic() < deadline, batch
+        state = [(r.done, r.deferred, r.lines_in_flight(), dict(r._per_group)) for r in runners]
+        assert time.monotonic() < deadline, (batch, state)  # what each replica's runner was doing
         time.sleep(0.05)
 
 
@@ -285,7 +288,7 @@ def test_on_redis_a_restart_or_a_second_replica_finishes_the_batch_with_one_line
 ):
     slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted={"token_delay": 0.01})]
     store = ContinuationSettings(backend="redis", redis_url=redis_server, key_prefix=f"{{batch-{replicas}}}:")
-    settings = settings_for(tmp_path, slow, claim_seconds=1.0, lines_per_reader=4).model_copy(
+    settings = settings_for(tmp_path, slow, claim_seconds=2.0, lines_per_reader=4).model_copy(
         update={"continuation": store}
     )
     lines = [chat_line(i, max_tokens=20) for i in range(30)]
@@ -299,7 +302,8 @@ def test_on_redis_a_restart_or_a_second_replica_finishes_the_batch_with_one_line
             time.sleep(0.02)
         if replicas == 2:
             with running(settings) as second:
-                done = wait_for(sdk(second), batch.id, timeout=120)
+                runners = [c.app.state.runtime.batches for c in (first, second)]
+                done = wait_for(sdk(second), batch.id, ("completed",), 120, *runners)
                 ran = [c.app.state.runtime.batches.done for c in (first, second)]
                 assert all(ran), ran  # both replicas ran lines
         runner_done = first.app.state.runtime.batches.done
@@ -347,3 +351,25 @@ def test_a_cancel_and_a_runner_step_never_overwrite_each_other(backend, request)
             await store.close()
 
     assert asyncio.run(run()) == [True, False, True, False]
+
+
+def test_a_line_past_its_timeout_is_stopped_and_run_again_not_failed(tmp_path):
+    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted={"token_delay": 0.05})]
+    with running(settings_for(tmp_path, slow, line_timeout_seconds=0.3)) as c:
+        client = sdk(c)
+        f = client.files.create(file=("a.jsonl", jsonl([chat_line(0, max_tokens=200)])), purpose="batch")
+        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        runner = c.app.state.runtime.batches
+        deadline = time.monotonic() + 20
+        while runner.deferred < 2:  # stopped at 0.3 s, and tried again
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        now = client.batches.retrieve(batch.id)
+        assert now.status == "in_progress" and now.request_counts.failed == 0 and runner.done == 0
+        engine = c.app.state.runtime.registry.readers["primary-0"].engine
+        client.batches.cancel(batch.id)
+        assert wait_for(client, batch.id, ("cancelled",)).status == "cancelled"
+        deadline = time.monotonic() + 5
+        while engine.stats().running:  # the stopped attempts left nothing in the engine
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

@@ -3,7 +3,7 @@
 One gateway with batches enabled (its vLLM reader then schedules by priority), and in it:
 
 1. `live`: 8 concurrent streaming chat requests (64 tokens each, ignore_eos), alone;
-2. `batch alone`: a batch of N completions lines (32 tokens each, ignore_eos), alone:
+2. `batch alone`: a batch of N chat lines (32 tokens each, ignore_eos), alone:
    its wall time, and the engine's saturated output tokens/s;
 3. `live + batch`: the same batch started again and, once its lines run, the same live
    load: the live TTFT and ITL against (1), and live + batch output tokens/s during the
@@ -44,9 +44,11 @@ def lines_file(folder: Path, n: int) -> Path:
     path = folder / f"batch-{n}.jsonl"
     with path.open("w") as f:
         for i in range(n):
-            body = {"model": MODEL_NAME, "prompt": f"Item {i}: " + prompt_text(24), "max_tokens": BATCH_TOKENS,
-                    "ignore_eos": True, "temperature": 0}  # fmt: skip
-            f.write(json.dumps({"custom_id": f"l{i}", "method": "POST", "url": "/v1/completions", "body": body}) + "\n")
+            # chat lines: vLLM 0.32's run-batch takes chat, embeddings and score lines, not completions
+            body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": f"Item {i}: " + prompt_text(24)}],
+                    "max_tokens": BATCH_TOKENS, "ignore_eos": True, "temperature": 0}  # fmt: skip
+            line = {"custom_id": f"l{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+            f.write(json.dumps(line) + "\n")
     return path
 
 
@@ -54,7 +56,7 @@ def run_gateway_batch(client: openai.OpenAI, path: Path) -> tuple[str, float]:
     """Upload and start a batch; (its id, the time it was created)."""
     f = client.files.create(file=(path.name, path.read_bytes()), purpose="batch")
     t0 = time.perf_counter()
-    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     return batch.id, t0
 
 
@@ -157,7 +159,7 @@ def main() -> None:
         "",
         f"`.venv/bin/python -m benchmarks.batch --lines {args.lines}`; the embedded SmolLM2 on 2 CPU cores, the "
         f"reader's max_in_flight 64 with a live headroom of 8. Live: {LIVE_CONCURRENCY} concurrent streaming chat "
-        f"requests of {LIVE_TOKENS} tokens ({args.live_requests} in all); batch: {args.lines} completions lines "
+        f"requests of {LIVE_TOKENS} tokens ({args.live_requests} in all); batch: {args.lines} chat lines "
         f"of {BATCH_TOKENS} tokens.",
         "",
         "| measure | value | target |",

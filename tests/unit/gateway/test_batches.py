@@ -286,7 +286,8 @@ def test_batch_work_never_refuses_live_requests(tmp_path):
 def test_on_redis_a_restart_or_a_second_replica_finishes_the_batch_with_one_line_per_id(
     tmp_path, redis_server, replicas
 ):
-    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted={"token_delay": 0.01})]
+    # lines of about a second: the first process cannot finish them all before it stops
+    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted={"token_delay": 0.05})]
     store = ContinuationSettings(backend="redis", redis_url=redis_server, key_prefix=f"{{batch-{replicas}}}:")
     settings = settings_for(tmp_path, slow, claim_seconds=2.0, lines_per_reader=4).model_copy(
         update={"continuation": store}

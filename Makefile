@@ -68,7 +68,7 @@ lock: $(DEV_STAMP)
 serve: install
 	$(BIN)/gateway serve --config $(CONFIG)
 
-LINT_PATHS := gateway engine_adapters tests $(wildcard benchmarks)
+LINT_PATHS := gateway engine_adapters tests $(wildcard benchmarks) deploy
 
 lint: install-dev
 	$(BIN)/ruff check $(LINT_PATHS)

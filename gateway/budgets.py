@@ -96,11 +96,17 @@ class Allowance:
                 leases.append(_Lease(key, f"{kind} {name!r}", window, limit, reset_at, int(reset_at - now) + 120))
         return cls(meter, leases) if leases else None
 
-    async def open(self, reserve: int) -> None:
+    async def open(self, reserve: int, want: int | None = None) -> None:
         """Lease `reserve` tokens (the prompt's estimate and a first slice) from every
-        window; a window with nothing left refuses the request (429 until it resets)."""
+        window, and up to `want` (the whole answer, bounded) where the window has plenty
+        left (a quarter of what is left at most, the leases' rule): a request then makes
+        one or two leases, not one per doubling slice. A window with nothing left refuses
+        the request (429 until it resets)."""
+        want = max(reserve, want or 0)
+        if want > reserve:  # a long answer: its next lease is as large
+            self.slice = MAX_SLICE
         for i, lease in enumerate(self.leases):
-            granted, _ = await self.meter.lease(lease.key, lease.limit, max(1, reserve), lease.ttl)
+            granted, _ = await self.meter.lease(lease.key, lease.limit, max(1, want), lease.ttl, max(1, reserve))
             if granted == 0:
                 for earlier in self.leases[:i]:  # give back what was leased already
                     await self._refund(earlier)

@@ -84,7 +84,7 @@ async def collect(engine: GenerativeEngine, request: GenerationRequest) -> Compl
                 first = False
                 if obs.allowance is not None:
                     _finished(out, done)
-                    if n and not await draw(obs, n):
+                    if n and obs.allowance.take(n) is None and not await grow(obs, n):
                         end_sequences(out, request, done)
                         result.add(out)
                         break
@@ -117,6 +117,15 @@ def budget_cut() -> str | None:
     if obs is None or not obs.budget_cut or obs.allowance is None:
         return None
     return obs.allowance.why()
+
+
+async def grow(obs: Observation, n: int) -> bool:
+    """The leases held were short of `n` tokens: grow them and draw (`draw`'s slow half)."""
+    assert obs.allowance is not None
+    ok = await obs.allowance.extend(n)
+    if not ok:
+        obs.budget_cut = True
+    return ok
 
 
 async def draw(obs: Observation, n: int) -> bool:
@@ -281,10 +290,16 @@ class EngineStream:
             if self._obs is not None:
                 self._obs.error_type = classify(exc).type
             raise
-        if self._obs is not None:
-            n = note_output(self._obs, out, False)
-            if self._obs.allowance is not None:
-                await self._budget(out, n)
+        obs = self._obs
+        if obs is not None:
+            n = note_output(obs, out, False)
+            allowance = obs.allowance
+            if allowance is not None:
+                _finished(out, self._done)
+                # the lease held covers almost every step: no await, no coroutine per token
+                if n and allowance.take(n) is None and not await grow(obs, n) and self._request is not None:
+                    end_sequences(out, self._request, self._done)
+                    self._ended = True
         return self._index, out
 
     async def _budget(self, out: GenerationOutput, n: int) -> None:

@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 from engine_adapters.base import GenerationRequest, GenerativeEngine
 from gateway.auth import Admission, Principal, principal_of
-from gateway.budgets import SLICE, Allowance
+from gateway.budgets import MAX_SLICE, SLICE, Allowance
 from gateway.continuation import ContinuationStore
 from gateway.errors import GatewayError
 from gateway.machinery.bodies import KEEPALIVE, ManagedEventSource, ManagedStreamingResponse
@@ -120,16 +120,17 @@ class Pipeline:
 
     # ------------------------------------------------------------------ budgets
 
-    async def _allowance(self, caller: Principal, reserve: int) -> Allowance | None:
-        """The request's draw on its key's and tenant's token budgets, `reserve` leased
-        (a 429 until the window resets when one has nothing left); None without budgets."""
+    async def _allowance(self, caller: Principal, reserve: int, want: int | None = None) -> Allowance | None:
+        """The request's draw on its key's and tenant's token budgets, `reserve` leased,
+        up to `want` where there is plenty (a 429 until the window resets when one has
+        nothing left); None without budgets."""
         budgets = caller.budgets
         if not budgets:
             return None
         allowance = Allowance.of(self.meter, budgets)
         if allowance is None:
             return None
-        await allowance.open(reserve)
+        await allowance.open(reserve, want)
         obs = current_observation()
         if obs is not None:
             obs.allowance = allowance
@@ -168,7 +169,9 @@ class Pipeline:
         allowance = None
         try:
             if caller.budgets:
-                allowance = await self._allowance(caller, _reservation(request, gen.requests, engine, weight))
+                reserve = _reservation(request, gen.requests, engine, weight)
+                answer = sum(r.sampling.max_new_tokens * r.sampling.n * r.sampling.num_beams for r in gen.requests)
+                allowance = await self._allowance(caller, reserve, reserve - SLICE * weight + min(answer, MAX_SLICE))
             _admitted(started)
             if gen.prepare is not None:
                 await gen.prepare(engine)

@@ -259,3 +259,27 @@ def test_a_burst_of_calls_beyond_the_connection_pool_waits_instead_of_failing(re
     leases, reads = asyncio.run(burst())
     assert [granted for granted, _ in leases] == [32] * 300 and max(used for _, used in leases) == 32 * 300
     assert reads == [None] * 300
+
+
+def test_with_plenty_left_a_stream_leases_twice_not_once_per_slice(client_factory, tmp_path, monkeypatch):
+    # the first lease covers the answer up to MAX_SLICE where the window has plenty left,
+    # and the next slice is as large: 600 tokens are two leases, not one per doubling slice
+    path = keys_file(tmp_path, {"tokens_per_day": 10**9})
+    wants: list[int] = []
+    lease = MemoryMeter.lease
+
+    async def counted(self, key, limit, want, ttl, need=None):
+        wants.append(want)
+        return await lease(self, key, limit, want, ttl, need)
+
+    monkeypatch.setattr(MemoryMeter, "lease", counted)
+    with client_factory(api_keys_file=path, readers=READER) as c:
+        body = {"prompt": "go", "max_tokens": 600, "stream": True, "stream_options": {"include_usage": True}}
+        r = c.post("/v1/completions", json=body, headers=h(A))
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith('data: {"id"')]
+        usage = [e["usage"] for e in events if e.get("usage")][-1]
+        assert usage["completion_tokens"] == 600
+        assert len(wants) == 2 and wants[0] >= 512, wants
+        runtime = c.app.state.runtime
+        (day,) = asyncio.run(runtime.meter.used([f"b:key:alice:day:{window_of('day', time.time())[0]}"]))
+        assert day == usage["prompt_tokens"] + 600  # and the window holds exactly what was used

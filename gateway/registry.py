@@ -292,7 +292,7 @@ class Registry:
         best = min(ready, key=lambda r: r.sequences)
         if admit and BATCH_WORK.get():
             # batch work only in the room live traffic leaves (never counted as a rejection)
-            capacity = self.batch_capacity(best)
+            capacity = self.batch_capacity(best, best.sequences - best.batch_sequences)
             if best.sequences + weight > capacity and (best.sequences or capacity == 0):
                 raise Overloaded(
                     f"consumer group {group!r} has no room for batch work now", headers={"Retry-After": "1"}
@@ -311,14 +311,17 @@ class Registry:
                 obs.reader = best.id
         return best
 
-    def batch_capacity(self, reader: Reader) -> int:
-        """The sequences `reader` may hold while it takes batch lines: `batches.lines_per_reader`,
-        and below its `max_in_flight` by `batches.live_headroom`."""
+    def batch_capacity(self, reader: Reader, live: int) -> int:
+        """The sequences `reader` may hold while it takes batch lines, with `live` live
+        sequences running: `batches.lines_per_reader` beside live traffic, up to
+        `batches.idle_lines_per_reader` while there is none, and below its `max_in_flight`
+        by `batches.live_headroom` either way."""
         conf = self.settings.batches
+        lines = conf.lines_per_reader if live else max(conf.lines_per_reader, conf.idle_lines_per_reader)
         limit = reader.settings.max_in_flight
         if limit is None:
-            return conf.lines_per_reader
-        return max(0, min(conf.lines_per_reader, limit - conf.live_headroom))
+            return lines
+        return max(0, min(lines, limit - conf.live_headroom))
 
     def get(self, reader_id: str, visible: Callable[[str], bool] = lambda _: True) -> Reader:
         """A reader by id; a 404 listing the readers of the groups `visible` allows."""

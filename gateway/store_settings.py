@@ -85,9 +85,11 @@ class BatchSettings(BaseModel):
     file_retention_days: int = Field(30, ge=1)  # files (inputs and results) are deleted after
     max_stored_bytes_per_tenant: int = Field(10 * 1024**3, ge=1024)
     max_active_batches_per_tenant: int = Field(4, ge=1)
-    # batch lines in flight: per reader at most this many, and below the reader's
-    # max_in_flight by live_headroom sequences; per replica at most lines_in_flight
+    # batch lines in flight: per reader at most lines_per_reader beside live requests and
+    # idle_lines_per_reader while none runs, and below the reader's max_in_flight by
+    # live_headroom sequences either way; per replica at most lines_in_flight
     lines_per_reader: int = Field(32, ge=1)
+    idle_lines_per_reader: int = Field(128, ge=1)
     live_headroom: int = Field(4, ge=0)
     lines_in_flight: int = Field(256, ge=1)
     claim_seconds: float = Field(60.0, gt=0)  # a line's claim lapses this long after its replica stops

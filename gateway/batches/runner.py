@@ -11,7 +11,8 @@ every line has a result, one replica writes the output and error files.
 
 Admission: a batch line is admitted only while its reader's sequences stay under its
 batch capacity (`Registry.batch_capacity`: the reader's `max_in_flight` less
-`batches.live_headroom`, at most `batches.lines_per_reader`), and live requests are
+`batches.live_headroom`, at most `batches.lines_per_reader` beside live requests and
+`batches.idle_lines_per_reader` while none runs), and live requests are
 admitted against the reader's limit counting live sequences only, so batch work never
 refuses a live request; inside vLLM the priority scheduler runs live sequences first and
 preempts batch ones (vLLM recomputes a preempted sequence; it does not fail).
@@ -239,7 +240,8 @@ class BatchRunner:
         readers = [r for r in self.registry.groups().get(group, []) if r.serving]
         # live sequences now, and this replica's lines of the group, admitted or on their way
         live = sum(r.sequences - r.batch_sequences for r in readers)
-        room = sum(self.registry.batch_capacity(r) for r in readers) - live - self._per_group.get(group, 0)
+        capacity = sum(self.registry.batch_capacity(r, r.sequences - r.batch_sequences) for r in readers)
+        room = capacity - live - self._per_group.get(group, 0)
         return min(room, self.conf.lines_in_flight - self.lines_in_flight())
 
     async def _dispatch(self, tenant: str, doc: dict[str, Any]) -> bool:

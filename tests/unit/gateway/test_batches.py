@@ -289,7 +289,7 @@ def test_on_redis_a_restart_or_a_second_replica_finishes_the_batch_with_one_line
     # lines of about a second: the first process cannot finish them all before it stops
     slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", scripted={"token_delay": 0.05})]
     store = ContinuationSettings(backend="redis", redis_url=redis_server, key_prefix=f"{{batch-{replicas}}}:")
-    settings = settings_for(tmp_path, slow, claim_seconds=2.0, lines_per_reader=4).model_copy(
+    settings = settings_for(tmp_path, slow, claim_seconds=2.0, lines_per_reader=4, idle_lines_per_reader=4).model_copy(
         update={"continuation": store}
     )
     lines = [chat_line(i, max_tokens=20) for i in range(30)]
@@ -374,3 +374,48 @@ def test_a_line_past_its_timeout_is_stopped_and_run_again_not_failed(tmp_path):
         while engine.stats().running:  # the stopped attempts left nothing in the engine
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_a_batch_alone_fills_the_reader_and_shrinks_to_its_share_beside_live_traffic(tmp_path):
+    # the batch share follows the live load: idle_lines_per_reader while no live request
+    # runs (a batch alone fills the engine), lines_per_reader beside live requests
+    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", max_in_flight=16,
+                           scripted={"token_delay": 0.02})]  # fmt: skip
+    conf = {"live_headroom": 2, "lines_per_reader": 2, "idle_lines_per_reader": 8}
+    with running(settings_for(tmp_path, slow, **conf)) as c:
+        registry = c.app.state.runtime.registry
+        reader = registry.readers["primary-0"]
+        assert (registry.batch_capacity(reader, 0), registry.batch_capacity(reader, 3)) == (8, 2)
+        client = sdk(c)
+        f = client.files.create(
+            file=("a.jsonl", jsonl([chat_line(i, max_tokens=20) for i in range(60)])), purpose="batch"
+        )
+        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        peaks = {"alone": 0, "beside": 0}
+        phase = ["alone"]
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                peaks[phase[0]] = max(peaks[phase[0]], reader.batch_sequences)
+                time.sleep(0.002)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            time.sleep(1.0)  # the batch alone
+            # a long live stream; once the lines started alone have ended, the batch keeps to its share
+            body = {"model": "primary", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 150}
+            live = threading.Thread(
+                target=lambda: c.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {A}"})
+            )
+            live.start()
+            time.sleep(1.0)  # lines of 20 tokens at 50/s: those started alone are done
+            phase[0] = "beside"
+            live.join()
+        finally:
+            stop.set()
+            watcher.join()
+        assert peaks["alone"] == 8, peaks  # not lines_per_reader: the reader was idle
+        assert 1 <= peaks["beside"] <= 2, peaks
+        assert wait_for(client, batch.id, timeout=120).request_counts.completed == 60

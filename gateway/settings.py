@@ -325,6 +325,13 @@ class Settings(BaseSettings):
     max_tokenize_chars: int = Field(1_000_000, ge=1)
     cors_allow_origins: list[str] = Field(default_factory=list)
 
+    @field_validator("openai_port", "management_port", "probe_port", mode="before")
+    @classmethod
+    def _null_port(cls, v: Any) -> Any:
+        # `null` from the environment means what it means in YAML (an empty value does not:
+        # a template's unset variable must not turn a port off)
+        return None if isinstance(v, str) and v.strip().lower() in ("null", "none") else v
+
     @field_validator("cache_dir")
     @classmethod
     def _expand(cls, v: Path) -> Path:

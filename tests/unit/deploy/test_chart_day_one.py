@@ -252,6 +252,7 @@ def test_the_kserve_runtime_serves_the_mounted_model_on_one_port(monkeypatch):
     for probe in ("readinessProbe", "startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["port"] == settings.port
     assert settings.metrics_on_main_port is True and settings.effective_management_port == 8081
+    assert settings.openai_port is None  # one port: Takeoff's separate OpenAI port is off
     assert settings.management_host == "127.0.0.1"  # the management API is not on the routed port
     (reader,) = settings.readers
     assert reader.model == "/mnt/models" and reader.served_model_names == ["my-llm"]

@@ -47,6 +47,19 @@ def test_env_overrides_yaml(monkeypatch, tmp_path):
     assert s.effective_management_port == 4101
 
 
+def test_null_in_the_environment_turns_an_optional_port_off_and_empty_is_refused(monkeypatch, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"openai_port": 3005, "probe_port": 3002}))
+    monkeypatch.setenv("GATEWAY_OPENAI_PORT", "null")
+    monkeypatch.setenv("GATEWAY_PROBE_PORT", "None")
+    s = load_settings(cfg)
+    assert s.openai_port is None and s.probe_port is None  # as `openai_port: null` in YAML
+    # an unset template variable must not turn a port off
+    monkeypatch.setenv("GATEWAY_OPENAI_PORT", "")
+    with pytest.raises(ValidationError, match="openai_port"):
+        load_settings(cfg)
+
+
 def test_takeoff_environment_variables_set_the_primary_reader(monkeypatch):
     monkeypatch.setenv("TAKEOFF_MODEL_NAME", "/models/x")
     monkeypatch.setenv("TAKEOFF_DEVICE", "cuda")

@@ -380,7 +380,7 @@ def test_a_batch_alone_fills_the_reader_and_shrinks_to_its_share_beside_live_tra
     # the batch share follows the live load: idle_lines_per_reader while no live request
     # runs (a batch alone fills the engine), lines_per_reader beside live requests
     slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", max_in_flight=16,
-                           scripted={"token_delay": 0.02})]  # fmt: skip
+                           scripted={"token_delay": 0.02, "eos_after": 10**6})]  # fmt: skip
     conf = {"live_headroom": 2, "lines_per_reader": 2, "idle_lines_per_reader": 8}
     with running(settings_for(tmp_path, slow, **conf)) as c:
         registry = c.app.state.runtime.registry
@@ -391,31 +391,35 @@ def test_a_batch_alone_fills_the_reader_and_shrinks_to_its_share_beside_live_tra
             file=("a.jsonl", jsonl([chat_line(i, max_tokens=20) for i in range(60)])), purpose="batch"
         )
         batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-        peaks = {"alone": 0, "beside": 0}
-        phase = ["alone"]
-        stop = threading.Event()
 
-        def watch() -> None:
-            while not stop.is_set():
-                peaks[phase[0]] = max(peaks[phase[0]], reader.batch_sequences)
-                time.sleep(0.002)
+        def live_running() -> bool:
+            return reader.sequences - reader.batch_sequences >= 1
 
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
-            time.sleep(1.0)  # the batch alone
-            # a long live stream; once the lines started alone have ended, the batch keeps to its share
-            body = {"model": "primary", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 150}
-            live = threading.Thread(
-                target=lambda: c.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {A}"})
+        alone, deadline = 0, time.monotonic() + 20
+        while alone < 8 and time.monotonic() < deadline:  # the batch alone
+            alone = max(alone, reader.batch_sequences)
+            time.sleep(0.002)
+        answers: list[Any] = []
+        body = {"model": "primary", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300}
+        live = threading.Thread(
+            target=lambda: answers.append(
+                c.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {A}"})
             )
-            live.start()
-            time.sleep(1.0)  # lines of 20 tokens at 50/s: those started alone are done
-            phase[0] = "beside"
-            live.join()
-        finally:
-            stop.set()
-            watcher.join()
-        assert peaks["alone"] == 8, peaks  # not lines_per_reader: the reader was idle
-        assert 1 <= peaks["beside"] <= 2, peaks
+        )
+        live.start()
+        # the live stream runs and the lines started alone have ended: from here on the
+        # batch keeps to its share beside it (6 s of live tokens)
+        deadline = time.monotonic() + 20
+        while not (live_running() and reader.batch_sequences <= 2):
+            assert time.monotonic() < deadline, (reader.sequences, reader.batch_sequences)
+            time.sleep(0.002)
+        beside = 0
+        while live.is_alive():
+            if live_running():
+                beside = max(beside, reader.batch_sequences)
+            time.sleep(0.002)
+        live.join()
+        assert answers[0].status_code == 200 and answers[0].json()["usage"]["completion_tokens"] == 300
+        assert alone == 8  # not lines_per_reader: the reader was idle
+        assert 1 <= beside <= 2, beside  # lines kept running beside it, at the smaller share
         assert wait_for(client, batch.id, timeout=120).request_counts.completed == 60

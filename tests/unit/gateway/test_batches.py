@@ -423,3 +423,46 @@ def test_a_batch_alone_fills_the_reader_and_shrinks_to_its_share_beside_live_tra
         assert alone == 8  # not lines_per_reader: the reader was idle
         assert 1 <= beside <= 2, beside  # lines kept running beside it, at the smaller share
         assert wait_for(client, batch.id, timeout=120).request_counts.completed == 60
+
+
+def test_stopping_the_runner_cancels_again_and_never_waits_on_a_task_that_will_not_stop(caplog):
+    # a line inside a cancelled wait may need the cancel twice; one that ignores every
+    # cancel is left behind with a warning (its claim lapses), the shutdown goes on
+    import asyncio
+
+    from gateway.batches.runner import BatchRunner
+
+    async def run() -> tuple[bool, bool, float]:
+        async def twice() -> None:
+            for _ in range(2):
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    pass  # swallows the first cancel, as a wait inside wait_for can
+
+        stop_stubborn = asyncio.Event()
+
+        async def stubborn() -> None:
+            while not stop_stubborn.is_set():
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    continue
+
+        runner = BatchRunner.__new__(BatchRunner)
+        runner._task = None
+        a, b = asyncio.create_task(twice()), asyncio.create_task(stubborn())
+        runner._running = {"batch_x": {0: a, 1: b}}
+        await asyncio.sleep(0)
+        t0 = time.monotonic()
+        await runner.stop()
+        took = time.monotonic() - t0
+        done = (a.done(), b.done())
+        stop_stubborn.set()
+        b.cancel()
+        await asyncio.wait({b}, timeout=1)
+        return done[0], done[1], took
+
+    twice_done, stubborn_done, took = asyncio.run(run())
+    assert twice_done and not stubborn_done and took < 10
+    assert "did not stop" in caplog.text

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from tests.servers import GatewayProcess, start_gateway
+from tests.unit.conftest import clear_of_window_edge
 
 ALICE = "sk-alice-0123456789abcdef"
 BOB = "sk-bob-0123456789abcdef00"
@@ -207,6 +208,7 @@ def test_concurrent_requests_cannot_all_pass_an_empty_token_window(artifacts, tm
     path.write_text(yaml.safe_dump({"keys": [{"name": "alice", "key": ALICE, "tokens_per_minute": 120}]}))
     gw = gateway(artifacts, "tpm", {"GATEWAY_API_KEYS_FILE": str(path)})
     body = {"text": "x", "max_new_tokens": 50, "min_new_tokens": 50}
+    clear_of_window_edge("minute", 30)
     try:
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             answers = list(

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_apps
+from gateway.budgets import window_of
 from gateway.settings import ReaderSettings, Settings
 
 
@@ -23,6 +24,15 @@ def make_settings(scripted: dict[str, Any] | None = None, **overrides: Any) -> S
     overrides.setdefault("trusted_hosts", ["testserver"])
     overrides.setdefault("allowed_reader_kinds", ["vllm", "sentence-transformers", "pooling", "scripted"])
     return Settings(readers=readers, **overrides)
+
+
+def clear_of_window_edge(window: str = "minute", seconds: float = 10.0) -> None:
+    """Wait, if need be, until the current budget `window` (UTC minute, day or month) has at
+    least `seconds` left, so a test that spends a window and then expects 429 does not see it
+    reset in between (a minute's edge came between two requests in a CI run)."""
+    left = window_of(window, time.time())[1] - time.time()
+    if left < seconds:
+        time.sleep(left + 0.05)
 
 
 @contextmanager

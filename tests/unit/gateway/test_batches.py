@@ -378,9 +378,10 @@ def test_a_line_past_its_timeout_is_stopped_and_run_again_not_failed(tmp_path):
 
 def test_a_batch_alone_fills_the_reader_and_shrinks_to_its_share_beside_live_traffic(tmp_path):
     # the batch share follows the live load: idle_lines_per_reader while no live request
-    # runs (a batch alone fills the engine), lines_per_reader beside live requests
+    # runs (a batch alone fills the engine), lines_per_reader beside live requests; a fixed
+    # reply of 400 tokens (64 random words may end before the live request's 300)
     slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", max_in_flight=16,
-                           scripted={"token_delay": 0.02, "eos_after": 10**6})]  # fmt: skip
+                           scripted={"token_delay": 0.02, "eos_after": 10**6, "reply": " go" * 200})]  # fmt: skip
     conf = {"live_headroom": 2, "lines_per_reader": 2, "idle_lines_per_reader": 8}
     with running(settings_for(tmp_path, slow, **conf)) as c:
         registry = c.app.state.runtime.registry

@@ -18,6 +18,7 @@ import yaml
 from gateway.budgets import SLICE, Allowance, Limits, window_of
 from gateway.metering import MemoryMeter
 from gateway.settings import ContinuationSettings, ReaderSettings
+from tests.unit.conftest import clear_of_window_edge
 
 A, B = "sk-budget-a-0123456789", "sk-budget-b-0123456789"
 
@@ -94,6 +95,7 @@ READER = [
 def test_a_stream_that_reaches_the_budget_ends_cleanly_on_every_api(client_factory, tmp_path):
     path = keys_file(tmp_path, {"tokens_per_day": 400})
     with client_factory(api_keys_file=path, readers=READER) as c:
+        clear_of_window_edge("day")
         sdk = openai.OpenAI(base_url="http://testserver/v1", api_key=A, http_client=c, max_retries=0)
         chunks = list(
             sdk.chat.completions.create(
@@ -120,6 +122,7 @@ def test_a_stream_that_reaches_the_budget_ends_cleanly_on_every_api(client_facto
     for surface in ("openai-whole", "anthropic", "takeoff", "generate-one"):
         path = keys_file(tmp_path, {"tokens_per_minute": 300})
         with client_factory(api_keys_file=path, readers=READER) as c:
+            clear_of_window_edge("minute")
             if surface == "openai-whole":
                 r = c.post("/v1/completions", json={"prompt": "go", "max_tokens": 1000}, headers=h(A))
                 body = r.json()
@@ -150,6 +153,7 @@ def test_sixteen_streams_under_one_budget_overshoot_by_at_most_a_step_each(clien
     budget = 2000
     path = keys_file(tmp_path, {"tokens_per_day": budget})
     with client_factory(api_keys_file=path, readers=READER) as c:
+        clear_of_window_edge("day")
         body = {"model": "primary", "prompt": "go", "max_tokens": 1000, "stream": True,
                 "stream_options": {"include_usage": True}}  # fmt: skip
 
@@ -177,6 +181,7 @@ def test_sixteen_streams_under_one_budget_overshoot_by_at_most_a_step_each(clien
 def test_a_tenant_budget_is_shared_by_its_keys(client_factory, tmp_path):
     path = keys_file(tmp_path, {}, tenants=[{"tenant": "acme", "tokens_per_minute": 150}])
     with client_factory(api_keys_file=path, readers=READER) as c:
+        clear_of_window_edge("minute")
         r = c.post("/v1/completions", json={"prompt": "go", "max_tokens": 1000}, headers=h(A))
         assert r.json()["budget_exhausted"] is True
         r = c.post("/v1/completions", json={"prompt": "go", "max_tokens": 10}, headers=h(B))
@@ -204,6 +209,7 @@ def test_budgets_are_shared_by_replicas_on_redis_and_survive_a_restart(redis_ser
         continuation=ContinuationSettings(backend="redis", redis_url=redis_server, key_prefix="{budgets}:"),
     )
     body = {"prompt": "go", "max_tokens": 1000}
+    clear_of_window_edge("day")
     with running(settings) as one, running(settings) as two:
         first = one.post("/v1/completions", json=body, headers=h(A)).json()
         second = two.post("/v1/completions", json=body, headers=h(A)).json()

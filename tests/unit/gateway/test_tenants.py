@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from gateway.settings import ReaderSettings
+from tests.unit.conftest import clear_of_window_edge
 
 A, B, ADMIN = "sk-team-a-0123456789", "sk-team-b-0123456789", "sk-admin-0123456789"
 
@@ -85,6 +86,7 @@ def test_scopes_groups_and_the_management_port(client_factory, tmp_path):
 def test_per_key_in_flight_and_token_limits(client_factory, tmp_path):
     path = keys_file(tmp_path, max_in_flight=1, tokens_per_minute=40)
     with client_factory(api_keys_file=path) as c:
+        clear_of_window_edge("minute")
         principal = c.app.state.runtime.keys.authenticate(B)
         principal.usage.in_flight = 1  # one request of team-b in flight
         r = c.post("/generate", json={"text": "x", "max_new_tokens": 2}, headers=h(B))

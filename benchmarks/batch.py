@@ -38,6 +38,7 @@ from benchmarks.serving import ENGINE_ENV, MODEL_NAME, RESULTS, level, model_dir
 from tests.servers import ROOT
 
 LIVE_CONCURRENCY, LIVE_TOKENS, BATCH_TOKENS = 8, 64, 32
+HEADROOM = 8  # batches.live_headroom: sequences kept free of batch lines for live requests
 
 
 def lines_file(folder: Path, n: int) -> Path:
@@ -92,19 +93,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=500)
     parser.add_argument("--live-requests", type=int, default=32)
+    # vLLM's server and run-batch run 128 sequences at once on CPU (its default max_num_seqs
+    # there); the reader's limit is that plus the live headroom, so the batch alone runs as
+    # many lines at once as run-batch does
+    parser.add_argument("--max-in-flight", type=int, default=128 + HEADROOM)
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     model = model_dir()
     live_prompt = prompt_text(64)
     out: dict[str, Any] = {"date": date.today().isoformat(), "lines": args.lines, "batch_tokens": BATCH_TOKENS,
+                           "max_in_flight": args.max_in_flight, "live_headroom": HEADROOM,
                            "live": {"concurrency": LIVE_CONCURRENCY, "tokens": LIVE_TOKENS,
                                     "requests": args.live_requests}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = lines_file(folder, args.lines)
         os.environ.update({"GATEWAY_BATCHES__ENABLED": "true", "GATEWAY_BATCHES__DIRECTORY": str(folder / "files"),
-                           "GATEWAY_BATCHES__POLL_SECONDS": "0.1", "GATEWAY_BATCHES__LIVE_HEADROOM": "8"})  # fmt: skip
-        server = start("gateway", model, RESULTS / "batch-gateway.log", {"max_in_flight": 64})
+                           "GATEWAY_BATCHES__POLL_SECONDS": "0.1", "GATEWAY_BATCHES__LIVE_HEADROOM": str(HEADROOM)})  # fmt: skip
+        server = start("gateway", model, RESULTS / "batch-gateway.log", {"max_in_flight": args.max_in_flight})
         try:
             client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=600)
             live_alone = asyncio.run(
@@ -158,7 +164,7 @@ def main() -> None:
         f"# Batches beside live traffic ({out['date']})",
         "",
         f"`.venv/bin/python -m benchmarks.batch --lines {args.lines}`; the embedded SmolLM2 on 2 CPU cores, the "
-        f"reader's max_in_flight 64 with a live headroom of 8. Live: {LIVE_CONCURRENCY} concurrent streaming chat "
+        f"reader's max_in_flight {args.max_in_flight} with a live headroom of {HEADROOM}. Live: {LIVE_CONCURRENCY} concurrent streaming chat "
         f"requests of {LIVE_TOKENS} tokens ({args.live_requests} in all); batch: {args.lines} chat lines "
         f"of {BATCH_TOKENS} tokens.",
         "",

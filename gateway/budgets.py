@@ -28,6 +28,9 @@ from gateway.metering import Meter
 # Redis calls, not n/32); near the limit a lease is at most a quarter of what is left
 SLICE = 32
 MAX_SLICE = 512
+# the most of a request's answer leased at admission where the window has plenty left (the
+# quarter rule bounds it near the limit): most answers then cost one lease and one refund
+FIRST_LEASE = 4096
 WINDOWS = ("minute", "day", "month")
 
 

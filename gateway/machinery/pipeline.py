@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 from engine_adapters.base import GenerationRequest, GenerativeEngine
 from gateway.auth import Admission, Principal, principal_of
-from gateway.budgets import MAX_SLICE, SLICE, Allowance
+from gateway.budgets import FIRST_LEASE, SLICE, Allowance
 from gateway.continuation import ContinuationStore
 from gateway.errors import GatewayError
 from gateway.machinery.bodies import KEEPALIVE, ManagedEventSource, ManagedStreamingResponse
@@ -171,7 +171,7 @@ class Pipeline:
             if caller.budgets:
                 reserve = _reservation(request, gen.requests, engine, weight)
                 answer = sum(r.sampling.max_new_tokens * r.sampling.n * r.sampling.num_beams for r in gen.requests)
-                allowance = await self._allowance(caller, reserve, reserve - SLICE * weight + min(answer, MAX_SLICE))
+                allowance = await self._allowance(caller, reserve, reserve + min(answer, FIRST_LEASE))
             _admitted(started)
             if gen.prepare is not None:
                 await gen.prepare(engine)

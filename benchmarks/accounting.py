@@ -31,6 +31,7 @@ import json
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import date
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="tokens/s per stream")
     parser.add_argument("--tokens", type=int, default=600)
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="a comma-separated subset (keys is always run)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     binary = shutil.which("redis-server")
@@ -103,11 +105,14 @@ def main() -> None:
     port = free_port()
     redis = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    runs: dict[str, list[dict[str, float]]] = {c: [] for c in CONFIGS}
+    chosen = set(args.configs.split(",")) | {"keys"}
+    assert chosen <= set(CONFIGS), f"--configs: one of {CONFIGS}"
+    configs = tuple(c for c in CONFIGS if c in chosen)
+    runs: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
     try:
         with tempfile.TemporaryDirectory() as tmp, http_receiver() as (otlp, received):
             for r in range(args.rounds):
-                order = CONFIGS if r % 2 == 0 else tuple(reversed(CONFIGS))
+                order = configs if r % 2 == 0 else tuple(reversed(configs))
                 for config in order:
                     gw = start(config, args.rate, Path(tmp), f"redis://127.0.0.1:{port}/0", otlp)
                     try:
@@ -154,7 +159,7 @@ def main() -> None:
     lines = [
         f"# Ledger, budgets and tracing: what they cost ({out['date']})",
         "",
-        f"`.venv/bin/python -m benchmarks.accounting --rounds {args.rounds}` (medians of the rounds, configurations "
+        f"`.venv/bin/python -m benchmarks.accounting {' '.join(sys.argv[1:])}` (medians of the rounds, configurations "
         "alternating order; the ratio is the median of each round's ratio to that round's keys run; each run "
         f"after a warm-up burst of {args.streams} short streams). The gateway on the scripted engine, {args.streams} chat streams x {args.rate:.0f} "
         f"tokens/s x {args.tokens} tokens (server on one core, client on the other), then {args.requests} whole "

@@ -3,8 +3,9 @@ tokens are made.
 
 A request's `Allowance` leases tokens from every window of its key's and its tenant's
 budgets (`gateway.metering`: atomic, shared by replicas on Redis): at admission the
-prompt (estimated from the body) plus a first slice of output, then a slice at a time as
-the engine makes tokens. A window with nothing left refuses new requests (429 with
+prompt (estimated from the body) plus a first slice of output, and up to the whole answer
+(at most FIRST_LEASE) where the window has plenty left; then a slice at a time as the
+engine makes tokens beyond that. A window with nothing left refuses new requests (429 with
 `Retry-After` at the window's reset); a stream whose next engine step finds no lease left
 is delivered that step (already made, so billed) and then ends cleanly, so no stream
 overshoots its allowance by more than one engine step. When the request ends, the unused
@@ -23,9 +24,10 @@ from dataclasses import dataclass, field
 from gateway.errors import RateLimited
 from gateway.metering import Meter
 
-# tokens leased per window at a time, beyond what a step needs: the first slice, doubling
-# at each lease of a stream up to MAX_SLICE (a stream of n tokens makes about log2(n/32)
-# Redis calls, not n/32); near the limit a lease is at most a quarter of what is left
+# tokens leased per window at a time beyond the first lease, beyond what a step needs: a
+# slice, doubling at each lease of a stream up to MAX_SLICE (a stream of n tokens makes
+# about log2(n/32) Redis calls, not n/32); near the limit a lease is at most a quarter of
+# what is left
 SLICE = 32
 MAX_SLICE = 512
 # the most of a request's answer leased at admission where the window has plenty left (the

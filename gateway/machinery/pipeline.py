@@ -413,9 +413,9 @@ def _body_tokens(request: Request) -> int:
 
 
 def _reservation(request: Request, requests: list[GenerationRequest], engine: GenerativeEngine, weight: int) -> int:
-    """The tokens a generation leases from its budgets at admission: the prompt as
+    """The tokens a generation must lease from its budgets at admission: the prompt as
     estimated from the body (at most the context per prompt) and a first slice of output
-    per sequence; the rest is leased as the tokens are made."""
+    per sequence (more, up to FIRST_LEASE of the answer, where the window has plenty)."""
     context = engine.info.max_model_len
     return min(_body_tokens(request), context * len(requests)) + SLICE * weight
 

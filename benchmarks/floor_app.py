@@ -5,7 +5,7 @@ accounting or engine). What the gateway spends per token above this is its own.
     .venv/bin/python -m uvicorn benchmarks.floor_app:app --port 8000 --no-access-log
 
 FLOOR_TOKENS_PER_SECOND sets the per-stream rate (0: as fast as possible), on an engine's
-clock, as the gateway's scripted engine does.
+clock, the gateway's scripted engine's (`StepClock`: one step for every stream at once).
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from engine_adapters.scripted import StepClock
+
 RATE = float(os.environ.get("FLOOR_TOKENS_PER_SECOND", "0"))
 DELAY = 1.0 / RATE if RATE else 0.0
+CLOCK = StepClock(DELAY or 1.0)  # the scripted engine's: one step for every stream at once
 
 
 async def ticks(n: int) -> AsyncIterator[int]:
@@ -35,10 +38,12 @@ async def ticks(n: int) -> AsyncIterator[int]:
             yield 1
         return
     loop = asyncio.get_running_loop()
-    start, sent = loop.time(), 0
+    first, sent = CLOCK.now(loop), 0
     while sent < n:
-        await asyncio.sleep(max(0.0, start + (sent + 1) * DELAY - loop.time()))
-        k = min(n - sent, max(1, int((loop.time() - start) / DELAY) - sent))
+        due = CLOCK.at(loop, first + sent + 1)
+        if due is not None:
+            await due
+        k = min(n - sent, max(1, CLOCK.now(loop) - first - sent))
         sent += k
         yield k
 

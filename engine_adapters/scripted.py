@@ -39,6 +39,43 @@ _BYTE_TEXT = tuple(bytes([b]).decode(errors="replace") for b in range(256))
 _WORDS = "the quick brown fox jumps over the lazy dog while a calm river runs past old stone walls".split()
 
 
+class StepClock:
+    """An engine's step clock: step k is due at k * delay s of the event loop's clock, for
+    every stream at once: one timer and one wake-up of the loop per step, as vLLM's output
+    handler hands every request its output of a step together (the front-end benchmarks'
+    floor app runs on it too)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        # the waiters of each coming step: (their loop, their futures) by step number
+        self._steps: dict[int, tuple[asyncio.AbstractEventLoop, list[asyncio.Future[None]]]] = {}
+
+    def now(self, loop: asyncio.AbstractEventLoop) -> int:
+        """The step under way."""
+        return int(loop.time() / self.delay)
+
+    def at(self, loop: asyncio.AbstractEventLoop, k: int) -> asyncio.Future[None] | None:
+        """A future done at step `k`; None when it is due already."""
+        if loop.time() >= k * self.delay:
+            return None
+        waiting = self._steps.get(k)
+        if waiting is None or waiting[0] is not loop:  # (a stale entry of a closed loop)
+            waiting = self._steps[k] = (loop, [])
+            loop.call_at(k * self.delay, self._due, loop, k)
+        future: asyncio.Future[None] = loop.create_future()
+        waiting[1].append(future)
+        return future
+
+    def _due(self, loop: asyncio.AbstractEventLoop, k: int) -> None:
+        waiting = self._steps.get(k)
+        if waiting is None or waiting[0] is not loop:
+            return
+        del self._steps[k]
+        for future in waiting[1]:
+            if not future.done():  # (a cancelled stream's)
+                future.set_result(None)
+
+
 @dataclass
 class ScriptedConfig:
     """Knobs of the scripted engine."""
@@ -46,8 +83,10 @@ class ScriptedConfig:
     name: str = "scripted"
     max_model_len: int = 2048
     token_delay: float = 0.0
-    # per stream, as a GPU decodes (for example 100 tokens/s), on the engine's clock: a
-    # consumer that falls behind gets the steps due since in one output (as vLLM does)
+    # per stream, as a GPU decodes (for example 100 tokens/s), on the engine's clock: one
+    # step every 1/tokens_per_second s for every stream at once (a stream joins at the next
+    # step), and a consumer that falls behind gets the steps due since in one output (as
+    # vLLM does)
     tokens_per_second: float | None = None
     eos_after: int = 48
     start_delay: float = 0.0
@@ -78,6 +117,7 @@ class ScriptedEngine:
         self.running: set[str] = set()
         self.aborted: list[str] = []
         self.finished: list[str] = []
+        self._clock = StepClock(self.config.token_delay) if self.config.tokens_per_second else None
 
     @property
     def info(self) -> ModelInfo:
@@ -276,17 +316,18 @@ class ScriptedEngine:
             yield GenerationOutput(prompt_token_ids=ids, deltas=[], finished=False, prompt_logprobs=prompt_lps)
             step = 0
             loop = asyncio.get_running_loop()
-            start = loop.time()
+            clock = self._clock
+            first = clock.now(loop) if clock is not None else 0  # the step under way: it joins the next
             while remaining:
                 steps = 1
-                if self.config.tokens_per_second:
-                    # On the engine's clock, as a GPU decodes: the next step is due at a fixed
-                    # time whether or not the consumer kept up; a consumer that fell behind
-                    # gets every step due since in one output, as vLLM merges the deltas of a
-                    # request whose consumer is behind.
-                    wait = start + (step + 1) * delay - loop.time()
-                    await asyncio.sleep(max(0.0, wait))
-                    steps = max(1, int((loop.time() - start) / delay) - step)
+                if clock is not None:
+                    # On the engine's clock, as a GPU decodes, whether or not the consumer
+                    # kept up; a consumer that fell behind gets every step due since in one
+                    # output, as vLLM merges the deltas of a request whose consumer is behind.
+                    due = clock.at(loop, first + step + 1)
+                    if due is not None:
+                        await due
+                    steps = max(1, clock.now(loop) - first - step)
                 else:
                     await asyncio.sleep(delay)
                 if self._dead:

@@ -82,7 +82,11 @@ class Allowance:
 
     meter: Meter
     leases: list[_Lease] = field(default_factory=list)
-    spent: int = 0
+    spent: int = 0  # drawn, as of the leases' last update (`_sync`)
+    # what every lease held still covers, less what `take` drew since: the only number
+    # the path of each engine step reads and writes (the leases catch up in `_sync`)
+    credit: int = 0
+    synced: int = 0  # `credit` when the leases were last brought up to date
     exhausted: bool = False
     closed: bool = False
     slice: int = SLICE  # the next lease's size (doubles up to MAX_SLICE)
@@ -123,21 +127,32 @@ class Allowance:
                     headers={"Retry-After": str(wait)},
                 )
             lease.left = granted
+        self._sync()
 
     def take(self, n: int) -> bool | None:
         """Spend `n` tokens from the leases held: True, or None when a lease must grow
-        (`extend`). No await: the path of almost every engine step."""
-        for lease in self.leases:
-            if lease.left < n:
-                return None
-        for lease in self.leases:
-            lease.left -= n
-        self.spent += n
+        (`extend`). No await and no loop: the path of almost every engine step."""
+        credit = self.credit - n
+        if credit < 0:
+            return None
+        self.credit = credit
         return True
+
+    def _sync(self) -> None:
+        """Bring the leases up to date with what `take` drew, and the credit with them."""
+        drawn = self.synced - self.credit
+        if drawn:
+            for lease in self.leases:
+                lease.left -= drawn
+            self.spent += drawn
+        self.credit = self.synced = min((lease.left for lease in self.leases), default=0)
 
     async def extend(self, n: int) -> bool:
         """Grow the leases to cover `n` tokens and spend them; False when a budget has
-        run out (the `n` tokens, made already, are counted anyway: the stream must end)."""
+        run out (the `n` tokens, made already, are counted anyway: the stream must end).
+        The request's other streams may `take` while this waits for the meter: `_sync`
+        counts their draws after."""
+        self._sync()
         ok = True
         for lease in self.leases:
             if lease.left < n:
@@ -155,6 +170,7 @@ class Allowance:
                 await self.meter.add(lease.key, n - lease.left, lease.ttl)
                 lease.left = 0
         self.spent += n
+        self._sync()  # (and what other streams of the request drew meanwhile)
         if not ok:
             self.exhausted = True
         return ok
@@ -165,6 +181,8 @@ class Allowance:
         if self.closed:
             return
         self.closed = True
+        self._sync()
+        self.credit = self.synced = 0
         extra = max(0, (used or 0) - self.spent)
         for lease in self.leases:
             if extra:
@@ -189,4 +207,5 @@ class Allowance:
 
     def remaining(self) -> dict[str, int]:
         """Tokens still leased per window (for tests and status)."""
+        self._sync()
         return {lease.key: lease.left for lease in self.leases}

@@ -83,7 +83,8 @@ async def collect(engine: GenerativeEngine, request: GenerationRequest) -> Compl
                 n = note_output(obs, out, first)
                 first = False
                 if obs.allowance is not None:
-                    _finished(out, done)
+                    if request.sampling.n > 1:
+                        _finished(out, done)
                     if n and obs.allowance.take(n) is None and not await grow(obs, n):
                         end_sequences(out, request, done)
                         result.add(out)
@@ -150,11 +151,12 @@ def _finished(out: GenerationOutput, done: set[int]) -> None:
 
 def end_sequences(out: GenerationOutput, request: GenerationRequest, done: set[int]) -> None:
     """End every sequence of `request` still running with this step, as a length stop
-    (what every API reports when a budget ends a request)."""
+    (what every API reports when a budget ends a request). `done`: the sequences that
+    ended in earlier steps (kept only when the request has several, `_finished`)."""
     for d in out.deltas:
         if d.finish_reason is None:
             d.finish_reason = "length"
-            done.add(d.index)
+        done.add(d.index)
     for i in range(max(1, request.sampling.n)):
         if i not in done:
             out.deltas.append(SequenceDelta(index=i, text="", token_ids=[], finish_reason="length"))
@@ -236,7 +238,18 @@ class EngineStream:
     deadline's wait is done inline here rather than in a coroutine of its own.
     """
 
-    __slots__ = ("_deadline", "_done", "_ended", "_first", "_first_tokens", "_index", "_obs", "_request", "_rest")
+    __slots__ = (
+        "_deadline",
+        "_done",
+        "_ended",
+        "_first",
+        "_first_tokens",
+        "_index",
+        "_many",
+        "_obs",
+        "_request",
+        "_rest",
+    )
 
     def __init__(
         self,
@@ -251,7 +264,8 @@ class EngineStream:
         self._rest = rest
         self._deadline = deadline
         self._request = request
-        self._done: set[int] = set()
+        self._done: set[int] = set()  # its sequences that ended, when it has several
+        self._many = request is not None and request.sampling.n > 1
         self._ended = False  # a budget ended it
         self._obs = current_observation()
         self._first_tokens = 0
@@ -295,7 +309,8 @@ class EngineStream:
             n = note_output(obs, out, False)
             allowance = obs.allowance
             if allowance is not None:
-                _finished(out, self._done)
+                if self._many:
+                    _finished(out, self._done)
                 # the lease held covers almost every step: no await, no coroutine per token
                 if n and allowance.take(n) is None and not await grow(obs, n) and self._request is not None:
                     end_sequences(out, self._request, self._done)

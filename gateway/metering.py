@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.errors import NotReady
@@ -38,8 +39,8 @@ class Meter(Protocol):
         left, so that one stream's lease never takes what concurrent streams need."""
         ...
 
-    async def add(self, key: str, n: int, ttl: int) -> int:
-        """Add `n` (negative: a refund) to `key`; its total after."""
+    async def add(self, key: str, n: int, ttl: int) -> None:
+        """Add `n` (negative: a refund) to `key`; done when counted."""
         ...
 
     async def used(self, keys: Sequence[str]) -> list[int]:
@@ -83,11 +84,9 @@ class MemoryMeter:
             self._expiry[key] = self._clock() + ttl
         return grant, used + grant
 
-    async def add(self, key: str, n: int, ttl: int) -> int:
-        total = self._live(key) + n
-        self._values[key] = total
+    async def add(self, key: str, n: int, ttl: int) -> None:
+        self._values[key] = self._live(key) + n
         self._expiry[key] = self._clock() + ttl
-        return total
 
     async def used(self, keys: Sequence[str]) -> list[int]:
         return [self._live(k) for k in keys]
@@ -195,6 +194,17 @@ class RedisMeter:
     def __init__(self, settings: ContinuationSettings) -> None:
         self._prefix = settings.key_prefix + "m:"
         self._redis_loop = RedisPerLoop(settings, MeterUnavailable, "the usage and budget store (redis)")
+        # the corrections (`add`) gathered for each loop's next round trip, and the round
+        # trips under way
+        self._adds: dict[asyncio.AbstractEventLoop, _Adds] = {}
+        self._leases: dict[asyncio.AbstractEventLoop, list[tuple[str, list[int], asyncio.Future[tuple[int, int]]]]] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, loop: asyncio.AbstractEventLoop, flush: Any) -> None:
+        """Run a round trip after this turn's other calls joined it."""
+        task = loop.create_task(flush)
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
     @property
     def _redis(self) -> Any:
@@ -204,18 +214,65 @@ class RedisMeter:
         return await self._redis_loop.call(coro)
 
     async def lease(self, key: str, limit: int, want: int, ttl: int, need: int | None = None) -> tuple[int, int]:
-        script = self._redis_loop.script(_LEASE)
-        args = [limit, want, ttl, want if need is None else need]
-        granted, used = await self._call(script(keys=[self._prefix + key], args=args))
-        return int(granted), int(used)
+        """Leases asked in the same turn of the loop (a burst of requests admitted
+        together) go to Redis in one round trip: a pipeline of the lease script, each run
+        atomically and in order, as if sent one by one."""
+        loop = asyncio.get_running_loop()
+        batch = self._leases.get(loop)
+        if batch is None:
+            batch = self._leases[loop] = []
+            self._spawn(loop, self._flush_leases(loop))
+        future: asyncio.Future[tuple[int, int]] = loop.create_future()
+        batch.append((self._prefix + key, [limit, want, ttl, want if need is None else need], future))
+        return await future
 
-    async def add(self, key: str, n: int, ttl: int) -> int:
+    async def _flush_leases(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._leases.pop(loop)
+        try:
+            script = self._redis_loop.script(_LEASE)
+            pipe = self._redis.pipeline(transaction=False)
+            for name, args, _ in batch:
+                await script(keys=[name], args=args, client=pipe)  # queued (loaded first if Redis lost it)
+            results = await self._call(pipe.execute())
+            for (_, _, future), (granted, used) in zip(batch, results, strict=True):
+                if not future.done():  # (its caller was cancelled: the lease stays counted, the safe side)
+                    future.set_result((int(granted), int(used)))
+        except Exception as exc:  # MeterUnavailable: for every caller of the batch
+            _fail(batch, exc)
+        except BaseException:  # cancelled at shutdown
+            _fail(batch, MeterUnavailable("the usage and budget store (redis) was closed"))
+            raise
+
+    async def add(self, key: str, n: int, ttl: int) -> None:
+        """Corrections made in the same turn of the loop (the refunds of streams that end
+        together) go to Redis in one round trip, summed per counter: each call returns when
+        the round trip its own is in has counted it (a redis-py call costs the loop 110-190
+        µs of CPU, a quarter of which the refunds of 128 streams ending at once then share)."""
+        loop = asyncio.get_running_loop()
+        batch = self._adds.get(loop)
+        if batch is None:
+            batch = self._adds[loop] = _Adds(loop.create_future())
+            self._spawn(loop, self._flush_adds(loop))
         name = self._prefix + key
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.incrby(name, n)
-        pipe.expire(name, ttl)
-        total, _ = await self._call(pipe.execute())
-        return int(total)
+        batch.deltas[name] = batch.deltas.get(name, 0) + n
+        batch.ttls[name] = max(batch.ttls.get(name, 0), ttl)
+        await asyncio.shield(batch.done)  # a caller cancelled leaves the others' count alone
+
+    async def _flush_adds(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._adds.pop(loop)
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            for name, n in batch.deltas.items():
+                pipe.incrby(name, n)
+                pipe.expire(name, batch.ttls[name])
+            await self._call(pipe.execute())
+        except Exception as exc:  # MeterUnavailable: for every caller of the batch
+            batch.done.set_exception(exc)
+        except BaseException:  # cancelled at shutdown: whether it was counted is unknown
+            batch.done.set_exception(MeterUnavailable("the usage and budget store (redis) was closed"))
+            raise
+        else:
+            batch.done.set_result(None)
 
     async def used(self, keys: Sequence[str]) -> list[int]:
         if not keys:
@@ -239,7 +296,28 @@ class RedisMeter:
         return [{k.decode(): int(v) for k, v in item.items()} for item in found]
 
     async def close(self) -> None:
+        if self._flushes:  # corrections under way are counted before the connections go
+            await asyncio.wait(list(self._flushes), timeout=5.0)
         await self._redis_loop.close()
+
+
+def _fail(batch: list[tuple[str, list[int], asyncio.Future[tuple[int, int]]]], exc: Exception) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
+
+
+@dataclass(slots=True)
+class _Adds:
+    """Corrections waiting for one round trip: per counter, the sum and the longest TTL."""
+
+    done: asyncio.Future[None]
+    deltas: dict[str, int] = field(default_factory=dict)
+    ttls: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # retrieved even when every caller was cancelled: no "never retrieved" warning
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def make_meter(settings: ContinuationSettings) -> Meter:

@@ -71,6 +71,40 @@ def test_an_allowance_leases_spends_and_gives_back_exactly():
     asyncio.run(run())
 
 
+def test_what_other_streams_of_a_request_draw_while_one_grows_the_lease_is_counted():
+    """Streams of one request (n > 1, a batch of prompts) share its allowance: one takes
+    from the lease while another waits on the meter to grow it, and every token counts."""
+
+    class SlowMeter(MemoryMeter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.go = asyncio.Event()
+
+        async def lease(self, key: str, limit: int, want: int, ttl: int, need: int | None = None) -> tuple[int, int]:
+            if want > 20:  # the growth, not the opening lease
+                await self.go.wait()
+            return await super().lease(key, limit, want, ttl, need)
+
+    async def run() -> None:
+        meter = SlowMeter()
+        allowance = Allowance.of(meter, [("key", "a", Limits(tokens_per_day=10_000))])
+        assert allowance is not None
+        await allowance.open(20)
+        assert allowance.take(15) is True  # 5 left
+        growing = asyncio.ensure_future(allowance.extend(8))  # short by 3: waits on the meter
+        await asyncio.sleep(0)
+        assert allowance.take(4) is True  # another stream, meanwhile, within what was left
+        meter.go.set()
+        assert await growing is True
+        assert allowance.spent == 15 + 8 + 4
+        key = next(iter(allowance.remaining()))
+        assert allowance.remaining()[key] == (await meter.used([key]))[0] - 27  # leased less drawn
+        await allowance.close(27)
+        assert await meter.used([key]) == [27]  # exactly what was made, nothing lost or doubled
+
+    asyncio.run(run())
+
+
 def keys_file(tmp_path, budget_a: dict, tenants: list | None = None):
     path = tmp_path / "keys.yaml"
     data = {
@@ -265,6 +299,90 @@ def test_a_burst_of_calls_beyond_the_connection_pool_waits_instead_of_failing(re
     leases, reads = asyncio.run(burst())
     assert [granted for granted, _ in leases] == [32] * 300 and max(used for _, used in leases) == 32 * 300
     assert reads == [None] * 300
+
+
+def test_refunds_made_together_go_to_redis_in_one_round_trip_and_each_is_counted(redis_server):
+    # 128 streams ending at once give back what their leases had left: one MULTI/EXEC
+    # with a sum per counter, not 128; a caller cancelled meanwhile leaves the sum whole
+    import redis as redis_sync
+
+    from gateway.metering import RedisMeter
+
+    settings = ContinuationSettings(backend="redis", redis_url=redis_server, key_prefix="{refunds}:")
+    direct = redis_sync.Redis.from_url(redis_server)
+
+    async def refunds() -> list[int]:
+        meter = RedisMeter(settings)
+        try:
+            await meter.lease("b:key:a:day:x", 10**9, 10_000, 60)
+            await meter.lease("b:key:b:day:x", 10**9, 10_000, 60)
+            direct.config_resetstat()
+            calls = [meter.add(f"b:key:{'ab'[i % 2]}:day:x", -(i + 1), 60) for i in range(128)]
+            tasks = [asyncio.ensure_future(c) for c in calls]
+            await asyncio.sleep(0)
+            tasks[5].cancel()  # its client went: its refund is counted all the same
+            await asyncio.gather(*tasks, return_exceptions=True)
+            execs = direct.info("commandstats").get("cmdstat_exec", {}).get("calls", 0)
+            return [execs, *await meter.used(["b:key:a:day:x", "b:key:b:day:x"])]
+        finally:
+            await meter.close()
+            direct.close()
+
+    execs, a, b = asyncio.run(refunds())
+    assert execs == 1
+    assert a == 10_000 - sum(range(1, 129, 2)) and b == 10_000 - sum(range(2, 129, 2))
+
+
+def test_leases_asked_together_go_in_one_round_trip_and_grant_as_one_by_one(redis_server, monkeypatch):
+    # a burst of requests admitted together: one pipeline of the lease script, each run
+    # atomically in order, so the grants are what 64 leases one after another would get
+    import redis.asyncio.client as redis_client
+
+    from gateway.metering import RedisMeter, _grant
+
+    sent = []
+    execute = redis_client.Pipeline.execute
+
+    async def counted(self, *args, **kwargs):
+        sent.append(len(self.command_stack))
+        return await execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis_client.Pipeline, "execute", counted)
+    settings = ContinuationSettings(backend="redis", redis_url=redis_server, key_prefix="{leases}:")
+
+    async def burst() -> list[tuple[int, int]]:
+        meter = RedisMeter(settings)
+        try:
+            return list(await asyncio.gather(*(meter.lease("b:key:a:day:x", 1000, 32, 60) for _ in range(64))))
+        finally:
+            await meter.close()
+
+    leases = asyncio.run(burst())
+    expected, used = [], 0
+    for _ in range(64):
+        grant = max(0, _grant(1000 - used, 32, 32))
+        used += grant
+        expected.append(grant)
+    assert [granted for granted, _ in leases] == expected and sum(expected) == 1000  # never past the limit
+    assert sent == [64]
+
+
+def test_refunds_made_together_all_fail_closed_when_redis_is_gone():
+    from gateway.metering import MeterUnavailable, RedisMeter
+    from tests.servers import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings = ContinuationSettings(backend="redis", redis_url=dead, key_prefix="{refunds}:", redis_timeout_seconds=2)
+
+    async def refunds() -> list[BaseException | None]:
+        meter = RedisMeter(settings)
+        try:
+            return await asyncio.gather(*(meter.add("b:key:a:day:x", -1, 60) for _ in range(8)), return_exceptions=True)
+        finally:
+            await meter.close()
+
+    outcomes = asyncio.run(refunds())
+    assert all(isinstance(o, MeterUnavailable) and "unavailable" in str(o) for o in outcomes), outcomes
 
 
 def test_with_plenty_left_a_stream_leases_once_not_once_per_slice(client_factory, tmp_path, monkeypatch):

@@ -230,10 +230,11 @@ class RedisMeter:
         batch = self._leases.pop(loop)
         try:
             script = self._redis_loop.script(_LEASE)
-            pipe = self._redis.pipeline(transaction=False)
-            for name, args, _ in batch:
-                await script(keys=[name], args=args, client=pipe)  # queued (loaded first if Redis lost it)
-            results = await self._call(pipe.execute())
+            if len(batch) == 1:  # alone: the script's own call (one round trip)
+                name, args, _ = batch[0]
+                results = [await self._call(script(keys=[name], args=args))]
+            else:
+                results = await self._call(self._pipelined(script, batch))
             for (_, _, future), (granted, used) in zip(batch, results, strict=True):
                 if not future.done():  # (its caller was cancelled: the lease stays counted, the safe side)
                     future.set_result((int(granted), int(used)))
@@ -242,6 +243,25 @@ class RedisMeter:
         except BaseException:  # cancelled at shutdown
             _fail(batch, MeterUnavailable("the usage and budget store (redis) was closed"))
             raise
+
+    async def _pipelined(self, script: Any, batch: list[tuple[str, list[int], Any]]) -> list[Any]:
+        """The lease script once per lease in one pipeline, by its digest (redis-py's
+        pipeline would ask Redis first whether it has the script: one more round trip);
+        a lease Redis refused because it lost the script (a restart) did nothing, and runs
+        again once the script is loaded."""
+        from redis.exceptions import NoScriptError
+
+        pipe = self._redis.pipeline(transaction=False)
+        for name, args, _ in batch:
+            pipe.evalsha(script.sha, 1, name, *args)
+        results = list(await pipe.execute(raise_on_error=False))
+        for i, result in enumerate(results):
+            if isinstance(result, NoScriptError):
+                name, args, _ = batch[i]
+                results[i] = await script(keys=[name], args=args)  # loads it, then runs it
+            elif isinstance(result, Exception):
+                raise result
+        return results
 
     async def add(self, key: str, n: int, ttl: int) -> None:
         """Corrections made in the same turn of the loop (the refunds of streams that end

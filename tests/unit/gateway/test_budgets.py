@@ -336,6 +336,7 @@ def test_refunds_made_together_go_to_redis_in_one_round_trip_and_each_is_counted
 def test_leases_asked_together_go_in_one_round_trip_and_grant_as_one_by_one(redis_server, monkeypatch):
     # a burst of requests admitted together: one pipeline of the lease script, each run
     # atomically in order, so the grants are what 64 leases one after another would get
+    import redis as redis_sync
     import redis.asyncio.client as redis_client
 
     from gateway.metering import RedisMeter, _grant
@@ -350,21 +351,29 @@ def test_leases_asked_together_go_in_one_round_trip_and_grant_as_one_by_one(redi
     monkeypatch.setattr(redis_client.Pipeline, "execute", counted)
     settings = ContinuationSettings(backend="redis", redis_url=redis_server, key_prefix="{leases}:")
 
-    async def burst() -> list[tuple[int, int]]:
+    direct = redis_sync.Redis.from_url(redis_server)
+
+    async def burst() -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
         meter = RedisMeter(settings)
         try:
-            return list(await asyncio.gather(*(meter.lease("b:key:a:day:x", 1000, 32, 60) for _ in range(64))))
+            leases = await asyncio.gather(*(meter.lease("b:key:a:day:x", 1000, 32, 60) for _ in range(64)))
+            alone = await meter.lease("b:key:b:day:x", 1000, 32, 60)  # one lease: the script's own call
+            direct.script_flush()  # Redis restarted and lost its scripts: loaded again, nothing lost
+            again = await asyncio.gather(*(meter.lease("b:key:b:day:x", 1000, 32, 60) for _ in range(3)))
+            return list(leases), [alone], list(again)
         finally:
             await meter.close()
+            direct.close()
 
-    leases = asyncio.run(burst())
+    leases, alone, again = asyncio.run(burst())
     expected, used = [], 0
     for _ in range(64):
         grant = max(0, _grant(1000 - used, 32, 32))
         used += grant
         expected.append(grant)
     assert [granted for granted, _ in leases] == expected and sum(expected) == 1000  # never past the limit
-    assert sent == [64]
+    assert alone == [(32, 32)] and again == [(32, 64), (32, 96), (32, 128)]
+    assert sent == [64, 3]  # one pipeline per burst; no pipeline (and no SCRIPT EXISTS) for one lease
 
 
 def test_refunds_made_together_all_fail_closed_when_redis_is_gone():

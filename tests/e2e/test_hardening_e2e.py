@@ -97,10 +97,11 @@ def keys_file(artifacts):
 
 
 @pytest.fixture(scope="module")
-def guarded(artifacts, keys_file):
+def guarded(artifacts, keys_file, redis_server):
     """A gateway of its own: API keys (plain, admin and a keys file), a limit of 8
     sequences in flight, a reader without the no-repeat-ngram processor, test reader
-    kinds at run time and SIGTERM are things the shared gateway must not have."""
+    kinds at run time and SIGTERM are things the shared gateway must not have. Its store,
+    and so its budgets and ledger, are on a real redis-server, as replicas run them."""
     gw = start_gateway(
         artifacts / "gateway-guarded.log",
         env={
@@ -131,6 +132,9 @@ def guarded(artifacts, keys_file):
             "GATEWAY_DRAIN_TIMEOUT_SECONDS": "120",
             "GATEWAY_LOG_FORMAT": "json",  # one JSON object per line, vLLM's lines included
             "GATEWAY_PROBE_PORT": str(PROBE_PORT),
+            "GATEWAY_CONTINUATION__BACKEND": "redis",
+            "GATEWAY_CONTINUATION__REDIS_URL": redis_server,
+            "GATEWAY_CONTINUATION__KEY_PREFIX": "{guarded}:",
         },
         wait=False,
     )
@@ -313,6 +317,7 @@ def test_a_tenant_budget_ends_a_stream_at_its_allowance_and_then_refuses(guarded
     assert (
         "'gamma'" in refused.json()["error"]["message"] and "300 tokens per day" in refused.json()["error"]["message"]
     )
+
     # another tenant is served meanwhile
     other = httpx.post(
         guarded.url + "/generate", json={"text": "x", "max_new_tokens": 2}, headers={"X-API-Key": TEAM_A}, timeout=120
@@ -326,6 +331,15 @@ def test_a_tenant_budget_ends_a_stream_at_its_allowance_and_then_refuses(guarded
     ).json()["data"]
     assert len(rows) == 1 and rows[0]["budget"] == 1
     assert rows[0]["prompt_tokens"] + rows[0]["output_tokens"] == usage["total_tokens"]
+
+    # a burst of the tenant's requests at once (leases the server asks in one turn of its
+    # loop share one Redis round trip): every one is refused, none half-served
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=guarded.url, headers=c, timeout=60) as client:
+            short = {"model": "primary", "messages": body["messages"], "max_tokens": 4}
+            return list(await asyncio.gather(*(client.post("/v1/chat/completions", json=short) for _ in range(6))))
+
+    assert [r.status_code for r in asyncio.run(burst())] == [429] * 6
 
 
 def test_deleting_a_reader_ends_its_stream_with_an_error_event(guarded):

@@ -101,6 +101,9 @@ class ScriptedConfig:
     markup_tokenizer: str | None = None
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
+    # told as the engine's slots (vLLM's effective max_num_seqs, in ModelInfo.engine_config),
+    # which the gateway keeps batch work below; the scripted engine runs every stream at once
+    max_num_seqs: int | None = None
 
 
 class ScriptedEngine:
@@ -132,6 +135,7 @@ class ScriptedEngine:
             has_chat_template=self.config.has_chat_template,
             eos_token_id=EOS,
             adapters=tuple(self.config.lora_adapters),
+            engine_config={"max_num_seqs": self.config.max_num_seqs} if self.config.max_num_seqs else {},
         )
 
     async def start(self) -> None:

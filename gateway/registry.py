@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from engine_adapters.base import EngineDeadError, GenerativeEngine, PoolingEngine, ReaderTask, UnknownAdapterError, Work
+from engine_adapters.base import (
+    EngineDeadError,
+    EngineNotReadyError,
+    GenerativeEngine,
+    PoolingEngine,
+    ReaderTask,
+    UnknownAdapterError,
+    Work,
+)
 from engine_adapters.factory import ENGINE_KINDS, Engine, build_engine, served_name
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, NotReady, Overloaded
 from gateway.observability.metrics import EMBED_BATCH, current_observation
@@ -114,6 +122,18 @@ class Reader:
         if self.task == "generate":
             raise BadRequest(f"reader {self.id!r} ({self.task}) does not embed or classify", param="reader_id")
         return cast(PoolingEngine, engine)
+
+    def engine_slots(self) -> int | None:
+        """The sequences the reader's engine runs at once (vLLM's effective max_num_seqs;
+        None when the engine does not say)."""
+        engine = self.engine
+        if engine is None:
+            return None
+        try:
+            slots = engine.info.engine_config.get("max_num_seqs")
+        except EngineNotReadyError:  # still loading, or stopped
+            return None
+        return slots if isinstance(slots, int) else None
 
     def describe_state(self) -> str:
         """ "id" when ready, else "id, state"."""
@@ -318,10 +338,12 @@ class Registry:
         by `batches.live_headroom` either way."""
         conf = self.settings.batches
         lines = conf.lines_per_reader if live else max(conf.lines_per_reader, conf.idle_lines_per_reader)
-        limit = reader.settings.max_in_flight
-        if limit is None:
+        # vLLM schedules no waiting request, whatever its priority, while max_num_seqs run:
+        # the headroom is kept below the engine's slots as well as below max_in_flight
+        bounds = [b for b in (reader.settings.max_in_flight, reader.engine_slots()) if b is not None]
+        if not bounds:
             return lines
-        return max(0, min(lines, limit - conf.live_headroom))
+        return max(0, min(lines, min(bounds) - conf.live_headroom))
 
     def get(self, reader_id: str, visible: Callable[[str], bool] = lambda _: True) -> Reader:
         """A reader by id; a 404 listing the readers of the groups `visible` allows."""

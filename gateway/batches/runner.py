@@ -57,6 +57,12 @@ DURATION = Histogram(
     ["status"],
     buckets=(10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600),
 )
+RETURNED = Counter(
+    "gateway_batch_lines_returned",
+    "Batch lines stopped to give their room to live requests (each runs again later)",
+    ["group"],
+)
+MIN_ROUND_GAP = 0.01  # seconds between rounds at least (line ends wake the runner)
 
 
 def public(doc: dict[str, Any]) -> dict[str, Any]:
@@ -86,6 +92,9 @@ class BatchRunner:
         self._task: asyncio.Task[None] | None = None
         self._running: dict[str, dict[int, asyncio.Task[None]]] = {}
         self._per_group: dict[str, int] = {}  # lines in flight per group (admitted or not yet)
+        # per group, the lines still waiting for their answer, in the order they started
+        self._answering: dict[str, dict[asyncio.Task[None], None]] = {}
+        self._wake = asyncio.Event()  # a line ended: its room may go to the next one
         self._inputs: dict[str, list[BatchLine]] = {}
         self._cursor: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
@@ -93,6 +102,7 @@ class BatchRunner:
         self._swept_at = 0.0
         self.done = 0  # lines whose result this replica wrote
         self.deferred = 0  # lines refused for now (429, 503) and given back
+        self.returned = 0  # lines stopped for live traffic and given back
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -146,7 +156,10 @@ class BatchRunner:
             except Exception:
                 log.exception("batch round failed")
                 busy = False
-            await asyncio.sleep(0.05 if busy else self.conf.poll_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.05 if busy else self.conf.poll_seconds)
+            self._wake.clear()
+            await asyncio.sleep(MIN_ROUND_GAP)  # the lines ending in one engine step, in one round
 
     # -- one round ----------------------------------------------------------------------
 
@@ -175,9 +188,36 @@ class BatchRunner:
                     await self._finish(tenant, doc, "completed")
             elif status == "finalizing":  # a replica died while writing the files
                 await self._finish(tenant, doc, doc.get("_final", "completed"))
+        self._give_back()
         await self._renew()
         await self._sweep()
         return started
+
+    def _give_back(self) -> None:
+        """Stop the youngest lines of a group whose live traffic wants their room back.
+
+        Lines beyond the group's room beside live traffic (admitted while it was idle)
+        would otherwise hold engine slots and slow every live token until they end, which
+        for long lines is minutes: the ones started last (the least work lost) are
+        stopped, their engine requests aborted, and their claims given back to run again
+        later. A few lines over the room (an eighth of `lines_per_reader`) are left to
+        end, so a live load that comes and goes does not stop lines over and over."""
+        slack = max(1, self.conf.lines_per_reader // 8)
+        for group, lines in self._answering.items():
+            readers = [r for r in self.registry.groups().get(group, []) if r.serving]
+            live = sum(r.sequences - r.batch_sequences for r in readers)
+            if not live or not lines:
+                continue
+            capacity = sum(self.registry.batch_capacity(r, r.sequences - r.batch_sequences) for r in readers)
+            excess = len(lines) - max(0, capacity - live)
+            if excess <= slack:
+                continue
+            for task in list(lines)[-excess:]:
+                lines.pop(task)
+                task.cancel()
+            self.returned += excess
+            RETURNED.labels(group).inc(excess)
+            log.info("%d batch line(s) of group %s stopped for live traffic; they run again later", excess, group)
 
     async def _sweep(self) -> None:
         """Delete files past their retention (once a minute at most)."""
@@ -272,8 +312,9 @@ class BatchRunner:
                 principal = self._principal(doc)
                 group = self._group(lines[i]) or ""
                 self._per_group[group] = self._per_group.get(group, 0) + 1
-                task = asyncio.get_running_loop().create_task(self._run(tenant, doc, i, lines[i], principal))
+                task = asyncio.get_running_loop().create_task(self._run(tenant, doc, i, lines[i], principal, group))
                 running[i] = task
+                self._answering.setdefault(group, {})[task] = None
                 task.add_done_callback(partial(self._line_ended, running, i, group))
                 started = True
         if cursor >= len(lines):
@@ -281,9 +322,13 @@ class BatchRunner:
         self._cursor[bid] = cursor
         return started
 
-    def _line_ended(self, running: dict[int, asyncio.Task[None]], line: int, group: str, _: asyncio.Task[None]) -> None:
+    def _line_ended(
+        self, running: dict[int, asyncio.Task[None]], line: int, group: str, task: asyncio.Task[None]
+    ) -> None:
         running.pop(line, None)
         self._per_group[group] -= 1
+        self._answering.get(group, {}).pop(task, None)
+        self._wake.set()
 
     def _principal(self, doc: dict[str, Any]) -> Principal | None:
         """The batch's key as it is now (None: the key is gone, lines fail)."""
@@ -292,22 +337,25 @@ class BatchRunner:
         return self.keys.by_name(doc["_key"])
 
     async def _run(
-        self, tenant: str, doc: dict[str, Any], i: int, line: BatchLine, principal: Principal | None
+        self, tenant: str, doc: dict[str, Any], i: int, line: BatchLine, principal: Principal | None, group: str
     ) -> None:
         bid = doc["id"]
         try:
-            status, body, request_id, group = await asyncio.wait_for(
+            status, body, request_id, _ = await asyncio.wait_for(
                 self._send(line, principal), self.conf.line_timeout_seconds
             )
         except TimeoutError:  # stuck somewhere: stopped, and run again later
             log.warning(
                 "batch %s line %d took over %.0f s; it will run again", bid, i + 1, self.conf.line_timeout_seconds
             )
-            status, body, request_id, group = 503, {"_retry_after": "1"}, None, ""
-        except asyncio.CancelledError:  # cancelled batch or shutdown: the line is not done
+            status, body, request_id = 503, {"_retry_after": "1"}, None
+        except asyncio.CancelledError:  # cancelled batch, shutdown, room given back: not done
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.release(bid, i, self.owner))
             raise
+        task = asyncio.current_task()
+        if task is not None:  # answered: no longer one to give back (its result is kept)
+            self._answering.get(group, {}).pop(task, None)
         if status in (429, 503):  # capacity, a budget, a drain: later, never a failure
             self.deferred += 1
             retry = 1.0

@@ -21,14 +21,18 @@ from tests.servers import GatewayProcess, start_gateway
 pytestmark = pytest.mark.e2e
 
 ALICE, BOB = "sk-e2e-batch-alice-0123456789", "sk-e2e-batch-bob-0123456789"
-MAX_IN_FLIGHT, HEADROOM = 8, 4
+ADMIN = "sk-e2e-batch-ops-0123456789"
+# the batch alone holds MAX_IN_FLIGHT - HEADROOM (6) sequences; beside live traffic, the
+# reader's LINES_PER_READER sequences in all, live ones first
+MAX_IN_FLIGHT, HEADROOM, LINES_PER_READER = 8, 2, 4
 
 
 @pytest.fixture(scope="module")
 def batching(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     folder = tmp_path_factory.mktemp("batches")
     keys = folder / "keys.yaml"
-    keys.write_text(json.dumps({"keys": [{"name": "alice", "key": ALICE}, {"name": "bob", "key": BOB}]}))
+    ops = {"name": "ops", "key": ADMIN, "permissions": ["admin"]}
+    keys.write_text(json.dumps({"keys": [{"name": "alice", "key": ALICE}, {"name": "bob", "key": BOB}, ops]}))
     readers = [
         {"id": "primary-0", "model": "embedded:smollm2-135m-instruct", "dtype": "float32", "max_model_len": 2048,
          "enforce_eager": True, "cpu_kv_cache_gib": 1, "max_in_flight": MAX_IN_FLIGHT},
@@ -43,6 +47,7 @@ def batching(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "GATEWAY_BATCHES__ENABLED": "true",
             "GATEWAY_BATCHES__DIRECTORY": str(folder / "files"),
             "GATEWAY_BATCHES__LIVE_HEADROOM": str(HEADROOM),
+            "GATEWAY_BATCHES__LINES_PER_READER": str(LINES_PER_READER),
             "GATEWAY_BATCHES__POLL_SECONDS": "0.1",
         },
     )
@@ -153,10 +158,67 @@ def test_live_streams_are_served_while_a_batch_of_hundreds_of_lines_runs(batchin
     watcher.join()
     assert statuses == [200] * (3 * MAX_IN_FLIGHT)  # never a 429 for batch work
     assert all(t.rstrip().endswith("data: [DONE]") for t in texts)
-    assert max(batch_seen) <= MAX_IN_FLIGHT - HEADROOM and any(batch_seen)  # the batch ran meanwhile, in its share
+    # the batch within its idle share at most (beside the reader's whole live limit, its
+    # share is none: lines started before the live streams are given back)
+    assert max(batch_seen) <= MAX_IN_FLIGHT - HEADROOM
     done = client.batches.retrieve(batch.id)
     while done.status not in ("completed", "failed", "expired", "cancelled"):
         time.sleep(0.5)
         done = client.batches.retrieve(batch.id)
     assert done.status == "completed" and done.request_counts.completed == 240
     assert len(results(client, done)) == 240
+
+
+def test_lines_holding_the_idle_share_give_their_room_back_when_a_live_stream_arrives(batching):
+    # long lines fill the idle share; one live stream arrives: the lines beyond the share
+    # beside it are stopped at once (not left to run their 256 tokens) and run again
+    # later; every line is answered once and whole
+    client = sdk(batching)
+    idle = MAX_IN_FLIGHT - HEADROOM
+    lines = [{"custom_id": f"long{i}", "method": "POST", "url": "/v1/completions",
+              "body": {"model": "primary", "prompt": f"Tale {i}:", "max_tokens": 256, "ignore_eos": True}}
+             for i in range(idle)]  # fmt: skip
+    f = client.files.create(file=("long.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")
+    auth = {"Authorization": f"Bearer {ALICE}"}
+
+    def reader() -> dict[str, Any]:
+        return httpx.get(batching.url + "/status", headers=auth).json()["live_readers"]["primary-0"]
+
+    deadline = time.monotonic() + 120
+    while reader()["batch_sequences"] < idle:
+        assert time.monotonic() < deadline, reader()
+        time.sleep(0.05)
+    texts: list[str] = []
+    body = {"model": "primary", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 48,
+            "ignore_eos": True, "stream": True}  # fmt: skip
+
+    def live() -> None:
+        with httpx.stream("POST", batching.url + "/v1/chat/completions", json=body, headers=auth, timeout=300) as r:
+            texts.append(f"{r.status_code} " + r.read().decode())
+
+    stream = threading.Thread(target=live)
+    t0 = time.monotonic()
+    stream.start()
+    beside: list[int] = []
+    while stream.is_alive():
+        now = reader()
+        if now["requests_in_flight"] > now["batch_sequences"]:  # the live stream runs
+            beside.append(now["batch_sequences"])
+        time.sleep(0.05)
+    stream.join()
+    took = time.monotonic() - t0
+    assert texts[0].startswith("200 ") and texts[0].rstrip().endswith("data: [DONE]"), texts[0][-300:]
+    # within the share beside one live stream (3 lines) long before 256-token lines could end
+    assert beside and min(beside) <= LINES_PER_READER - 1, (beside, took)
+    done = client.batches.retrieve(batch.id)
+    while done.status not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(0.5)
+        done = client.batches.retrieve(batch.id)
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", idle, 0)
+    out = results(client, done)
+    assert sorted(out) == sorted(x["custom_id"] for x in lines)
+    assert {r["response"]["body"]["usage"]["completion_tokens"] for r in out.values()} == {256}  # run again whole
+    metrics = httpx.get(batching.management_url + "/metrics", headers={"X-API-Key": ADMIN}).text
+    returned = [x for x in metrics.splitlines() if x.startswith('gateway_batch_lines_returned_total{group="primary"}')]
+    assert returned and float(returned[0].split()[-1]) >= idle - (LINES_PER_READER - 1) - 1, returned

@@ -426,6 +426,74 @@ def test_a_batch_alone_fills_the_reader_and_shrinks_to_its_share_beside_live_tra
         assert wait_for(client, batch.id, timeout=120).request_counts.completed == 60
 
 
+def test_the_headroom_is_kept_below_the_engines_slots_as_well_as_below_max_in_flight(tmp_path):
+    # vLLM schedules no waiting request, whatever its priority, while max_num_seqs run: a
+    # batch filling every engine slot would make live requests queue behind its lines
+    def reader(**extra: Any) -> ReaderSettings:
+        return ReaderSettings(id="primary-0", kind="scripted", model="scripted", **extra)
+
+    conf = {"live_headroom": 4, "lines_per_reader": 32, "idle_lines_per_reader": 128}
+    cases = [
+        (reader(scripted={"max_num_seqs": 128}), (124, 32)),  # no max_in_flight: the engine's slots
+        (reader(max_in_flight=136, scripted={"max_num_seqs": 128}), (124, 32)),  # slots below the limit
+        (reader(max_in_flight=64, scripted={"max_num_seqs": 128}), (60, 32)),  # the limit below the slots
+        (reader(scripted={"max_num_seqs": 3}), (0, 0)),  # no room left for batch work at all
+        (reader(), (128, 32)),  # an engine that does not tell its slots: the shares alone
+    ]
+    for settings, expected in cases:
+        with running(settings_for(tmp_path, [settings], **conf)) as c:
+            registry = c.app.state.runtime.registry
+            r = registry.readers["primary-0"]
+            got = (registry.batch_capacity(r, 0), registry.batch_capacity(r, 1))
+            assert got == expected, (settings, got)
+
+
+def test_lines_holding_the_idle_share_give_their_room_back_when_live_traffic_arrives(tmp_path):
+    # 3 s lines fill the idle share (8); a live request arrives: the youngest lines are
+    # stopped at once (their engine requests aborted), not left to end, and run again
+    # later; every line is answered once, whole
+    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", max_in_flight=16,
+                           scripted={"token_delay": 0.01, "eos_after": 10**6, "reply": " go" * 200})]  # fmt: skip
+    conf = {"live_headroom": 2, "lines_per_reader": 3, "idle_lines_per_reader": 8}
+    with running(settings_for(tmp_path, slow, **conf)) as c:
+        reader = c.app.state.runtime.registry.readers["primary-0"]
+        engine = reader.engine
+        runner = c.app.state.runtime.batches
+        client = sdk(c)
+        f = client.files.create(
+            file=("a.jsonl", jsonl([chat_line(i, max_tokens=300) for i in range(12)])), purpose="batch"
+        )
+        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.monotonic() + 20
+        while reader.batch_sequences < 8:  # the batch alone fills the idle share
+            assert time.monotonic() < deadline, reader.batch_sequences
+            time.sleep(0.005)
+        answers: list[Any] = []
+        body = {"model": "primary", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200}
+        live = threading.Thread(
+            target=lambda: answers.append(
+                c.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {A}"})
+            )
+        )
+        t0 = time.monotonic()
+        live.start()
+        while not (reader.sequences - reader.batch_sequences >= 1 and reader.batch_sequences <= 2):
+            assert time.monotonic() - t0 < 1.5, (reader.sequences, reader.batch_sequences)  # lines take 3 s
+            time.sleep(0.002)
+        assert runner.returned >= 5 and len(engine.aborted) >= 5, (runner.returned, engine.aborted)
+        live.join()
+        assert answers[0].status_code == 200 and answers[0].json()["usage"]["completion_tokens"] == 200
+        done = wait_for(client, batch.id, timeout=120)
+        assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 12, 0)
+        lines = output(client, done.output_file_id)
+        assert sorted(x["custom_id"] for x in lines) == sorted(f"req-{i}" for i in range(12))
+        assert {x["response"]["body"]["usage"]["completion_tokens"] for x in lines} == {300}  # rerun whole
+        metrics = c.management.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+        name = 'gateway_batch_lines_returned_total{group="primary"}'
+        counted = [x for x in metrics.splitlines() if x.startswith(name)]
+        assert counted and float(counted[0].split()[-1]) >= runner.returned  # (the counter is the process's)
+
+
 def test_stopping_the_runner_cancels_again_and_never_waits_on_a_task_that_will_not_stop(caplog):
     # a line inside a cancelled wait may need the cancel twice; one that ignores every
     # cancel is left behind with a warning (its claim lapses), the shutdown goes on

@@ -10,9 +10,10 @@ a line's answer, whatever its status, is its result (the first one written count
 every line has a result, one replica writes the output and error files.
 
 Admission: a batch line is admitted only while its reader's sequences stay under its
-batch capacity (`Registry.batch_capacity`: the reader's `max_in_flight` less
-`batches.live_headroom`, at most `batches.lines_per_reader` beside live requests and
-`batches.idle_lines_per_reader` while none runs), and live requests are
+batch capacity (`Registry.batch_capacity`: the reader's `max_in_flight` and its engine's
+slots less `batches.live_headroom`, at most `batches.lines_per_reader` beside live requests
+and `batches.idle_lines_per_reader` while none runs); lines past the share beside live
+traffic, started while the reader was idle, are stopped and given back; live requests are
 admitted against the reader's limit counting live sequences only, so batch work never
 refuses a live request; inside vLLM the priority scheduler runs live sequences first and
 preempts batch ones (vLLM recomputes a preempted sequence; it does not fail).

@@ -94,7 +94,8 @@ class BatchRunner:
         self._running: dict[str, dict[int, asyncio.Task[None]]] = {}
         self._per_group: dict[str, int] = {}  # lines in flight per group (admitted or not yet)
         # per group, the lines still waiting for their answer, in the order they started
-        self._answering: dict[str, dict[asyncio.Task[None], None]] = {}
+        self._answering: dict[str, dict[asyncio.Task[None], tuple[str, int]]] = {}
+        self._given_back: dict[str, set[int]] = {}  # per batch, lines given back once already
         self._wake = asyncio.Event()  # a line ended: its room may go to the next one
         self._inputs: dict[str, list[BatchLine]] = {}
         self._cursor: dict[str, int] = {}
@@ -202,7 +203,9 @@ class BatchRunner:
         for long lines is minutes: the ones started last (the least work lost) are
         stopped, their engine requests aborted, and their claims given back to run again
         later. A few lines over the room (an eighth of `lines_per_reader`) are left to
-        end, so a live load that comes and goes does not stop lines over and over."""
+        end, so a live load that comes and goes does not stop lines over and over; and a
+        line is given back once at most (run again, it is left to end), so a long line
+        under live traffic that comes and goes still finishes."""
         slack = max(1, self.conf.lines_per_reader // 8)
         for group, lines in self._answering.items():
             readers = [r for r in self.registry.groups().get(group, []) if r.serving]
@@ -213,12 +216,21 @@ class BatchRunner:
             excess = len(lines) - max(0, capacity - live)
             if excess <= slack:
                 continue
-            for task in list(lines)[-excess:]:
+            stopped = 0
+            for task, (bid, i) in reversed(list(lines.items())):
+                if stopped == excess:
+                    break
+                returned = self._given_back.setdefault(bid, set())
+                if i in returned:
+                    continue
+                returned.add(i)
                 lines.pop(task)
                 task.cancel()
-            self.returned += excess
-            RETURNED.labels(group).inc(excess)
-            log.info("%d batch line(s) of group %s stopped for live traffic; they run again later", excess, group)
+                stopped += 1
+            if stopped:
+                self.returned += stopped
+                RETURNED.labels(group).inc(stopped)
+                log.info("%d batch line(s) of group %s stopped for live traffic; they run again later", stopped, group)
 
     async def _sweep(self) -> None:
         """Delete files past their retention (once a minute at most)."""
@@ -315,7 +327,7 @@ class BatchRunner:
                 self._per_group[group] = self._per_group.get(group, 0) + 1
                 task = asyncio.get_running_loop().create_task(self._run(tenant, doc, i, lines[i], principal, group))
                 running[i] = task
-                self._answering.setdefault(group, {})[task] = None
+                self._answering.setdefault(group, {})[task] = (bid, i)
                 task.add_done_callback(partial(self._line_ended, running, i, group))
                 started = True
         if cursor >= len(lines):
@@ -488,5 +500,6 @@ class BatchRunner:
         self._inputs.pop(bid, None)
         self._cursor.pop(bid, None)
         self._paused_until.pop(bid, None)
+        self._given_back.pop(bid, None)
         if not self._running.get(bid):
             self._running.pop(bid, None)

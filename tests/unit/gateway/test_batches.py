@@ -494,6 +494,37 @@ def test_lines_holding_the_idle_share_give_their_room_back_when_live_traffic_arr
         assert counted and float(counted[0].split()[-1]) >= runner.returned  # (the counter is the process's)
 
 
+def test_a_line_is_given_back_once_at_most_so_long_lines_finish_under_live_traffic_that_comes_and_goes(tmp_path):
+    # no share beside live traffic (lines_per_reader 1): each live request would stop the
+    # 4 s lines again, and they would never finish; given back once, they are left to end
+    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", max_in_flight=16,
+                           scripted={"token_delay": 0.01, "eos_after": 10**6, "reply": " go" * 300})]  # fmt: skip
+    conf = {"live_headroom": 2, "lines_per_reader": 1, "idle_lines_per_reader": 8}
+    with running(settings_for(tmp_path, slow, **conf)) as c:
+        reader = c.app.state.runtime.registry.readers["primary-0"]
+        runner = c.app.state.runtime.batches
+        client = sdk(c)
+        f = client.files.create(
+            file=("a.jsonl", jsonl([chat_line(i, max_tokens=400) for i in range(3)])), purpose="batch"
+        )
+        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        body = {"model": "primary", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+        for visit in range(2):
+            deadline = time.monotonic() + 20
+            while reader.batch_sequences < 3:  # the lines run (again) while the reader is idle
+                assert time.monotonic() < deadline, (visit, reader.batch_sequences)
+                time.sleep(0.005)
+            r = c.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {A}"})
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 50
+            time.sleep(0.2)  # a round or more after the live request
+            assert runner.returned == 3, (visit, runner.returned)  # the first visit's, not the second's
+        done = wait_for(client, batch.id, timeout=60)
+        assert (done.status, done.request_counts.completed) == ("completed", 3)
+        assert {x["response"]["body"]["usage"]["completion_tokens"] for x in output(client, done.output_file_id)} == {
+            400
+        }
+
+
 def test_stopping_the_runner_cancels_again_and_never_waits_on_a_task_that_will_not_stop(caplog):
     # a line inside a cancelled wait may need the cancel twice; one that ignores every
     # cancel is left behind with a warning (its claim lapses), the shutdown goes on

@@ -167,6 +167,9 @@ class BatchRunner:
 
     async def round(self) -> bool:
         """Move every active batch along; whether any line was started."""
+        # first: every line started by an earlier round has begun to run (the loop has
+        # waited since), so a stopped one releases its claim itself
+        self._give_back()
         started = False
         for tenant, bid in await self.store.active():
             doc = await self.store.get("batch", tenant, bid)
@@ -190,7 +193,6 @@ class BatchRunner:
                     await self._finish(tenant, doc, "completed")
             elif status == "finalizing":  # a replica died while writing the files
                 await self._finish(tenant, doc, doc.get("_final", "completed"))
-        self._give_back()
         await self._renew()
         await self._sweep()
         return started

@@ -160,7 +160,7 @@ def decode_curve(levels: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lines", type=int, default=500)
+    parser.add_argument("--lines", type=int, default=300)
     parser.add_argument("--live-requests", type=int, default=32)
     # vLLM's server and run-batch run 128 sequences at once on CPU (its default max_num_seqs
     # there); the reader's limit is that plus the live headroom, so the batch alone runs as
@@ -259,6 +259,7 @@ def main() -> None:
         batch_alone_cpu_s=alone_cpu,
     )
     name = "batch" if args.lines_per_reader == 32 else f"batch-share{args.lines_per_reader}"
+    name += "" if args.lines == 300 else f"-{args.lines}"
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
     lines = [
         f"# Batches beside live traffic ({out['date']})",

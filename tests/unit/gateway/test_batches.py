@@ -76,6 +76,19 @@ def output(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     return [json.loads(x) for x in client.files.content(file_id).content.decode().splitlines()]
 
 
+def paced(token_delay: float, words: int) -> list[ReaderSettings]:
+    """A reader whose answers run to max_tokens (a fixed reply of `words` * 2 tokens, no
+    end of sequence before it), `token_delay` s a token: lines of a known length."""
+    scripted = {"token_delay": token_delay, "eos_after": 10**6, "reply": " go" * words}
+    return [ReaderSettings(id="primary-0", kind="scripted", model="scripted", max_in_flight=16, scripted=scripted)]
+
+
+def start_batch(client: openai.OpenAI, lines: list[dict[str, Any]]) -> Any:
+    """Upload `lines` and start a chat batch over them."""
+    f = client.files.create(file=("a.jsonl", jsonl(lines)), purpose="batch")
+    return client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
 def test_a_chat_completions_batch_answers_as_the_online_endpoint(tmp_path):
     with running(settings_for(tmp_path)) as c:
         client = sdk(c)
@@ -380,18 +393,13 @@ def test_a_batch_alone_fills_the_reader_and_shrinks_to_its_share_beside_live_tra
     # the batch share follows the live load: idle_lines_per_reader while no live request
     # runs (a batch alone fills the engine), lines_per_reader beside live requests; a fixed
     # reply of 400 tokens (64 random words may end before the live request's 300)
-    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", max_in_flight=16,
-                           scripted={"token_delay": 0.02, "eos_after": 10**6, "reply": " go" * 200})]  # fmt: skip
     conf = {"live_headroom": 2, "lines_per_reader": 2, "idle_lines_per_reader": 8}
-    with running(settings_for(tmp_path, slow, **conf)) as c:
+    with running(settings_for(tmp_path, paced(0.02, 200), **conf)) as c:
         registry = c.app.state.runtime.registry
         reader = registry.readers["primary-0"]
         assert (registry.batch_capacity(reader, 0), registry.batch_capacity(reader, 3)) == (8, 2)
         client = sdk(c)
-        f = client.files.create(
-            file=("a.jsonl", jsonl([chat_line(i, max_tokens=20) for i in range(60)])), purpose="batch"
-        )
-        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        batch = start_batch(client, [chat_line(i, max_tokens=20) for i in range(60)])
 
         def live_running() -> bool:
             return reader.sequences - reader.batch_sequences >= 1
@@ -452,18 +460,13 @@ def test_lines_holding_the_idle_share_give_their_room_back_when_live_traffic_arr
     # 3 s lines fill the idle share (8); a live request arrives: the youngest lines are
     # stopped at once (their engine requests aborted), not left to end, and run again
     # later; every line is answered once, whole
-    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", max_in_flight=16,
-                           scripted={"token_delay": 0.01, "eos_after": 10**6, "reply": " go" * 200})]  # fmt: skip
     conf = {"live_headroom": 2, "lines_per_reader": 3, "idle_lines_per_reader": 8}
-    with running(settings_for(tmp_path, slow, **conf)) as c:
+    with running(settings_for(tmp_path, paced(0.01, 200), **conf)) as c:
         reader = c.app.state.runtime.registry.readers["primary-0"]
         engine = reader.engine
         runner = c.app.state.runtime.batches
         client = sdk(c)
-        f = client.files.create(
-            file=("a.jsonl", jsonl([chat_line(i, max_tokens=300) for i in range(12)])), purpose="batch"
-        )
-        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        batch = start_batch(client, [chat_line(i, max_tokens=300) for i in range(12)])
         deadline = time.monotonic() + 20
         while reader.batch_sequences < 8:  # the batch alone fills the idle share
             assert time.monotonic() < deadline, reader.batch_sequences
@@ -497,17 +500,12 @@ def test_lines_holding_the_idle_share_give_their_room_back_when_live_traffic_arr
 def test_a_line_is_given_back_once_at_most_so_long_lines_finish_under_live_traffic_that_comes_and_goes(tmp_path):
     # no share beside live traffic (lines_per_reader 1): each live request would stop the
     # 4 s lines again, and they would never finish; given back once, they are left to end
-    slow = [ReaderSettings(id="primary-0", kind="scripted", model="scripted", max_in_flight=16,
-                           scripted={"token_delay": 0.01, "eos_after": 10**6, "reply": " go" * 300})]  # fmt: skip
     conf = {"live_headroom": 2, "lines_per_reader": 1, "idle_lines_per_reader": 8}
-    with running(settings_for(tmp_path, slow, **conf)) as c:
+    with running(settings_for(tmp_path, paced(0.01, 300), **conf)) as c:
         reader = c.app.state.runtime.registry.readers["primary-0"]
         runner = c.app.state.runtime.batches
         client = sdk(c)
-        f = client.files.create(
-            file=("a.jsonl", jsonl([chat_line(i, max_tokens=400) for i in range(3)])), purpose="batch"
-        )
-        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        batch = start_batch(client, [chat_line(i, max_tokens=400) for i in range(3)])
         body = {"model": "primary", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
         for visit in range(2):
             deadline = time.monotonic() + 20
